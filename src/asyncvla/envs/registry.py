@@ -1,0 +1,110 @@
+"""Backends by name: `metaworld/reach-v3` → the `metaworld` backend, task `reach-v3`."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from asyncvla.config import ConfigError, EnvConfig
+from asyncvla.envs.base import Env
+
+
+class Backend(Protocol):
+    """A simulator family. Modules import their simulator lazily so listing never fails."""
+
+    name: str
+    description: str
+
+    def available(self) -> tuple[bool, str]:
+        """(installed and usable, why not)."""
+        ...
+
+    def tasks(self) -> list[str]:
+        """Task names accepted after `name/`."""
+        ...
+
+    def make(self, task: str, cfg: EnvConfig, index: int) -> Env:
+        """Builds env number `index` of a worker."""
+        ...
+
+
+# name -> module that defines BACKEND; imported on first use.
+_MODULES = {
+    "metaworld": "asyncvla.envs.metaworld",
+    "libero": "asyncvla.envs.libero",
+    "maniskill": "asyncvla.envs.maniskill",
+    "emulated": "asyncvla.envs.emulated",
+}
+
+
+def backend_names() -> list[str]:
+    return list(_MODULES)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _MODULES:
+        raise ConfigError(f"env.id backend {name!r} is invalid: allowed: {', '.join(_MODULES)}")
+    return importlib.import_module(_MODULES[name]).BACKEND
+
+
+@dataclass
+class BackendInfo:
+    backend: str
+    available: bool
+    reason: str
+    tasks: list[str]
+    description: str
+
+
+def describe_backends() -> list[BackendInfo]:
+    out = []
+    for name in _MODULES:
+        b = get_backend(name)
+        ok, why = b.available()
+        try:
+            tasks = b.tasks()
+        except Exception as e:  # a broken install must not break the listing
+            tasks, ok, why = [], False, f"{type(e).__name__}: {e}"
+        out.append(BackendInfo(name, ok, why, tasks, b.description))
+    return out
+
+
+def validate_env_id(cfg: EnvConfig) -> Backend:
+    """Fails with one line when the backend is unknown or unusable or the task does not exist."""
+    backend = get_backend(cfg.backend)
+    ok, why = backend.available()
+    if not ok:
+        raise ConfigError(f"env.id={cfg.id!r} is unusable: backend {backend.name} is not available ({why})")
+    tasks = backend.tasks()
+    if cfg.task not in tasks:
+        shown = ", ".join(tasks[:8]) + (f", ... ({len(tasks)} in all; see `asyncvla envs`)" if len(tasks) > 8 else "")
+        raise ConfigError(f"env.id={cfg.id!r} is invalid: unknown {backend.name} task; allowed: {shown}")
+    return backend
+
+
+def make_env(cfg: EnvConfig, index: int = 0, backend: Backend | None = None) -> Env:
+    """One env with the configured wrappers (latency, faults) around it."""
+    from asyncvla.envs.wrappers import wrap
+
+    backend = backend or get_backend(cfg.backend)
+    return wrap(backend.make(cfg.task, cfg, index), cfg.wrappers, seed=cfg.seed * 1_000_003 + index, index=index)
+
+
+def env_fns(cfg: EnvConfig, worker_index: int = 0) -> list[Callable[[], Env]]:
+    backend = validate_env_id(cfg)
+    base = worker_index * cfg.num_envs
+    return [lambda i=i: make_env(cfg, base + i, backend) for i in range(cfg.num_envs)]
+
+
+def make_vector_env(cfg: EnvConfig, worker_index: int = 0):
+    """The `VectorEnv` of env worker `worker_index`, seeded from (cfg.seed, worker_index)."""
+    from asyncvla.envs.vector import VectorEnv
+
+    return VectorEnv(
+        env_fns(cfg, worker_index),
+        seed=cfg.seed * 7919 + worker_index,
+        max_episode_steps=cfg.max_episode_steps,
+        end_on_success=cfg.end_on_success,
+        executor=cfg.executor,
+    )

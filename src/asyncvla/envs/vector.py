@@ -1,0 +1,234 @@
+"""Many envs per worker behind one EnvPool-style `send`/`recv` protocol.
+
+Each env steps on its own: `send(env_ids, actions)` starts action chunks on some envs,
+`recv()` returns whichever envs have finished, so a slow or resetting env delays nobody.
+Episodes auto-reset; the lockstep `step()` of synchronous RL is `send` to all + `recv` of all.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from asyncvla.envs.base import Env, EnvError, Obs
+
+
+@dataclass
+class EnvResult:
+    """The outcome of one chunk on one env (or of its first reset)."""
+
+    env_id: int
+    obs: Obs
+    """The observation to act on next: the reset observation if the episode just ended."""
+    reward: float = 0.0
+    """Sum of the rewards of the executed actions."""
+    terminated: bool = False
+    truncated: bool = False
+    success: bool = False
+    """The task succeeded at some step of this chunk."""
+    num_steps: int = 0
+    """Simulator steps executed (fewer than the chunk when the episode ended inside it)."""
+    final_obs: Obs | None = None
+    """Last observation of the episode that ended (to bootstrap a truncated episode)."""
+    episode_return: float = 0.0
+    episode_len: int = 0
+    """Of the episode that ended; 0 where none ended."""
+    episode_success: bool = False
+    episode_index: int = 0
+    """How many episodes this env had finished before `obs` (0 for its first)."""
+    is_first: bool = False
+    """`obs` comes from the env's very first reset; nothing else is meaningful."""
+    error: str | None = None
+    """The env failed mid-episode and was rebuilt; the cut episode must not be trained on."""
+    step_s: float = 0.0
+    """Wall time spent stepping and resetting for this result."""
+
+    @property
+    def done(self) -> bool:
+        return self.terminated or self.truncated
+
+
+class _Slot:
+    """Book-keeping of one env: its episode counters and reset-seed stream."""
+
+    def __init__(self, make: Callable[[], Env], seed_seq: np.random.SeedSequence):
+        self.make = make
+        self.env = make()
+        self.rng = np.random.default_rng(seed_seq)
+        self.busy = False
+        self.ep_step = 0
+        self.ep_return = 0.0
+        self.ep_success = False
+        self.ep_index = 0
+
+    def next_seed(self) -> int:
+        return int(self.rng.integers(0, 2**31 - 1))
+
+    def new_episode(self) -> Obs:
+        self.ep_step, self.ep_return, self.ep_success = 0, 0.0, False
+        return self.env.reset(self.next_seed())
+
+
+class VectorEnv:
+    """Envs of one worker. Not thread-safe: one caller drives `send`/`recv`.
+
+    executor="inline" runs each chunk inside `send` (no overhead: CPU-bound simulators gain
+    nothing from threads under the GIL); "thread" gives each env a thread, so envs whose step
+    holds wall time without CPU (emulated, remote renderers, I/O) overlap.
+    """
+
+    def __init__(
+        self,
+        env_fns: Sequence[Callable[[], Env]],
+        seed: int = 0,
+        max_episode_steps: int | None = None,
+        end_on_success: bool = True,
+        executor: str = "inline",
+    ):
+        seqs = np.random.SeedSequence(seed).spawn(len(env_fns))
+        self._slots = [_Slot(fn, s) for fn, s in zip(env_fns, seqs)]
+        self.num_envs = len(self._slots)
+        first = self._slots[0].env
+        self.max_episode_steps = max_episode_steps or first.max_episode_steps
+        self.end_on_success = end_on_success
+        self.action_dim = first.action_dim
+        self.proprio_dim = first.proprio_dim
+        self._ready: queue.SimpleQueue[EnvResult] = queue.SimpleQueue()
+        self._pool = ThreadPoolExecutor(self.num_envs, "env") if executor == "thread" else None
+        self._started = False
+
+    # -- protocol -------------------------------------------------------------------------
+    def reset_all(self) -> None:
+        """Starts every env's first episode; the observations arrive through `recv`."""
+        for i, slot in enumerate(self._slots):
+            slot.busy = True
+            self._submit(self._first_reset, i)
+        self._started = True
+
+    def send(self, env_ids: Sequence[int], actions: np.ndarray) -> None:
+        """Starts one action chunk on each env. actions: [n, K, A] (or [n, A] for K=1)."""
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.ndim == 2:
+            actions = actions[:, None, :]
+        if len(env_ids) != actions.shape[0]:
+            raise ValueError(f"send: {len(env_ids)} env ids but {actions.shape[0]} action chunks")
+        for i, chunk in zip(env_ids, actions):
+            slot = self._slots[int(i)]
+            if slot.busy:
+                raise RuntimeError(f"send: env {i} is still stepping; recv its result first")
+            slot.busy = True
+            self._submit(self._run_chunk, int(i), chunk)
+
+    def recv(self, min_ready: int = 1, timeout_s: float | None = None) -> list[EnvResult]:
+        """Returns the results of all envs that are ready, waiting for at least `min_ready`."""
+        out: list[EnvResult] = []
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while len(out) < min_ready:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                out.append(self._ready.get(timeout=wait))
+            except queue.Empty:
+                break
+        while True:
+            try:
+                out.append(self._ready.get_nowait())
+            except queue.Empty:
+                break
+        for r in out:
+            self._slots[r.env_id].busy = False
+        return out
+
+    def step(self, actions: np.ndarray) -> list[EnvResult]:
+        """Lockstep: one chunk on every env, results ordered by env id (the sync baseline)."""
+        self.send(range(self.num_envs), actions)
+        results = self.recv(min_ready=self.num_envs)
+        while len(results) < self.num_envs:
+            results += self.recv(min_ready=self.num_envs - len(results))
+        return sorted(results, key=lambda r: r.env_id)
+
+    def reset(self) -> list[EnvResult]:
+        """Lockstep reset of every env; returns the first observations ordered by env id."""
+        self.reset_all()
+        results = self.recv(min_ready=self.num_envs)
+        return sorted(results, key=lambda r: r.env_id)
+
+    @property
+    def instructions(self) -> list[str]:
+        return [s.env.instruction for s in self._slots]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        for slot in self._slots:
+            try:
+                slot.env.close()
+            except Exception:  # closing must not hide the error that got us here
+                pass
+
+    def __enter__(self) -> "VectorEnv":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------
+    def _submit(self, fn: Callable[..., EnvResult], *args) -> None:
+        if self._pool is None:
+            self._ready.put(self._guarded(fn, *args))
+        else:
+            fut = self._pool.submit(self._guarded, fn, *args)
+            fut.add_done_callback(lambda f: self._ready.put(f.result()))
+
+    def _guarded(self, fn: Callable[..., EnvResult], i: int, *args) -> EnvResult:
+        t0 = time.perf_counter()
+        try:
+            res = fn(i, *args)
+        except Exception as e:  # a crashed or hung env is rebuilt; its episode is cut
+            res = self._rebuild(i, e)
+        res.step_s = time.perf_counter() - t0
+        return res
+
+    def _first_reset(self, i: int) -> EnvResult:
+        return EnvResult(env_id=i, obs=self._slots[i].new_episode(), is_first=True)
+
+    def _run_chunk(self, i: int, chunk: np.ndarray) -> EnvResult:
+        slot = self._slots[i]
+        reward, success, n = 0.0, False, 0
+        terminated = truncated = False
+        for action in chunk:
+            out = slot.env.step(action)
+            n += 1
+            slot.ep_step += 1
+            reward += out.reward
+            success = success or out.success
+            terminated = out.terminated or (self.end_on_success and out.success)
+            truncated = not terminated and (out.truncated or slot.ep_step >= self.max_episode_steps)
+            if terminated or truncated:
+                break
+        slot.ep_return += reward
+        slot.ep_success = slot.ep_success or success
+        res = EnvResult(i, out.obs, reward, terminated, truncated, success, n, episode_index=slot.ep_index)
+        if terminated or truncated:
+            res.final_obs = out.obs
+            res.episode_return, res.episode_len, res.episode_success = slot.ep_return, slot.ep_step, slot.ep_success
+            slot.ep_index += 1
+            res.episode_index = slot.ep_index
+            res.obs = slot.new_episode()
+        return res
+
+    def _rebuild(self, i: int, err: Exception) -> EnvResult:
+        slot = self._slots[i]
+        try:
+            slot.env.close()
+        except Exception:
+            pass
+        slot.env = slot.make()
+        slot.ep_index += 1
+        obs = slot.new_episode()
+        msg = str(err) if isinstance(err, EnvError) else f"{type(err).__name__}: {err}"
+        return EnvResult(i, obs, truncated=True, episode_index=slot.ep_index, error=msg)

@@ -1,0 +1,103 @@
+"""The policy interface every VLA implements (see docs/architecture.md).
+
+`act` is the no-grad rollout call; `evaluate` is the training call. LeRobot-compatible
+names (`select_action`, `predict_action_chunk`, `reset`) sit on top so real VLAs plug in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from asyncvla.envs.base import Obs
+
+
+@dataclass
+class ObsBatch:
+    """A batch of observations as numpy (what travels through Ray's object store)."""
+
+    images: np.ndarray
+    """[B, H, W, 3] uint8."""
+    proprio: np.ndarray
+    """[B, P] float32."""
+    instructions: list[str]
+
+    @staticmethod
+    def stack(obs: Sequence[Obs]) -> "ObsBatch":
+        return ObsBatch(
+            images=np.stack([o.image for o in obs]),
+            proprio=np.stack([o.proprio for o in obs]).astype(np.float32),
+            instructions=[o.instruction for o in obs],
+        )
+
+    @staticmethod
+    def concat(batches: Sequence["ObsBatch"]) -> "ObsBatch":
+        return ObsBatch(
+            images=np.concatenate([b.images for b in batches]),
+            proprio=np.concatenate([b.proprio for b in batches]),
+            instructions=[s for b in batches for s in b.instructions],
+        )
+
+    def __len__(self) -> int:
+        return len(self.instructions)
+
+    def slice(self, start: int, stop: int) -> "ObsBatch":
+        return ObsBatch(self.images[start:stop], self.proprio[start:stop], self.instructions[start:stop])
+
+    def index(self, idx: np.ndarray) -> "ObsBatch":
+        return ObsBatch(self.images[idx], self.proprio[idx], [self.instructions[i] for i in idx])
+
+
+@dataclass
+class ActOut:
+    """What `act` returns for a batch of B observations."""
+
+    actions: np.ndarray
+    """[B, K, A] float32: K actions per decision (the chunk the env executes)."""
+    logprob: np.ndarray
+    """[B] float32: log-probability of the whole chunk under the acting policy."""
+    value: np.ndarray
+    """[B] float32: value estimate of the observation (0 where the policy has no critic)."""
+    version: int
+    """Policy version (optimizer steps) that produced these actions."""
+
+
+class Policy(nn.Module):
+    """Base class: vision + language + proprio -> action chunks, chunk logprob, value."""
+
+    chunk: int
+    action_dim: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.version = 0
+        self._queue: deque[np.ndarray] = deque()
+
+    # -- the RL interface -----------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOut:
+        raise NotImplementedError
+
+    def evaluate(self, obs: ObsBatch, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logprob [B], entropy [B], value [B]) of actions [B, K, A], with grad."""
+        raise NotImplementedError
+
+    # -- LeRobot-compatible names ---------------------------------------------------------
+    def predict_action_chunk(self, obs: ObsBatch) -> np.ndarray:
+        """[B, K, A] deterministic chunk."""
+        return self.act(obs, deterministic=True).actions
+
+    def select_action(self, obs: ObsBatch) -> np.ndarray:
+        """[B, A]: pops one action of a queued chunk, predicting a new chunk when empty."""
+        if not self._queue:
+            chunk = self.predict_action_chunk(obs)  # [B, K, A]
+            self._queue.extend(chunk.transpose(1, 0, 2))
+        return self._queue.popleft()
+
+    def reset(self) -> None:
+        self._queue.clear()
