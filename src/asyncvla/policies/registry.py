@@ -1,0 +1,55 @@
+"""Policy registry: `policy.type` picks a class, LeRobot style (`--policy.type tiny`).
+
+Policy modules register themselves on import; `make_policy` imports the built-in ones
+first so a registered name always resolves, with no `if type == ...` chain.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, TypeVar
+
+from asyncvla.config import ConfigError, PolicyConfig
+from asyncvla.policies.base import Policy
+
+P = TypeVar("P", bound=type)
+
+_REGISTRY: dict[str, type] = {}
+# Modules whose import registers the built-in policies.
+_BUILTIN_MODULES = ("asyncvla.policies.tiny.model",)
+
+
+def register(name: str) -> Callable[[P], P]:
+    """Class decorator: `@register("tiny")` makes `policy.type=tiny` build that class.
+
+    The class is built as `cls(cfg: PolicyConfig, action_dim: int, proprio_dim: int)`.
+    """
+
+    def deco(cls: P) -> P:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"policy type {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _load_builtins() -> None:
+    for mod in _BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+def policy_types() -> list[str]:
+    """Every registered `policy.type`."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def make_policy(cfg: PolicyConfig, action_dim: int, proprio_dim: int) -> Policy:
+    """Builds the policy `cfg.type` for an env with these action and proprio sizes, on cfg.device."""
+    types = policy_types()
+    if cfg.type not in _REGISTRY:
+        raise ConfigError(f"policy.type={cfg.type!r} is invalid: allowed: {', '.join(types)}")
+    if action_dim < 1 or proprio_dim < 0:
+        raise ConfigError(f"policy action_dim={action_dim}, proprio_dim={proprio_dim} are invalid: need action_dim >= 1, proprio_dim >= 0")
+    return _REGISTRY[cfg.type](cfg, action_dim, proprio_dim).to(cfg.device)

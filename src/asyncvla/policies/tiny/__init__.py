@@ -1,0 +1,1 @@
+"""The built-in `tiny` VLA (discrete action tokens) and `tiny-gaussian` (continuous head)."""

@@ -1,0 +1,105 @@
+"""VectorEnv protocol on the emulated backend: independent stepping, auto-reset, chunks, seeding."""
+
+import time
+
+import numpy as np
+import pytest
+
+from asyncvla.config import EmulatedConfig, EnvConfig
+from asyncvla.envs import make_vector_env
+
+
+def _cfg(**kw) -> EnvConfig:
+    emu = EmulatedConfig(step_mean_s=0.0, step_jitter=0.0, reset_s=0.0, episode_len=kw.pop("episode_len", 50))
+    return EnvConfig(id=kw.pop("id", "emulated/custom"), num_envs=kw.pop("num_envs", 3), image_size=16, emulated=emu, **kw)
+
+
+def test_reset_returns_first_obs_per_env():
+    with make_vector_env(_cfg()) as venv:
+        res = venv.reset()
+    assert [r.env_id for r in res] == [0, 1, 2]
+    assert all(r.is_first for r in res)
+    assert res[0].obs.image.shape == (16, 16, 3) and res[0].obs.image.dtype == np.uint8
+    assert res[0].obs.proprio.dtype == np.float32
+
+
+def test_same_seed_same_rollout_and_envs_differ():
+    def rollout(seed):
+        with make_vector_env(_cfg(seed=seed)) as venv:
+            first = venv.reset()
+            acts = np.full((3, 2, 4), 0.3, np.float32)
+            res = venv.step(acts)
+        return [r.obs.proprio for r in first], [r.reward for r in res]
+
+    a, b, c = rollout(0), rollout(0), rollout(1)
+    np.testing.assert_array_equal(np.stack(a[0]), np.stack(b[0]))
+    assert a[1] == b[1]
+    assert not np.array_equal(np.stack(a[0]), np.stack(c[0]))
+    assert not np.array_equal(a[0][0], a[0][1]), "envs of one worker must get different initial states"
+
+
+def test_chunk_executes_every_action():
+    with make_vector_env(_cfg(num_envs=1)) as venv:
+        p0 = venv.reset()[0].obs.proprio[:4].copy()
+        res = venv.step(np.full((1, 3, 4), 1.0, np.float32))[0]
+    assert res.num_steps == 3
+    np.testing.assert_allclose(res.obs.proprio[:4], np.clip(p0 + 0.3, -1, 1), atol=1e-6)
+
+
+def test_auto_reset_truncates_inside_chunk_and_keeps_final_obs():
+    with make_vector_env(_cfg(num_envs=1, episode_len=5, end_on_success=False)) as venv:
+        venv.reset()
+        r1 = venv.step(np.zeros((1, 4, 4), np.float32))[0]
+        r2 = venv.step(np.zeros((1, 4, 4), np.float32))[0]
+    assert (r1.num_steps, r1.done) == (4, False)
+    assert (r2.num_steps, r2.truncated, r2.terminated) == (1, True, False)
+    assert r2.episode_len == 5 and r2.episode_index == 1
+    assert r2.final_obs is not None and not np.array_equal(r2.final_obs.proprio, r2.obs.proprio)
+
+
+def test_success_terminates_when_end_on_success():
+    with make_vector_env(_cfg(num_envs=1)) as venv:
+        p = venv.reset()[0].obs.proprio
+        direction = np.clip((p[4:8] - p[:4]) * 10, -1, 1)
+        for _ in range(40):
+            r = venv.step(direction[None, None, :].astype(np.float32))[0]
+            if r.done:
+                break
+            direction = np.clip((r.obs.proprio[4:8] - r.obs.proprio[:4]) * 10, -1, 1)
+    assert r.terminated and r.success and r.episode_success
+
+
+def test_recv_returns_ready_envs_first_without_waiting_for_slow_ones():
+    cfg = _cfg(num_envs=2, executor="thread")
+    with make_vector_env(cfg) as venv:
+        venv.reset()
+        venv._slots[1].env.cfg = EmulatedConfig(step_mean_s=0.5, step_jitter=0.0, reset_s=0.0)
+        venv.send([0, 1], np.zeros((2, 1, 4), np.float32))
+        t0 = time.perf_counter()
+        first = venv.recv(min_ready=1)
+        waited = time.perf_counter() - t0
+        assert [r.env_id for r in first] == [0] and waited < 0.4
+        venv.send([0], np.zeros((1, 1, 4), np.float32))  # env 0 keeps stepping while env 1 is busy
+        assert venv.recv(min_ready=1)[0].env_id == 0
+        assert [r.env_id for r in venv.recv(min_ready=1)] == [1]
+
+
+def test_send_to_busy_env_is_an_error():
+    with make_vector_env(_cfg(num_envs=1, executor="thread")) as venv:
+        venv.reset()
+        venv._slots[0].env.cfg = EmulatedConfig(step_mean_s=0.2, step_jitter=0.0, reset_s=0.0)
+        venv.send([0], np.zeros((1, 1, 4), np.float32))
+        with pytest.raises(RuntimeError, match="still stepping"):
+            venv.send([0], np.zeros((1, 1, 4), np.float32))
+        venv.recv(min_ready=1)
+
+
+def test_thread_executor_overlaps_wall_time():
+    emu = EmulatedConfig(step_mean_s=0.05, step_jitter=0.0, reset_s=0.0)
+    cfg = EnvConfig(id="emulated/custom", num_envs=4, image_size=16, emulated=emu, executor="thread")
+    with make_vector_env(cfg) as venv:
+        venv.reset()
+        t0 = time.perf_counter()
+        venv.step(np.zeros((4, 2, 4), np.float32))
+        dt = time.perf_counter() - t0
+    assert dt < 0.3, f"4 envs x 2 steps x 50 ms should overlap to ~0.1 s, took {dt:.2f} s"

@@ -1,0 +1,62 @@
+"""Wrappers: resize, latency injection and fault injection (crash, hang) with env rebuild."""
+
+import time
+
+import numpy as np
+
+from asyncvla.config import EmulatedConfig, EnvConfig, WrapperConfig
+from asyncvla.envs import EnvCrashed, make_env, make_vector_env
+from asyncvla.envs.emulated import EmulatedEnv
+from asyncvla.envs.wrappers import ResizeImage
+
+FAST = EmulatedConfig(step_mean_s=0.0, step_jitter=0.0, reset_s=0.0)
+
+
+def test_resize_wrapper_changes_every_image():
+    env = ResizeImage(EmulatedEnv(FAST, image_size=32, index=0), 20)
+    obs = env.reset(seed=1)
+    assert obs.image.shape == (20, 20, 3) and obs.image.dtype == np.uint8
+    assert env.step(np.zeros(4, np.float32)).obs.image.shape == (20, 20, 3)
+    assert env.action_dim == 4  # attributes pass through
+
+
+def test_latency_wrapper_adds_wall_time():
+    cfg = EnvConfig(id="emulated/custom", emulated=FAST, image_size=16, wrappers=WrapperConfig(latency_s=0.03))
+    env = make_env(cfg)
+    env.reset(seed=0)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        env.step(np.zeros(4, np.float32))
+    assert time.perf_counter() - t0 >= 0.15
+
+
+def test_crash_injection_raises_and_vector_env_rebuilds():
+    cfg = EnvConfig(id="emulated/custom", emulated=FAST, image_size=16, num_envs=2,
+                    wrappers=WrapperConfig(fault_prob=0.2, fault_kind="crash"))
+    env = make_env(cfg)
+    env.reset(seed=0)
+    raised = 0
+    for _ in range(50):
+        try:
+            env.step(np.zeros(4, np.float32))
+        except EnvCrashed:
+            raised += 1
+    assert 0 < raised < 50
+    with make_vector_env(cfg) as venv:
+        venv.reset()
+        errors = []
+        for _ in range(30):
+            errors += [r for r in venv.step(np.zeros((2, 1, 4), np.float32)) if r.error]
+    assert errors and all(r.truncated and "injected crash" in r.error for r in errors)
+    assert all(r.final_obs is None for r in errors), "a cut episode must not offer a bootstrap obs"
+
+
+def test_hang_injection_surfaces_as_error_after_hang_time():
+    cfg = EnvConfig(id="emulated/custom", emulated=FAST, image_size=16, num_envs=1,
+                    wrappers=WrapperConfig(fault_prob=1.0, fault_kind="hang", fault_hang_s=0.1))
+    with make_vector_env(cfg) as venv:
+        venv.reset()
+        t0 = time.perf_counter()
+        r = venv.step(np.zeros((1, 1, 4), np.float32))[0]
+    assert time.perf_counter() - t0 >= 0.1
+    assert r.error and "hang" in r.error

@@ -1,0 +1,61 @@
+"""The `asyncvla` entry point, run as a user runs it (a subprocess)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "asyncvla.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _subcommands() -> list[list[str]]:
+    from asyncvla.cli import Command
+    import typing
+
+    names = []
+    for arm in typing.get_args(Command):
+        meta = [m for m in getattr(arm, "__metadata__", ()) if hasattr(m, "name")]
+        names.append([meta[0].name])
+    return names
+
+
+@pytest.mark.parametrize("sub", [[]] + _subcommands())
+def test_help_on_every_subcommand(sub):
+    out = run_cli(*sub, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "usage: asyncvla" in out.stdout
+
+
+def test_envs_json_lists_every_backend():
+    out = run_cli("envs", "--json")
+    assert out.returncode == 0, out.stderr
+    listing = json.loads(out.stdout.strip().splitlines()[-1])
+    by_name = {b["backend"]: b for b in listing}
+    assert set(by_name) >= {"metaworld", "libero", "maniskill", "emulated"}
+    assert all(set(b) >= {"backend", "available", "tasks"} for b in listing)
+    assert by_name["emulated"]["available"] and "balanced" in by_name["emulated"]["tasks"]
+
+
+def test_env_bench_json_last_line():
+    out = run_cli("env-bench", "emulated/fast", "--num-envs", "2", "--steps", "60", "--image-size", "16", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["steps_per_s"] > 0 and result["raw_steps_per_s"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["env-bench", "nope/reach", "--json"], "backend 'nope' is invalid"),
+        (["env-bench", "emulated/nope", "--json"], "unknown emulated task"),
+        (["env-bench", "emulated/fast", "--num-envs", "0"], "env.num_envs=0 is invalid"),
+    ],
+)
+def test_bad_input_is_one_line_error(args, needle):
+    out = run_cli(*args)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], out.stderr
