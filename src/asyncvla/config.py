@@ -241,3 +241,137 @@ class AlgoConfig:
         _check(self.lr > 0, "algo.lr", self.lr, "must be > 0")
         _check(self.update_epochs >= 1, "algo.update_epochs", self.update_epochs, "must be >= 1")
         _check(self.minibatch_size >= 1, "algo.minibatch_size", self.minibatch_size, "must be >= 1")
+
+
+@dataclass
+class RuntimeConfig:
+    """How the workers are laid out and scheduled (sync = the RLinf-style baseline)."""
+
+    mode: Literal["sync", "async"] = "sync"
+    """sync: lockstep rollout epoch, then train, then weight sync (RLinf); async: the RL-VLA³ pipeline."""
+    num_env_workers: int = 1
+    """Env worker shards, each holding env.num_envs envs."""
+    pipeline_stages: int = 1
+    """Env batches per env worker (1, 2 or 4): one stage steps its envs while another's inference runs (RLinf pipelining)."""
+    rollout_steps: int = 32
+    """Decisions (action chunks) per env per rollout epoch."""
+    placement: Literal["colocated", "disaggregated"] = "colocated"
+    """colocated: inference and trainer share one process/device (offload between phases); disaggregated: separate actors."""
+    env_cpus: float = 1.0
+    """CPUs reserved per env worker actor."""
+    env_gpus: float = 0.0
+    """GPUs reserved per env worker actor (GPU renderers)."""
+    rollout_cpus: float = 1.0
+    """CPUs reserved per inference (rollout) actor; with colocated placement, for the shared actor."""
+    rollout_gpus: float = 0.0
+    """GPUs reserved per inference actor; with colocated placement, for the shared actor."""
+    trainer_cpus: float = 1.0
+    """CPUs reserved for the trainer actor (disaggregated placement)."""
+    trainer_gpus: float = 0.0
+    """GPUs reserved for the trainer actor (disaggregated placement)."""
+    ray_address: str | None = None
+    """Join this Ray cluster (e.g. 10.0.0.1:6379 or auto); null starts a local Ray sized to the machine."""
+    local: bool = False
+    """Run the same worker classes in this one process, without Ray (debugging, fastest tests)."""
+    weight_sync: Literal["object_store", "nccl"] = "object_store"
+    """How new weights reach inference: object_store (CPU state_dict via Ray) or nccl (torch.distributed broadcast on CUDA)."""
+    trace: bool = True
+    """Record spans of every worker into trace.json (Chrome trace; opens in Perfetto)."""
+    async_env: bool = False
+    """Async level 1: every env steps on its own clock (mode=async only)."""
+    streaming_rollout: bool = False
+    """Async level 2: inference forms batches dynamically from streamed requests (mode=async only)."""
+    decoupled_actor: bool = False
+    """Async level 3: the trainer consumes trajectories as they arrive and publishes weights while rollouts continue (mode=async only)."""
+    max_staleness: int = 1
+    """Largest policy-version lag of a trained sample; older samples are dropped and counted (0 = on-policy)."""
+    max_batch: int = 32
+    """Dynamic batching: flush an inference batch at this many samples."""
+    max_wait_ms: float = 5.0
+    """Dynamic batching: flush when the oldest request has waited this long."""
+    queue_size: int = 8
+    """Trajectory queue capacity in segments; a full queue blocks producers (backpressure)."""
+    num_rollout_servers: int = 1
+    """Inference actors; env worker w is served by server w % num_rollout_servers (both modes)."""
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("sync", "async"), "runtime.mode", self.mode, "allowed: sync, async")
+        _check(self.num_env_workers >= 1, "runtime.num_env_workers", self.num_env_workers, "must be >= 1")
+        _check(self.pipeline_stages in (1, 2, 4), "runtime.pipeline_stages", self.pipeline_stages, "allowed: 1, 2, 4")
+        _check(self.rollout_steps >= 1, "runtime.rollout_steps", self.rollout_steps, "must be >= 1")
+        _check(self.placement in ("colocated", "disaggregated"), "runtime.placement", self.placement, "allowed: colocated, disaggregated")
+        for name in ("env_cpus", "env_gpus", "rollout_cpus", "rollout_gpus", "trainer_cpus", "trainer_gpus"):
+            _check(getattr(self, name) >= 0, f"runtime.{name}", getattr(self, name), "must be >= 0")
+        _check(self.weight_sync in ("object_store", "nccl"), "runtime.weight_sync", self.weight_sync, "allowed: object_store, nccl")
+        for name in ("async_env", "streaming_rollout", "decoupled_actor"):
+            _check(self.mode == "async" or not getattr(self, name), f"runtime.{name}", getattr(self, name), "needs runtime.mode=async")
+        _check(self.max_staleness >= 0, "runtime.max_staleness", self.max_staleness, "must be >= 0")
+        _check(self.max_batch >= 1, "runtime.max_batch", self.max_batch, "must be >= 1")
+        _check(self.max_wait_ms >= 0, "runtime.max_wait_ms", self.max_wait_ms, "must be >= 0")
+        _check(self.queue_size >= 1, "runtime.queue_size", self.queue_size, "must be >= 1")
+        _check(self.num_rollout_servers >= 1, "runtime.num_rollout_servers", self.num_rollout_servers, "must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    """One training run: budget, evaluation, checkpoints, where it writes."""
+
+    out_dir: str | None = None
+    """Run directory; null makes runs/<env task>-<time>."""
+    total_env_steps: int | None = 20_000
+    """Stop after this many simulator steps (each action of a chunk counts once); null: use total_updates."""
+    total_updates: int | None = None
+    """Stop after this many rollout-epoch updates (checked together with total_env_steps; first reached wins)."""
+    eval_every: int = 0
+    """Evaluate every N updates (0: only before training and at the end)."""
+    eval_episodes: int = 8
+    """Episodes per evaluation, on the eval split, deterministic actions."""
+    eval_video: bool = False
+    """Save an mp4 of the first evaluation episode of each evaluation under videos/."""
+    checkpoint_every: int = 10
+    """Save a resumable checkpoint every N updates (plus the last and the best by eval success); 0: only last and best."""
+    seed: int = 0
+    """Seeds torch, numpy and the policy; envs are seeded from env.seed."""
+    device: str = "cpu"
+    """cpu or cuda[:n] for policy inference and training; the policy follows it."""
+    resume: str | None = None
+    """Continue the run in this directory from its last checkpoint (appends to its logs)."""
+
+    def __post_init__(self) -> None:
+        _check(self.total_env_steps is not None or self.total_updates is not None, "run.total_env_steps", self.total_env_steps, "set it or run.total_updates")
+        _check(self.total_env_steps is None or self.total_env_steps >= 1, "run.total_env_steps", self.total_env_steps, "must be >= 1 or null")
+        _check(self.total_updates is None or self.total_updates >= 1, "run.total_updates", self.total_updates, "must be >= 1 or null")
+        _check(self.eval_every >= 0, "run.eval_every", self.eval_every, "must be >= 0")
+        _check(self.eval_episodes >= 0, "run.eval_episodes", self.eval_episodes, "must be >= 0")
+        _check(self.checkpoint_every >= 0, "run.checkpoint_every", self.checkpoint_every, "must be >= 0")
+        _check(self.device == "cpu" or self.device.startswith("cuda"), "run.device", self.device, "allowed: cpu, cuda, cuda:N")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `asyncvla train` needs. Derived: policy.image_size and policy.device follow env and run."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        # One source of truth: the policy sees what the env renders, on the run's device.
+        self.policy.image_size = self.env.image_size
+        self.policy.device = self.run.device
+        rt, env = self.runtime, self.env
+        _check(env.num_envs % rt.pipeline_stages == 0, "env.num_envs", env.num_envs, f"must be divisible by runtime.pipeline_stages={rt.pipeline_stages}")
+        if self.algo.name == "grpo":
+            per_stage = env.num_envs // rt.pipeline_stages
+            _check(per_stage % self.algo.group_size == 0, "env.num_envs", env.num_envs,
+                   f"GRPO needs envs per pipeline stage ({per_stage}) divisible by algo.group_size={self.algo.group_size}")
+        _check(rt.weight_sync != "nccl" or self.run.device.startswith("cuda"), "runtime.weight_sync", rt.weight_sync, "nccl needs run.device=cuda; use object_store on CPU")
+        _check(self.algo.minibatch_size <= self.samples_per_update, "algo.minibatch_size", self.algo.minibatch_size,
+               f"must be <= samples per update = num_env_workers*num_envs*rollout_steps = {self.samples_per_update}")
+
+    @property
+    def samples_per_update(self) -> int:
+        """Decisions collected per rollout epoch across all env workers."""
+        return self.runtime.num_env_workers * self.env.num_envs * self.runtime.rollout_steps

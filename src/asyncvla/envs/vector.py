@@ -157,6 +157,11 @@ class VectorEnv:
         results = self.recv(min_ready=self.num_envs)
         return sorted(results, key=lambda r: r.env_id)
 
+    def reseed(self, seeds: Sequence[int]) -> None:
+        """Restarts env i's reset-seed stream from seeds[i] (GRPO: equal seeds, equal initial states)."""
+        for slot, s in zip(self._slots, seeds):
+            slot.rng = np.random.default_rng(int(s))
+
     @property
     def instructions(self) -> list[str]:
         return [s.env.instruction for s in self._slots]

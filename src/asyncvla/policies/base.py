@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from asyncvla.config import PolicyConfig
 from asyncvla.envs.base import Obs
 
 
@@ -70,8 +71,11 @@ class ActOut:
 class Policy(nn.Module):
     """Base class: vision + language + proprio -> action chunks, chunk logprob, value."""
 
+    cfg: "PolicyConfig"
+    """The resolved config the policy was built from (saved in checkpoints)."""
     chunk: int
     action_dim: int
+    proprio_dim: int
 
     def __init__(self) -> None:
         super().__init__()

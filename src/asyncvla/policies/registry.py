@@ -50,6 +50,6 @@ def make_policy(cfg: PolicyConfig, action_dim: int, proprio_dim: int) -> Policy:
     types = policy_types()
     if cfg.type not in _REGISTRY:
         raise ConfigError(f"policy.type={cfg.type!r} is invalid: allowed: {', '.join(types)}")
-    if action_dim < 1 or proprio_dim < 0:
-        raise ConfigError(f"policy action_dim={action_dim}, proprio_dim={proprio_dim} are invalid: need action_dim >= 1, proprio_dim >= 0")
+    if action_dim < 1 or proprio_dim < 1:
+        raise ConfigError(f"policy action_dim={action_dim}, proprio_dim={proprio_dim} are invalid: both must be >= 1")
     return _REGISTRY[cfg.type](cfg, action_dim, proprio_dim).to(cfg.device)

@@ -82,6 +82,6 @@ class TinyProcessor(nn.Module):
         """[B, text.DIM] frozen sentence embeddings."""
         return torch.as_tensor(text.embed(instructions), device=self.proprio_mean.device)
 
-    def __call__(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(images [B, 3, S, S], proprio [B, P], text [B, D])."""
         return self.images(obs.images), self.proprio(obs.proprio), self.instructions(obs.instructions)

@@ -1,0 +1,146 @@
+"""Behaviour cloning (SFT) warm start from scripted-expert demonstrations.
+
+Each demo frame t becomes one sample: its observation and the chunk of the next K actions
+of the same episode (padded with the episode's last action). The loss is the policy's own
+negative chunk logprob per action token, i.e. cross-entropy on the action bins for `tiny`
+and Gaussian NLL for `tiny-gaussian`, so SFT trains exactly the distribution RL samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from asyncvla.config import ConfigError, PolicyConfig
+from asyncvla.policies.base import ObsBatch, Policy
+
+
+@dataclass
+class DemoData:
+    """Demonstration frames, flattened over episodes (what SFT needs from a dataset)."""
+
+    images: np.ndarray
+    """[N, S, S, 3] uint8."""
+    proprio: np.ndarray
+    """[N, P] float32."""
+    actions: np.ndarray
+    """[N, A] float32, in [-1, 1]."""
+    episode_index: np.ndarray
+    """[N] int: frames of one episode are contiguous and in time order."""
+    instructions: list[str]
+    """[N] instruction of each frame."""
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def chunk_targets(actions: np.ndarray, episode_index: np.ndarray, chunk: int) -> np.ndarray:
+    """[N, A] actions -> [N, K, A]: row t holds actions t..t+K-1 of t's episode, padded
+    with that episode's last action. Frames of an episode must be contiguous, in order."""
+    n = len(actions)
+    idx = np.arange(n)[:, None] + np.arange(chunk)[None, :]  # [N, K]
+    # Last frame of each frame's episode: where the episode index changes next.
+    change = np.flatnonzero(np.diff(episode_index)) + 1
+    ends = np.append(change, n) - 1  # last frame of each run
+    run = np.searchsorted(change, np.arange(n), side="right")  # run number of each frame
+    idx = np.minimum(idx, ends[run][:, None])
+    return actions[idx]
+
+
+def shift_augment(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+    """Random shifts of up to `pad` pixels (DrQ): pad by edge replication, crop back. [B, S, S, 3]."""
+    if pad <= 0:
+        return images
+    b, s = images.shape[0], images.shape[1]
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    dx, dy = rng.integers(0, 2 * pad + 1, (2, b))
+    return np.stack([padded[i, dy[i] : dy[i] + s, dx[i] : dx[i] + s] for i in range(b)])
+
+
+@contextlib.contextmanager
+def _temperature_one(policy: Policy) -> Iterator[None]:
+    # BC fits the policy's own distribution, not the sharpened/flattened sampling one.
+    saved = getattr(policy, "temperature", None)
+    if saved is not None:
+        policy.temperature = 1.0
+    try:
+        yield
+    finally:
+        if saved is not None:
+            policy.temperature = saved
+
+
+def bc_loss(policy: Policy, obs: ObsBatch, targets: torch.Tensor) -> torch.Tensor:
+    """Mean negative logprob per action token of target chunks [B, K, A] (scalar)."""
+    logprob, _, _ = policy.evaluate(obs, targets)
+    return -logprob.mean() / (targets.shape[1] * targets.shape[2])
+
+
+def fit_bc(
+    policy: Policy,
+    data: DemoData,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int = 0,
+    augment_pad: int = 4,
+    on_step: Callable[[int, float, float], None] | None = None,
+) -> list[float]:
+    """Trains `policy` by behaviour cloning on `data`; returns the loss of every step.
+
+    AdamW with a linear warm-up then cosine decay; `on_step(step, loss, lr)` after each step.
+    """
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    targets = chunk_targets(data.actions, data.episode_index, policy.chunk).astype(np.float32)  # [N, K, A]
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps)))))
+    device = next(policy.parameters()).device
+    losses: list[float] = []
+    policy.train()
+    with _temperature_one(policy):
+        for step in range(steps):
+            idx = rng.integers(0, len(data), batch_size)
+            obs = ObsBatch(shift_augment(data.images[idx], augment_pad, rng), data.proprio[idx], [data.instructions[i] for i in idx])
+            loss = bc_loss(policy, obs, torch.as_tensor(targets[idx], device=device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(float(loss))  # syncs with the device once per step; fine at this size
+            if on_step is not None:
+                on_step(step, losses[-1], sched.get_last_lr()[0])
+    policy.eval()
+    return losses
+
+
+def load_demos(demos_dir: str | Path) -> DemoData:
+    """Reads a LeRobot-style demo dataset written by `asyncvla demos`."""
+    from asyncvla.data.lerobot import load_dataset
+
+    if not Path(demos_dir).exists():
+        raise ConfigError(f"demos={str(demos_dir)!r} is invalid: no such directory (record one with `asyncvla demos ENV_ID --out DIR`)")
+    ds = load_dataset(demos_dir)
+    get = (lambda k: ds[k]) if isinstance(ds, dict) else (lambda k: getattr(ds, k))
+    instr = get("instructions")
+    episode_index = np.asarray(get("episode_index"))
+    if isinstance(instr, str):
+        instr = [instr] * len(episode_index)
+    return DemoData(
+        images=np.asarray(get("images"), dtype=np.uint8),
+        proprio=np.asarray(get("proprio"), dtype=np.float32),
+        actions=np.asarray(get("actions"), dtype=np.float32),
+        episode_index=episode_index,
+        instructions=list(instr),
+    )

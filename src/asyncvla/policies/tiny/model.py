@@ -1,0 +1,185 @@
+"""The tiny VLA: a CNN trained from scratch, a frozen sentence embedding and proprio feed a
+small transformer trunk; action heads read learned query tokens, a value head the pooled trunk.
+
+tokens = [image patches ceil(S/16)^2 | instruction | proprio | action queries]
+- `tiny`: one query per (step, action dim) of the chunk, each predicting one of
+  `action_bins` bins over [-1, 1] (OpenVLA-style action tokens, decoded in parallel).
+  Chunk logprob = sum of the K*A token logprobs; entropy = sum of token entropies.
+- `tiny-gaussian`: one query per step of the chunk predicting the mean of a diagonal
+  Gaussian (no tanh, so the logprob is exact); log std is a learned state-independent
+  parameter per (step, dim).
+Both are small enough to train in minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asyncvla.config import PolicyConfig
+from asyncvla.policies import text
+from asyncvla.policies.base import ActOut, ObsBatch, Policy
+from asyncvla.policies.registry import register
+from asyncvla.policies.tiny.processor import TinyProcessor, actions_to_bins, bins_to_actions
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+def discrete_logprob_entropy(logits: torch.Tensor, bins: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunk logprob and entropy of categorical action tokens.
+
+    logits [B, K, A, N], bins [B, K, A] (long) -> (logprob [B], entropy [B]): sums over the
+    K*A tokens of log softmax(logits / temperature) at `bins`, and of the token entropies.
+    """
+    logp = F.log_softmax(logits / temperature, dim=-1)  # [B, K, A, N]
+    token_lp = logp.gather(-1, bins.unsqueeze(-1)).squeeze(-1)  # [B, K, A]
+    token_ent = -(logp.exp() * logp).sum(-1)  # [B, K, A]
+    return token_lp.sum((1, 2)), token_ent.sum((1, 2))
+
+
+def gaussian_logprob_entropy(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunk logprob and entropy of a diagonal Gaussian.
+
+    mean [B, K, A], log_std broadcastable to it, actions [B, K, A] -> (logprob [B], entropy [B]).
+    """
+    log_std = log_std.expand_as(mean)
+    z = (actions - mean) * torch.exp(-log_std)
+    lp = -0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)  # [B, K, A]
+    ent = 0.5 + 0.5 * math.log(2 * math.pi) + log_std  # [B, K, A]
+    return lp.sum((1, 2)), ent.sum((1, 2))
+
+
+class ImageEncoder(nn.Module):
+    """[B, 3, S, S] -> [B, ceil(S/16)^2, H] patch tokens.
+
+    A 4x4 patchify stem then two stride-2 convs: ~10x cheaper on a CPU than four stride-2
+    3x3 convs from full resolution, at the same token grid.
+    """
+
+    def __init__(self, hidden_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 32, 4, stride=4), nn.GELU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(64, hidden_dim, 3, stride=2, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten(2).transpose(1, 2)  # [B, h*w, H]
+
+
+class TinyBase(Policy):
+    """Shared trunk, processor and value head; subclasses add an action head."""
+
+    def __init__(self, cfg: PolicyConfig, action_dim: int, proprio_dim: int, num_queries: int):
+        super().__init__()
+        self.cfg = cfg
+        self.chunk, self.action_dim, self.proprio_dim = cfg.chunk, action_dim, proprio_dim
+        self.temperature = cfg.temperature
+        """Sampling temperature of act and evaluate (the distribution the rollouts follow)."""
+        h = cfg.hidden_dim
+        self.processor = TinyProcessor(proprio_dim, action_dim, cfg.image_size)
+        self.image_encoder = ImageEncoder(h)
+        num_patches = self.image_encoder(torch.zeros(1, 3, cfg.image_size, cfg.image_size)).shape[1]
+        self.text_proj = nn.Linear(text.DIM, h)
+        self.proprio_proj = nn.Sequential(nn.Linear(proprio_dim, h), nn.GELU(), nn.Linear(h, h))
+        self.queries = nn.Parameter(0.02 * torch.randn(num_queries, h))
+        self.num_obs_tokens = num_patches + 2
+        self.pos = nn.Parameter(0.02 * torch.randn(self.num_obs_tokens + num_queries, h))
+        layer = nn.TransformerEncoderLayer(h, cfg.num_heads, dim_feedforward=2 * h, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.trunk = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(h)
+        self.value_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 1))
+
+    @property
+    def device(self) -> torch.device:
+        return self.queries.device
+
+    def features(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query outputs [B, Q, H], value [B])."""
+        images, proprio, instr = self.processor(obs)
+        b = images.shape[0]
+        tokens = torch.cat([
+            self.image_encoder(images),  # [B, n, H]
+            self.text_proj(instr).unsqueeze(1),  # [B, 1, H]
+            self.proprio_proj(proprio).unsqueeze(1),  # [B, 1, H]
+            self.queries.expand(b, -1, -1),  # [B, Q, H]
+        ], dim=1) + self.pos
+        out = self.norm(self.trunk(tokens))
+        pooled = out[:, : self.num_obs_tokens].mean(1)  # [B, H]
+        return out[:, self.num_obs_tokens :], self.value_head(pooled).squeeze(-1)
+
+    def _as_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(actions, dtype=torch.float32, device=self.device).reshape(-1, self.chunk, self.action_dim)
+
+
+@register("tiny")
+class TinyVLA(TinyBase):
+    """Discrete action tokens: `action_bins` bins per dimension over [-1, 1], K*A tokens per chunk."""
+
+    def __init__(self, cfg: PolicyConfig, action_dim: int, proprio_dim: int):
+        super().__init__(cfg, action_dim, proprio_dim, num_queries=cfg.chunk * action_dim)
+        self.num_bins = cfg.action_bins
+        self.action_head = nn.Linear(cfg.hidden_dim, cfg.action_bins)
+
+    def logits(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, K, A, N] at temperature 1, value [B])."""
+        q, value = self.features(obs)
+        return self.action_head(q).view(-1, self.chunk, self.action_dim, self.num_bins), value
+
+    @torch.no_grad()
+    def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOut:
+        logits, value = self.logits(obs)
+        if deterministic:
+            bins = logits.argmax(-1)  # [B, K, A]
+        else:
+            bins = torch.distributions.Categorical(logits=logits / self.temperature).sample()
+        logprob, _ = discrete_logprob_entropy(logits, bins, self.temperature)
+        return ActOut(
+            actions=bins_to_actions(bins, self.num_bins).cpu().numpy(),
+            logprob=logprob.float().cpu().numpy(),
+            value=value.float().cpu().numpy(),
+            version=self.version,
+        )
+
+    def evaluate(self, obs: ObsBatch, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, value = self.logits(obs)
+        bins = actions_to_bins(self._as_actions(actions), self.num_bins)
+        logprob, entropy = discrete_logprob_entropy(logits, bins, self.temperature)
+        return logprob, entropy, value
+
+
+@register("tiny-gaussian")
+class TinyGaussianVLA(TinyBase):
+    """Diagonal Gaussian over the chunk (no tanh; the env clips): mean per step from a query
+    token, in units of the demo action statistics; state-independent learned log std."""
+
+    def __init__(self, cfg: PolicyConfig, action_dim: int, proprio_dim: int):
+        super().__init__(cfg, action_dim, proprio_dim, num_queries=cfg.chunk)
+        self.mean_head = nn.Linear(cfg.hidden_dim, action_dim)
+        self.log_std = nn.Parameter(torch.full((cfg.chunk, action_dim), -0.5))
+
+    def dist_params(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean [B, K, A], log std [K, A] at the current temperature, value [B])."""
+        q, value = self.features(obs)
+        p = self.processor
+        mean = p.action_mean + p.action_std * self.mean_head(q)  # [B, K, A]
+        log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX) + torch.log(p.action_std) + math.log(self.temperature)
+        return mean, log_std, value
+
+    @torch.no_grad()
+    def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOut:
+        mean, log_std, value = self.dist_params(obs)
+        actions = mean if deterministic else mean + torch.randn_like(mean) * log_std.exp()
+        logprob, _ = gaussian_logprob_entropy(mean, log_std, actions)
+        return ActOut(actions.float().cpu().numpy(), logprob.float().cpu().numpy(), value.float().cpu().numpy(), self.version)
+
+    def evaluate(self, obs: ObsBatch, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, log_std, value = self.dist_params(obs)
+        logprob, entropy = gaussian_logprob_entropy(mean, log_std, self._as_actions(actions))
+        return logprob, entropy, value

@@ -1,0 +1,219 @@
+"""The rollout (inference) server: dynamic batcher + `policy.act` + policy-version tracking.
+
+Weights change only between two batches, never inside one: new weights (pushed with
+`set_weights` or pulled from a `WeightStore`) wait as pending and are applied at the next
+batch boundary, so every sample of a batch carries the same, correct version.
+
+`RolloutServer` is a plain class (tests build it without Ray); `serve` is its loop over a
+`Transport`; `make_ray_rollout_server` wraps it in a thin Ray actor. Several servers are
+load-balanced by a `Router` (round-robin, greedy least-loaded, fixed mapping).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+from typing import Any, Callable, Hashable, Mapping, Protocol
+
+import numpy as np
+import torch
+
+from asyncvla.config import ConfigError
+from asyncvla.policies.base import ActOut, ObsBatch, Policy
+from asyncvla.runtime.batcher import DynamicBatcher, LocalTransport, Reply, Request, Transport
+from asyncvla.runtime.weight_store import WeightStore
+
+
+def split_act(out: ActOut, sizes: list[int]) -> list[ActOut]:
+    """Cuts a batch's ActOut into one per request (sizes in request order)."""
+    bounds = np.cumsum([0] + sizes)
+    return [ActOut(out.actions[a:b], out.logprob[a:b], out.value[a:b], out.version)
+            for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class RolloutServer:
+    """Batches requests dynamically and answers them with actions, logprob, value, version."""
+
+    def __init__(self, policy: Policy, max_batch: int = 32, max_wait_s: float = 0.005,
+                 weights: WeightStore | None = None, name: str = "rollout0", spans: Any = None):
+        self.policy = policy
+        self.batcher = DynamicBatcher(max_batch, max_wait_s)
+        self.weights = weights
+        self.name = name
+        self.spans = spans
+        self.version = int(getattr(policy, "version", 0))
+        self._pending: tuple[int, Mapping[str, torch.Tensor]] | None = None
+        self._lock = threading.Lock()
+        self.num_batches = 0
+        self.num_samples = 0
+        self.busy_s = 0.0
+        self.batch_sizes: Counter[int] = Counter()
+
+    # -- weights ---------------------------------------------------------------------------
+    def set_weights(self, state: Mapping[str, torch.Tensor], version: int) -> None:
+        """Queues weights of `version`; they take effect at the next batch boundary."""
+        with self._lock:
+            if self._pending is None or version > self._pending[0]:
+                self._pending = (version, state)
+
+    def _at_batch_boundary(self) -> None:
+        # The only place weights change: before a batch starts, never while one runs.
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if self.weights is not None and self.weights.version > max(self.version, pending[0] if pending else -1):
+            pending = self.weights.latest()
+        if pending is not None and pending[0] > self.version:
+            version, state = pending
+            self.policy.load_state_dict(state)
+            self.policy.version = version
+            self.version = version
+
+    # -- batches ---------------------------------------------------------------------------
+    def run_batch(self, batch: list[Request]) -> list[Reply]:
+        """Acts on one batch (all its requests at once) and returns one reply per request."""
+        self._at_batch_boundary()
+        t0 = time.perf_counter()
+        obs = ObsBatch.concat([r.payload for r in batch]) if len(batch) > 1 else batch[0].payload
+        out = self.policy.act(obs)
+        out.version = self.version
+        t1 = time.perf_counter()
+        if self.spans is not None:
+            self.spans.add("infer", t0, t1, n=len(obs), version=self.version)
+        self.busy_s += t1 - t0
+        self.num_batches += 1
+        self.num_samples += len(obs)
+        self.batch_sizes[len(obs)] += 1
+        parts = split_act(out, [r.n for r in batch])
+        return [Reply(r.id, r.client, part, self.version) for r, part in zip(batch, parts)]
+
+    def serve(self, transport: Transport, clock: Callable[[], float], should_stop: Callable[[], bool],
+              idle_s: float = 0.1) -> None:
+        """The server loop: receive, batch, act, reply, until `should_stop()`.
+
+        It sleeps in `transport.recv` until the open batch's deadline (or `idle_s` when
+        nothing is open, so a stop request is noticed).
+        """
+        while not should_stop():
+            deadline = self.batcher.deadline()
+            timeout = idle_s if deadline is None else max(0.0, deadline - clock())
+            for req in transport.recv(timeout):
+                self.batcher.add(req)
+            while (batch := self.batcher.pop_ready(clock())) is not None:
+                for reply in self.run_batch(batch):
+                    transport.send(reply)
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "infer/batches": self.num_batches,
+            "infer/samples": self.num_samples,
+            "infer/mean_batch": self.num_samples / max(self.num_batches, 1),
+            "time/infer_s": self.busy_s,
+        }
+
+
+# -- routing ---------------------------------------------------------------------------------
+class Router(Protocol):
+    """Picks the server for a client's request; told when the request is answered."""
+
+    def pick(self, client: int, n: int) -> int: ...
+
+    def done(self, server: int, n: int) -> None: ...
+
+
+class RoundRobinRouter:
+    """Global round-robin over servers, one request at a time."""
+
+    def __init__(self, num_servers: int):
+        self._next = itertools.cycle(range(num_servers))
+        self._lock = threading.Lock()
+
+    def pick(self, client: int, n: int) -> int:
+        with self._lock:
+            return next(self._next)
+
+    def done(self, server: int, n: int) -> None:
+        pass
+
+
+class GreedyRouter:
+    """The server with the fewest outstanding samples (ties: the lowest index)."""
+
+    def __init__(self, num_servers: int):
+        self.load = [0] * num_servers
+        self._lock = threading.Lock()
+
+    def pick(self, client: int, n: int) -> int:
+        with self._lock:
+            server = min(range(len(self.load)), key=self.load.__getitem__)
+            self.load[server] += n
+            return server
+
+    def done(self, server: int, n: int) -> None:
+        with self._lock:
+            self.load[server] -= n
+
+
+class FixedRouter:
+    """Client c always goes to server mapping[c] (default: c % num_servers)."""
+
+    def __init__(self, num_servers: int, mapping: Mapping[Hashable, int] | None = None):
+        self.num_servers = num_servers
+        self.mapping = dict(mapping or {})
+
+    def pick(self, client: int, n: int) -> int:
+        return self.mapping.get(client, hash(client) % self.num_servers)
+
+    def done(self, server: int, n: int) -> None:
+        pass
+
+
+ROUTERS: dict[str, Callable[[int], Router]] = {
+    "round-robin": RoundRobinRouter,
+    "greedy": GreedyRouter,
+    "fixed": FixedRouter,
+}
+
+
+def make_router(kind: str, num_servers: int) -> Router:
+    if kind not in ROUTERS:
+        raise ConfigError(f"runtime.router={kind!r} is invalid: allowed: {', '.join(ROUTERS)}")
+    return ROUTERS[kind](num_servers)
+
+
+# -- Ray shell -------------------------------------------------------------------------------
+def make_ray_rollout_server(**ray_options):
+    """A Ray actor class around `RolloutServer`: `act` blocks until its batch has run.
+
+    The actor is threaded (max_concurrency) so many `act` calls wait at once and meet in
+    the batcher; a background thread runs the serving loop.
+    """
+    import ray
+
+    class RolloutServerActor:
+        def __init__(self, policy_fn: Callable[[], Policy], max_batch: int, max_wait_s: float, name: str):
+            self.transport = LocalTransport()
+            self.server = RolloutServer(policy_fn(), max_batch, max_wait_s, name=name)
+            self._stop = False
+            self._thread = threading.Thread(
+                target=self.server.serve, args=(self.transport, self.transport.clock, lambda: self._stop),
+                daemon=True, name=name)
+            self._thread.start()
+
+        def act(self, client: int, obs: ObsBatch) -> ActOut:
+            return self.transport.submit(client, obs, len(obs)).result().result
+
+        def set_weights(self, state: Mapping[str, torch.Tensor], version: int) -> None:
+            self.server.set_weights(state, version)
+
+        def stats(self) -> dict[str, float]:
+            return self.server.stats()
+
+        def stop(self) -> None:
+            self._stop = True
+            self.transport.close()
+            self._thread.join(timeout=5)
+
+    opts = {"max_concurrency": 256, "num_cpus": 1, **ray_options}
+    return ray.remote(**opts)(RolloutServerActor)

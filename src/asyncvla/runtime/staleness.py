@@ -1,0 +1,182 @@
+"""Bounded staleness by pacing, plus the ledger that accounts for every env step.
+
+Staleness is bounded by *pacing new rollouts*, not by throwing finished ones away
+(discarding starves long episodes and biases the data). The trainer consumes
+`samples_per_version` samples per optimizer step (one version). When the trainer is at
+version v it has consumed C_v samples; a new rollout (segment) may only be admitted while
+the total admitted stays within C_v + (max_staleness + 1) * samples_per_version, i.e.
+while every admitted sample can be trained by version v + max_staleness. Samples admitted
+but never delivered (a segment cut short, an env crash) are refunded, so with
+max_staleness = 0 the trainer always receives exactly one version's worth of samples: it
+trains, publishes, and admission reopens on the new version (no deadlock).
+
+The measured lag (trainer version at training - behaviour version) of every trained sample
+goes into a histogram; a sample that still exceeds the bound (e.g. inference was a batch
+behind the trainer) is dropped *and counted* under reason "stale".
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+import numpy as np
+
+
+class StalenessController:
+    """Admission control for new rollouts and the lag histogram; thread-safe, serialisable."""
+
+    def __init__(self, max_staleness: int, samples_per_version: int):
+        if max_staleness < 0:
+            raise ValueError(f"max_staleness={max_staleness} is invalid: must be >= 0")
+        if samples_per_version < 1:
+            raise ValueError(f"samples_per_version={samples_per_version} is invalid: must be >= 1")
+        self.max_staleness = max_staleness
+        self.samples_per_version = samples_per_version
+        self._cond = threading.Condition()
+        self.version = 0
+        self.consumed = 0
+        """Samples consumed by the trainer's completed versions (C_v)."""
+        self.admitted = 0
+        """Samples admitted so far, net of refunds."""
+        self.lag_hist: Counter[int] = Counter()
+        self.num_waits = 0
+        self._closed = False
+
+    # -- rollout side ---------------------------------------------------------------------
+    @property
+    def cap(self) -> int:
+        return self.consumed + (self.max_staleness + 1) * self.samples_per_version
+
+    def try_admit(self, want: int) -> int:
+        """Grants up to `want` samples for a new rollout now; 0 means wait."""
+        with self._cond:
+            return self._grant(want)
+
+    def admit(self, want: int, timeout_s: float | None = None) -> int:
+        """Like `try_admit` but waits for room; 0 on timeout or after `close`."""
+        with self._cond:
+            granted = self._grant(want)
+            if granted == 0 and not self._closed:
+                self.num_waits += 1
+                self._cond.wait_for(lambda: self._closed or self.cap > self.admitted, timeout_s)
+                granted = self._grant(want)
+            return granted
+
+    def refund(self, n: int) -> None:
+        """Returns admitted samples that will never reach the trainer (cut short or dropped)."""
+        if n <= 0:
+            return
+        with self._cond:
+            self.admitted -= n
+            self._cond.notify_all()
+
+    def _grant(self, want: int) -> int:
+        if self._closed:
+            return 0
+        granted = max(0, min(want, self.cap - self.admitted))
+        self.admitted += granted
+        return granted
+
+    # -- trainer side ---------------------------------------------------------------------
+    def is_stale(self, behaviour_version: int) -> bool:
+        return self.version - behaviour_version > self.max_staleness
+
+    def record_lags(self, lags: np.ndarray) -> None:
+        """Lags (trainer version - behaviour version) of samples being trained now."""
+        with self._cond:
+            self.lag_hist.update(int(x) for x in np.asarray(lags).ravel())
+
+    def advance(self, version: int, consumed_samples: int) -> None:
+        """The trainer reached `version` having consumed `consumed_samples` in total: reopen admission."""
+        with self._cond:
+            self.version = version
+            self.consumed = consumed_samples
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stops admitting (shutdown) and wakes every waiter."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- metrics and resume -----------------------------------------------------------------
+    def metrics(self) -> dict:
+        total = sum(self.lag_hist.values())
+        top = max(self.lag_hist, default=0)
+        return {
+            "lag/max": top,
+            "lag/mean": sum(k * v for k, v in self.lag_hist.items()) / total if total else 0.0,
+            "lag/hist": [self.lag_hist.get(k, 0) for k in range(top + 1)],
+            "lag/admission_waits": self.num_waits,
+        }
+
+    def state_dict(self) -> dict:
+        # In-flight admissions are not saved: work in flight at a checkpoint is redone.
+        return {"version": self.version, "consumed": self.consumed,
+                "lag_hist": {str(k): v for k, v in self.lag_hist.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        with self._cond:
+            self.version, self.consumed = int(state["version"]), int(state["consumed"])
+            self.admitted = self.consumed
+            self.lag_hist = Counter({int(k): int(v) for k, v in state["lag_hist"].items()})
+            self._cond.notify_all()
+
+
+class Ledger:
+    """Every env step produced is trained on or dropped with a counted reason.
+
+    `balance` (produced - trained - dropped) is the work still in flight; it is 0 after a
+    clean shutdown, which a test checks.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.produced_env_steps = 0
+        self.trained_env_steps = 0
+        self.trained_samples = 0
+        self.dropped_env_steps: Counter[str] = Counter()
+        self.dropped_samples: Counter[str] = Counter()
+
+    def produced(self, env_steps: int) -> None:
+        with self._lock:
+            self.produced_env_steps += env_steps
+
+    def trained(self, samples: int, env_steps: int) -> None:
+        with self._lock:
+            self.trained_samples += samples
+            self.trained_env_steps += env_steps
+
+    def dropped(self, reason: str, samples: int, env_steps: int) -> None:
+        with self._lock:
+            self.dropped_samples[reason] += samples
+            self.dropped_env_steps[reason] += env_steps
+
+    @property
+    def balance(self) -> int:
+        return self.produced_env_steps - self.trained_env_steps - sum(self.dropped_env_steps.values())
+
+    def metrics(self) -> dict:
+        out = {"count/env_steps": self.produced_env_steps, "count/trained_env_steps": self.trained_env_steps,
+               "count/trained_samples": self.trained_samples, "count/in_flight_env_steps": self.balance}
+        out.update({f"dropped/{k}_samples": v for k, v in self.dropped_samples.items()})
+        out.update({f"dropped/{k}_env_steps": v for k, v in self.dropped_env_steps.items()})
+        return out
+
+    def state_dict(self) -> dict:
+        return {"produced": self.produced_env_steps, "trained_env_steps": self.trained_env_steps,
+                "trained_samples": self.trained_samples, "dropped_env_steps": dict(self.dropped_env_steps),
+                "dropped_samples": dict(self.dropped_samples)}
+
+    def load_state_dict(self, state: dict) -> None:
+        # After resume nothing is in flight: whatever was in flight at save time is gone
+        # and counted as dropped ("resume") so the totals still balance.
+        self.produced_env_steps = int(state["produced"])
+        self.trained_env_steps = int(state["trained_env_steps"])
+        self.trained_samples = int(state["trained_samples"])
+        self.dropped_env_steps = Counter(state["dropped_env_steps"])
+        self.dropped_samples = Counter(state["dropped_samples"])
+        lost = self.balance
+        if lost:
+            self.dropped_env_steps["resume"] += lost
+
