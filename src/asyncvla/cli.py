@@ -6,6 +6,7 @@ A `ConfigError` anywhere becomes one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from typing import Annotated, Union
 import tyro
 
 from asyncvla.config import ConfigError, EnvConfig
+from asyncvla.sim.model import SimConfig
 
 Positional = tyro.conf.Positional
 
@@ -95,15 +97,43 @@ class Demos:
         from asyncvla.data.demos import record_demos
 
         cfg = EnvConfig(id=self.env_id, num_envs=1, image_size=self.image_size, seed=self.seed)
-        summary = record_demos(cfg, episodes=self.episodes, out=self.out)
+        summary = record_demos(cfg, episodes=self.episodes, out=self.out, progress=not self.json)
         if self.json:
             _print_json(summary)
+        else:
+            for k, v in summary.items():
+                print(f"{k:>14}: {v}")
+
+
+@dataclass
+class Simulate:
+    """Project sync and async throughput to many GPUs with the discrete-event model (simpy)."""
+
+    gpus: tuple[int, ...] = (8, 16, 32, 64)
+    """GPU counts to simulate."""
+    modes: tuple[str, ...] = ("sync", "async")
+    model: SimConfig = field(default_factory=SimConfig)
+    """Deployment and stage costs (calibrate from a trace or published figures)."""
+    json: bool = False
+
+    def run(self) -> None:
+        from asyncvla.sim.model import scaling_sweep
+
+        for m in self.modes:
+            if m not in ("sync", "async"):
+                raise ConfigError(f"modes={m!r} is invalid: allowed: sync, async")
+        rows = [dataclasses.asdict(r) for r in scaling_sweep(self.model, list(self.gpus), list(self.modes))]
+        for r in rows:
+            print(json.dumps(r)) if self.json else print(f"{r['num_gpus']:>5} GPUs {r['mode']:>5}: {r['env_steps_per_s']:>10.0f} env steps/s, busy {r['busy']}")
+        if self.json:
+            _print_json({"runs": rows})
 
 
 Command = Union[
     Annotated[Envs, tyro.conf.subcommand("envs")],
     Annotated[EnvBench, tyro.conf.subcommand("env-bench")],
     Annotated[Demos, tyro.conf.subcommand("demos")],
+    Annotated[Simulate, tyro.conf.subcommand("simulate")],
 ]
 
 
@@ -112,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        cmd = tyro.cli(Command, args=argv, prog="asyncvla", description=__doc__.splitlines()[0],
-                       config=(tyro.conf.OmitArgPrefixes,))
+        cmd = tyro.cli(Command, args=argv, prog="asyncvla", description=__doc__.splitlines()[0])
         cmd.run()
     except ConfigError as e:
         print(f"asyncvla: error: {e}", file=sys.stderr)

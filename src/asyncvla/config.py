@@ -108,7 +108,7 @@ class EnvConfig:
     executor: Literal["inline", "thread"] = "inline"
     """inline: `send` steps the envs in the caller's thread; thread: one thread per env, so envs that hold wall time (emulated, remote renderers) overlap."""
     split: Literal["train", "eval"] = "train"
-    """Which fixed initial states to draw from where the benchmark has them (LIBERO): train and eval are disjoint."""
+    """Which initial states resets draw: train and eval are disjoint (LIBERO: fixed init states; MetaWorld: separate seed streams)."""
     emulated: EmulatedConfig = field(default_factory=EmulatedConfig)
     """Parameters of `emulated/*` envs (the task name picks a preset of them)."""
     wrappers: WrapperConfig = field(default_factory=WrapperConfig)

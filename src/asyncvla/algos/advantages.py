@@ -1,6 +1,6 @@
 """Advantage estimators: GAE (PPO) and group-relative scores (GRPO), as pure functions.
 
-Conventions (differ from RLinf on purpose, see docs/REFERENCE):
+Conventions (they differ from RLinf's on purpose):
 - Time-major `[T, B]`; index t is a policy *decision* (one action chunk), so `gamma`
   discounts per decision and `rewards[t]` is the chunk's reward.
 - `terminated[t]` / `truncated[t]` mean "the episode ended after decision t" (RLinf
@@ -125,7 +125,9 @@ def grpo_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6) ->
     if group_size < 2:
         raise ValueError(f"group_size={group_size} is invalid: must be >= 2 (sample std)")
     if scores.ndim != 1 or scores.numel() % group_size != 0:
-        raise ValueError(f"scores{list(scores.shape)}: must be 1-D with a length divisible by group_size={group_size}")
+        raise ValueError(
+            f"scores{list(scores.shape)}: must be 1-D with a length divisible by group_size={group_size}"
+        )
     groups = scores.reshape(-1, group_size)  # [G, group_size]
     # Centre on the first member before averaging: equal scores then give exact zeros
     # (a plain mean of 8 x 0.1 is not exactly 0.1 in floating point).

@@ -118,7 +118,7 @@ def fit_bc(
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
             opt.step()
             sched.step()
-            losses.append(float(loss))  # syncs with the device once per step; fine at this size
+            losses.append(float(loss.detach()))  # syncs with the device once per step; fine at this size
             if on_step is not None:
                 on_step(step, losses[-1], sched.get_last_lr()[0])
     policy.eval()
@@ -144,3 +144,67 @@ def load_demos(demos_dir: str | Path) -> DemoData:
         episode_index=episode_index,
         instructions=list(instr),
     )
+
+
+def _progress():
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    # stderr: the last stdout line of `--json` commands stays the JSON result.
+    return Progress(TextColumn("[bold]sft"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+
+
+def train_sft(
+    env_id: str,
+    demos_dir: str | Path,
+    out_dir: str | Path,
+    steps: int = 1500,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    policy_cfg: PolicyConfig | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Behaviour-clones `policy_cfg` on the demos in `demos_dir`; writes a checkpoint and
+    `metrics.jsonl` (one line per step: step, loss/bc, lr, time_s) to `out_dir`.
+
+    Returns a summary: out_dir, env_id, steps, frames, episodes, first/final loss, wall_s, samples_per_s.
+    """
+    from asyncvla.policies.checkpoint import save_policy
+    from asyncvla.policies.registry import make_policy
+
+    for name, v in (("steps", steps), ("batch_size", batch_size)):
+        if v < 1:
+            raise ConfigError(f"sft.{name}={v!r} is invalid: must be >= 1")
+    if not lr > 0:
+        raise ConfigError(f"sft.lr={lr!r} is invalid: must be > 0")
+    policy_cfg = policy_cfg or PolicyConfig()
+    data = load_demos(demos_dir)
+    torch.manual_seed(seed)
+    policy = make_policy(policy_cfg, action_dim=data.actions.shape[1], proprio_dim=data.proprio.shape[1])
+    processor = getattr(policy, "processor", None)
+    if processor is not None:
+        processor.fit(data.proprio, data.actions)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(out / "metrics.jsonl", "w") as log, (_progress() if progress else contextlib.nullcontext()) as bar:
+        task = bar.add_task("sft", total=steps, loss=float("nan")) if bar is not None else None
+
+        def on_step(step: int, loss: float, lr_now: float) -> None:
+            log.write(json.dumps({"step": step + 1, "loss/bc": loss, "lr": lr_now, "time_s": time.perf_counter() - t0}) + "\n")
+            if bar is not None:
+                bar.update(task, advance=1, loss=loss)
+
+        losses = fit_bc(policy, data, steps, batch_size, lr, seed=seed, on_step=on_step)
+    wall_s = time.perf_counter() - t0
+    tail = max(1, min(50, steps // 10))
+    summary = {
+        "out_dir": str(out), "env_id": env_id, "policy_type": policy_cfg.type, "steps": steps, "batch_size": batch_size, "lr": lr,
+        "frames": len(data), "episodes": int(len(np.unique(data.episode_index))),
+        "first_loss": losses[0], "final_loss": float(np.mean(losses[-tail:])),
+        "wall_s": round(wall_s, 2), "samples_per_s": round(steps * batch_size / wall_s, 1),
+    }
+    save_policy(policy, out, extra={"env_id": env_id, "sft": summary})
+    return summary

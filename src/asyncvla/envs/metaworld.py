@@ -27,6 +27,7 @@ each frame, so several envs in one process never draw into each other's GL conte
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -35,6 +36,9 @@ from asyncvla.config import ConfigError, EnvConfig
 from asyncvla.envs.base import Obs, StepOut, flip_upright
 
 CAMERA = "corner"
+ROBOT_TYPE = "sawyer"
+FPS = 80
+"""Control rate: one env step is frame_skip 5 x timestep 2.5 ms = 12.5 ms."""
 METAWORLD_MAX_STEPS = 500
 """MetaWorld truncates every episode here (`max_path_length`)."""
 DEFAULT_MAX_EPISODE_STEPS = 200
@@ -128,6 +132,8 @@ def expert_policy(task: str) -> Callable[[np.ndarray], np.ndarray]:
     """MetaWorld's scripted expert for `task`: state [39] (e.g. `obs.proprio`) -> action [4] float32."""
     from metaworld.policies import ENV_POLICY_MAP
 
+    # The experts' gains exceed 1 by design; the env clips actions, so the warning is noise.
+    warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
     if task not in ENV_POLICY_MAP:
         raise ConfigError(f"task={task!r} is invalid: no MetaWorld expert; allowed: {', '.join(sorted(ENV_POLICY_MAP))}")
     policy = ENV_POLICY_MAP[task]()
@@ -163,7 +169,8 @@ class MetaWorldEnv:
         size = cfg.image_size
         # gym.make builds MetaWorld's MT1 wrapper stack (and sizes the offscreen buffer);
         # we step the unwrapped env: the wrappers cost time and re-sample tasks on reset.
-        self._gym = gym.make("Meta-World/MT1", env_name=task, render_mode="rgb_array", width=size, height=size, camera_name=CAMERA)
+        self._gym = gym.make("Meta-World/MT1", env_name=task, render_mode="rgb_array", width=size, height=size,
+                            camera_name=CAMERA, disable_env_checker=True)
         self._raw = self._gym.unwrapped
         # One MT1 task sets the multi-task options (goal visible in the state); resets then
         # draw fresh task vectors from our seeded generator instead of this frozen one.

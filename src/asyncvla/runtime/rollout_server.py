@@ -15,12 +15,13 @@ import itertools
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Hashable, Mapping, Protocol
+from typing import Callable, Hashable, Mapping, Protocol
 
 import numpy as np
 import torch
 
 from asyncvla.config import ConfigError
+from asyncvla.metrics.spans import SpanRecorder
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
 from asyncvla.runtime.batcher import DynamicBatcher, LocalTransport, Reply, Request, Transport
 from asyncvla.runtime.weight_store import WeightStore
@@ -37,12 +38,12 @@ class RolloutServer:
     """Batches requests dynamically and answers them with actions, logprob, value, version."""
 
     def __init__(self, policy: Policy, max_batch: int = 32, max_wait_s: float = 0.005,
-                 weights: WeightStore | None = None, name: str = "rollout0", spans: Any = None):
+                 weights: WeightStore | None = None, index: int = 0, trace: bool = True):
         self.policy = policy
         self.batcher = DynamicBatcher(max_batch, max_wait_s)
         self.weights = weights
-        self.name = name
-        self.spans = spans
+        self.index = index
+        self.rec = SpanRecorder("rollout", index, enabled=trace)
         self.version = int(getattr(policy, "version", 0))
         self._pending: tuple[int, Mapping[str, torch.Tensor]] | None = None
         self._lock = threading.Lock()
@@ -74,13 +75,12 @@ class RolloutServer:
     def run_batch(self, batch: list[Request]) -> list[Reply]:
         """Acts on one batch (all its requests at once) and returns one reply per request."""
         self._at_batch_boundary()
-        t0 = time.perf_counter()
+        t0 = time.time()
         obs = ObsBatch.concat([r.payload for r in batch]) if len(batch) > 1 else batch[0].payload
         out = self.policy.act(obs)
         out.version = self.version
-        t1 = time.perf_counter()
-        if self.spans is not None:
-            self.spans.add("infer", t0, t1, n=len(obs), version=self.version)
+        t1 = time.time()
+        self.rec.add("infer", t0, t1)
         self.busy_s += t1 - t0
         self.num_batches += 1
         self.num_samples += len(obs)
@@ -192,13 +192,13 @@ def make_ray_rollout_server(**ray_options):
     import ray
 
     class RolloutServerActor:
-        def __init__(self, policy_fn: Callable[[], Policy], max_batch: int, max_wait_s: float, name: str):
+        def __init__(self, policy_fn: Callable[[], Policy], max_batch: int, max_wait_s: float, index: int = 0):
             self.transport = LocalTransport()
-            self.server = RolloutServer(policy_fn(), max_batch, max_wait_s, name=name)
+            self.server = RolloutServer(policy_fn(), max_batch, max_wait_s, index=index)
             self._stop = False
             self._thread = threading.Thread(
                 target=self.server.serve, args=(self.transport, self.transport.clock, lambda: self._stop),
-                daemon=True, name=name)
+                daemon=True, name=f"rollout{index}")
             self._thread.start()
 
         def act(self, client: int, obs: ObsBatch) -> ActOut:
@@ -209,6 +209,9 @@ def make_ray_rollout_server(**ray_options):
 
         def stats(self) -> dict[str, float]:
             return self.server.stats()
+
+        def drain_spans(self) -> list:
+            return self.server.rec.drain()
 
         def stop(self) -> None:
             self._stop = True

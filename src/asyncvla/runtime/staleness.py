@@ -10,13 +10,17 @@ but never delivered (a segment cut short, an env crash) are refunded, so with
 max_staleness = 0 the trainer always receives exactly one version's worth of samples: it
 trains, publishes, and admission reopens on the new version (no deadlock).
 
-The measured lag (trainer version at training - behaviour version) of every trained sample
+Lag is counted in *published updates*: a trainer that takes several optimizer steps per
+update (PPO epochs) publishes once, and its samples' lag is the number of publishes
+between the weights that acted and the weights being trained. With one optimizer step per
+update this is the plain version difference. The measured lag of every trained sample
 goes into a histogram; a sample that still exceeds the bound (e.g. inference was a batch
 behind the trainer) is dropped *and counted* under reason "stale".
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import Counter
 import numpy as np
@@ -34,6 +38,7 @@ class StalenessController:
         self.samples_per_version = samples_per_version
         self._cond = threading.Condition()
         self.version = 0
+        self._published = [0]
         self.consumed = 0
         """Samples consumed by the trainer's completed versions (C_v)."""
         self.admitted = 0
@@ -78,17 +83,25 @@ class StalenessController:
         return granted
 
     # -- trainer side ---------------------------------------------------------------------
-    def is_stale(self, behaviour_version: int) -> bool:
-        return self.version - behaviour_version > self.max_staleness
+    def lag(self, behaviour_version: int) -> int:
+        """Publishes since `behaviour_version` (0 when it is the trainer's current version)."""
+        return len(self._published) - bisect.bisect_right(self._published, behaviour_version)
 
-    def record_lags(self, lags: np.ndarray) -> None:
-        """Lags (trainer version - behaviour version) of samples being trained now."""
+    def is_stale(self, behaviour_version: int) -> bool:
+        return self.lag(behaviour_version) > self.max_staleness
+
+    def record_lags(self, behaviour_versions: np.ndarray) -> np.ndarray:
+        """Adds the lags of samples trained now (given their behaviour versions); returns them."""
+        lags = np.array([self.lag(int(v)) for v in np.asarray(behaviour_versions).ravel()], np.int64)
         with self._cond:
-            self.lag_hist.update(int(x) for x in np.asarray(lags).ravel())
+            self.lag_hist.update(lags.tolist())
+        return lags
 
     def advance(self, version: int, consumed_samples: int) -> None:
-        """The trainer reached `version` having consumed `consumed_samples` in total: reopen admission."""
+        """The trainer published `version` having consumed `consumed_samples` in total: reopen admission."""
         with self._cond:
+            if version > self._published[-1]:
+                self._published.append(version)
             self.version = version
             self.consumed = consumed_samples
             self._cond.notify_all()
@@ -112,12 +125,13 @@ class StalenessController:
 
     def state_dict(self) -> dict:
         # In-flight admissions are not saved: work in flight at a checkpoint is redone.
-        return {"version": self.version, "consumed": self.consumed,
+        return {"version": self.version, "consumed": self.consumed, "published": list(self._published),
                 "lag_hist": {str(k): v for k, v in self.lag_hist.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         with self._cond:
             self.version, self.consumed = int(state["version"]), int(state["consumed"])
+            self._published = [int(v) for v in state["published"]]
             self.admitted = self.consumed
             self.lag_hist = Counter({int(k): int(v) for k, v in state["lag_hist"].items()})
             self._cond.notify_all()

@@ -1,0 +1,244 @@
+"""A LeRobot-v3-style dataset on disk: writer (`DatasetWriter`) and reader (`load_dataset`).
+
+Layout (LeRobot codebase v3.0):
+```
+meta/info.json                               fps, features (dtype/shape), totals, paths
+meta/tasks.parquet                           task_index, task (the instruction)
+meta/episodes/chunk-000/file-000.parquet     episode_index, tasks, length, success, return,
+                                             dataset_from_index, dataset_to_index
+data/chunk-000/file-000.parquet              one row per frame (below)
+```
+Frame columns: observation.image (struct{bytes: PNG, path: null}, as Hugging Face
+`datasets.Image` stores images inline), observation.state (list<float32>), action
+(list<float32>), episode_index, frame_index, index, timestamp (frame_index / fps),
+task_index, next.reward, next.success, next.done. A row holds the observation at t, the
+action taken at t, and what that action led to (next.*).
+
+Reading for training:
+```
+ds = load_dataset("demos/")
+ds.images        # [N, S, S, 3] uint8, right side up
+ds.proprio       # [N, P] float32
+ds.actions       # [N, A] float32
+ds.episode_index # [N] int64;  ds.frame_index [N] int64;  ds.task_index [N] int64
+ds.instructions  # list[str] of N (ds.tasks[ds.task_index])
+ds.episode_success, ds.episode_length  # [E] bool, [E] int64 (by episode index)
+```
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+CODEBASE_VERSION = "v3.0"
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+_IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+@dataclass
+class Episode:
+    """One recorded episode: per-frame arrays of equal length T."""
+
+    images: list[np.ndarray]
+    """T images [S, S, 3] uint8."""
+    proprio: list[np.ndarray]
+    """T vectors [P] float32."""
+    actions: list[np.ndarray]
+    """T vectors [A] float32."""
+    rewards: list[float]
+    successes: list[bool]
+    """next.success per frame: the task was solved after this frame's action."""
+    instruction: str
+    success: bool
+    """The episode succeeded (at any step)."""
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def encode_png(img: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", compress_level=1)  # level 1: fast, still ~3x smaller
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+class DatasetWriter:
+    """Collects episodes, then `finish()` writes data, tasks, episodes and info in one go."""
+
+    def __init__(self, root: Path, fps: float, robot_type: str = "unknown"):
+        self.root = Path(root)
+        self.fps = fps
+        self.robot_type = robot_type
+        self._columns: dict[str, list] = {k: [] for k in (
+            "observation.image", "observation.state", "action", "episode_index", "frame_index", "index",
+            "timestamp", "task_index", "next.reward", "next.success", "next.done")}
+        self._episodes: list[dict] = []
+        self._tasks: dict[str, int] = {}
+        self._shapes: dict[str, list[int]] = {}
+
+    @property
+    def num_frames(self) -> int:
+        return len(self._columns["index"])
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._episodes)
+
+    @property
+    def episode_successes(self) -> list[bool]:
+        return [e["success"] for e in self._episodes]
+
+    def add_episode(self, ep: Episode) -> None:
+        if len(ep) == 0:
+            raise ValueError("add_episode: an episode needs at least one frame")
+        task_index = self._tasks.setdefault(ep.instruction, len(self._tasks))
+        ep_index, start, n = len(self._episodes), self.num_frames, len(ep)
+        c = self._columns
+        c["observation.image"] += [{"bytes": encode_png(img), "path": None} for img in ep.images]
+        c["observation.state"] += [np.asarray(p, np.float32).tolist() for p in ep.proprio]
+        c["action"] += [np.asarray(a, np.float32).tolist() for a in ep.actions]
+        c["episode_index"] += [ep_index] * n
+        c["frame_index"] += list(range(n))
+        c["index"] += list(range(start, start + n))
+        c["timestamp"] += [i / self.fps for i in range(n)]
+        c["task_index"] += [task_index] * n
+        c["next.reward"] += [float(r) for r in ep.rewards]
+        c["next.success"] += [bool(s) for s in ep.successes]
+        c["next.done"] += [False] * (n - 1) + [True]
+        self._shapes = {"observation.image": list(ep.images[0].shape), "observation.state": [len(ep.proprio[0])],
+                        "action": [len(ep.actions[0])]}
+        self._episodes.append(dict(episode_index=ep_index, tasks=[ep.instruction], length=n, success=bool(ep.success),
+                                   **{"return": float(np.sum(ep.rewards))}, dataset_from_index=start,
+                                   dataset_to_index=start + n, **{"data/chunk_index": 0, "data/file_index": 0}))
+
+    def finish(self) -> dict:
+        """Writes everything; returns info.json's content."""
+        if not self._episodes:
+            raise ValueError("DatasetWriter.finish: no episodes were added")
+        data_file = self.root / DATA_PATH.format(chunk_index=0, file_index=0)
+        ep_file = self.root / EPISODES_PATH.format(chunk_index=0, file_index=0)
+        for p in (data_file, ep_file):
+            p.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(self._data_table(), data_file)
+        pq.write_table(pa.Table.from_pylist(self._episodes), ep_file)
+        tasks = sorted(self._tasks.items(), key=lambda kv: kv[1])
+        pq.write_table(pa.table({"task_index": [i for _, i in tasks], "task": [t for t, _ in tasks]}), self.root / "meta/tasks.parquet")
+        info = self._info()
+        (self.root / "meta/info.json").write_text(json.dumps(info, indent=2))
+        return info
+
+    def _data_table(self) -> pa.Table:
+        c = self._columns
+        f32 = pa.list_(pa.float32())
+        arrays = {
+            "observation.image": pa.array(c["observation.image"], _IMAGE_TYPE),
+            "observation.state": pa.array(c["observation.state"], f32),
+            "action": pa.array(c["action"], f32),
+            **{k: pa.array(c[k], pa.int64()) for k in ("episode_index", "frame_index", "index", "task_index")},
+            "timestamp": pa.array(c["timestamp"], pa.float32()),
+            "next.reward": pa.array(c["next.reward"], pa.float32()),
+            "next.success": pa.array(c["next.success"], pa.bool_()),
+            "next.done": pa.array(c["next.done"], pa.bool_()),
+        }
+        return pa.table(arrays)
+
+    def _info(self) -> dict:
+        s = self._shapes
+        scalar = lambda dtype: {"dtype": dtype, "shape": [1], "names": None}  # noqa: E731
+        features = {
+            "observation.image": {"dtype": "image", "shape": s["observation.image"], "names": ["height", "width", "channels"]},
+            "observation.state": {"dtype": "float32", "shape": s["observation.state"], "names": None},
+            "action": {"dtype": "float32", "shape": s["action"], "names": None},
+            "timestamp": scalar("float32"), "frame_index": scalar("int64"), "episode_index": scalar("int64"),
+            "index": scalar("int64"), "task_index": scalar("int64"), "next.reward": scalar("float32"),
+            "next.success": scalar("bool"), "next.done": scalar("bool"),
+        }
+        return {
+            "codebase_version": CODEBASE_VERSION, "robot_type": self.robot_type, "fps": self.fps,
+            "total_episodes": len(self._episodes), "total_frames": self.num_frames, "total_tasks": len(self._tasks),
+            "chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 500,
+            "splits": {"train": f"0:{len(self._episodes)}"}, "data_path": DATA_PATH, "video_path": None,
+            "features": features,
+        }
+
+
+@dataclass
+class DemoDataset:
+    """A dataset loaded into memory (see the module docstring for the fields' shapes)."""
+
+    images: np.ndarray
+    proprio: np.ndarray
+    actions: np.ndarray
+    episode_index: np.ndarray
+    frame_index: np.ndarray
+    task_index: np.ndarray
+    rewards: np.ndarray
+    successes: np.ndarray
+    """[N] bool: next.success of each frame."""
+    tasks: list[str]
+    """Instruction of each task index."""
+    episode_success: np.ndarray
+    episode_length: np.ndarray
+    fps: float
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episode_length)
+
+    @property
+    def instructions(self) -> list[str]:
+        """[N] the instruction of every frame."""
+        return [self.tasks[i] for i in self.task_index]
+
+
+def load_dataset(root: str | Path) -> DemoDataset:
+    """Reads a dataset written by `DatasetWriter` (all data files, in index order) into memory."""
+    root = Path(root)
+    info_path = root / "meta/info.json"
+    if not info_path.exists():
+        raise FileNotFoundError(f"{root} is not a dataset: {info_path} is missing")
+    info = json.loads(info_path.read_text())
+    data = pa.concat_tables([pq.read_table(p) for p in sorted((root / "data").glob("chunk-*/file-*.parquet"))])
+    data = data.sort_by("index")
+    episodes = pa.concat_tables([pq.read_table(p) for p in sorted((root / "meta/episodes").glob("chunk-*/file-*.parquet"))])
+    episodes = episodes.sort_by("episode_index")
+    tasks = pq.read_table(root / "meta/tasks.parquet").sort_by("task_index")
+
+    def vectors(name: str) -> np.ndarray:
+        col = data.column(name).combine_chunks()
+        return col.values.to_numpy().reshape(len(col), -1).astype(np.float32)
+
+    images = [decode_png(d["bytes"]) for d in data.column("observation.image").to_pylist()]
+    ints = lambda name: data.column(name).to_numpy().astype(np.int64)  # noqa: E731
+    return DemoDataset(
+        images=np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8),
+        proprio=vectors("observation.state"),
+        actions=vectors("action"),
+        episode_index=ints("episode_index"),
+        frame_index=ints("frame_index"),
+        task_index=ints("task_index"),
+        rewards=data.column("next.reward").to_numpy().astype(np.float32),
+        successes=data.column("next.success").to_numpy(zero_copy_only=False).astype(bool),
+        tasks=tasks.column("task").to_pylist(),
+        episode_success=episodes.column("success").to_numpy(zero_copy_only=False).astype(bool),
+        episode_length=episodes.column("length").to_numpy().astype(np.int64),
+        fps=float(info["fps"]),
+        info=info,
+    )
