@@ -16,7 +16,7 @@ from typing import Annotated, Union
 
 import tyro
 
-from asyncvla.config import ConfigError, EnvConfig
+from asyncvla.config import ConfigError, EnvConfig, PolicyConfig
 from asyncvla.sim.model import SimConfig
 
 Positional = tyro.conf.Positional
@@ -124,15 +124,125 @@ class Simulate:
                 raise ConfigError(f"modes={m!r} is invalid: allowed: sync, async")
         rows = [dataclasses.asdict(r) for r in scaling_sweep(self.model, list(self.gpus), list(self.modes))]
         for r in rows:
-            print(json.dumps(r)) if self.json else print(f"{r['num_gpus']:>5} GPUs {r['mode']:>5}: {r['env_steps_per_s']:>10.0f} env steps/s, busy {r['busy']}")
+            busy = ", ".join(f"{k} {v:.0%}" for k, v in r["busy"].items())
+            print(json.dumps(r) if self.json else f"{r['num_gpus']:>5} GPUs {r['mode']:>5}: {r['env_steps_per_s']:>10.0f} env steps/s  busy: {busy}")
         if self.json:
             _print_json({"runs": rows})
+
+
+@dataclass
+class Sft:
+    """Behaviour-clone a policy on recorded demos (SFT warm start); writes a checkpoint."""
+
+    env: str
+    """Env id the demos come from (recorded in the checkpoint; `eval` defaults to it)."""
+    demos: Path
+    """Demo dataset directory (from `asyncvla demos`)."""
+    out: Path
+    """Checkpoint directory to write (model.safetensors, config.yaml, metrics.jsonl)."""
+    steps: int = 1500
+    """Optimizer steps."""
+    batch_size: int = 64
+    lr: float = 1e-3
+    """Peak learning rate (linear warm-up, cosine decay)."""
+    seed: int = 0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """The policy to train (`--type tiny-gaussian`, `--chunk 8`, ...)."""
+    json: bool = False
+
+    def run(self) -> None:
+        from asyncvla.algos.sft import train_sft
+
+        summary = train_sft(self.env, self.demos, self.out, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                            policy_cfg=self.policy, seed=self.seed, progress=not self.json)
+        if self.json:
+            _print_json(summary)
+        else:
+            for k, v in summary.items():
+                print(f"{k:>14}: {v}")
+
+
+@dataclass
+class Eval:
+    """Evaluate a checkpoint on held-out initial states (env split `eval`)."""
+
+    ckpt: Positional[Path]
+    """Checkpoint directory (from `asyncvla sft` or training)."""
+    episodes: int = 30
+    env: str | None = None
+    """Env id; default: the one recorded in the checkpoint."""
+    num_envs: int = 4
+    image_size: int | None = None
+    """Camera size; default: the one recorded in the checkpoint, else the policy's image_size."""
+    sample: bool = False
+    """Sample actions instead of taking the most likely ones."""
+    video: Path | None = None
+    """Write an mp4 of the first env (one frame per action chunk)."""
+    seed: int = 0
+    json: bool = False
+
+    def run(self) -> None:
+        from asyncvla.policies.checkpoint import load_policy, read_checkpoint_config
+        from asyncvla.runtime.evaluation import evaluate_policy
+
+        meta = read_checkpoint_config(self.ckpt)
+        env_id = self.env or meta.get("env_id")
+        if env_id is None:
+            raise ConfigError(f"env=None is invalid: checkpoint {self.ckpt} records no env id; pass --env ENV_ID")
+        policy = load_policy(self.ckpt)
+        size = self.image_size or meta.get("env_image_size") or policy.cfg.image_size
+        cfg = EnvConfig(id=env_id, num_envs=self.num_envs, image_size=size, seed=self.seed, split="eval")
+        result = evaluate_policy(policy, cfg, self.episodes, deterministic=not self.sample, video=self.video)
+        if self.json:
+            _print_json(result)
+        else:
+            for k, v in result.items():
+                print(f"{k:>17}: {v}")
+
+
+@dataclass
+class BenchPolicy:
+    """Training and inference samples/s of a policy for batch sizes 1..256 on this machine."""
+
+    out: Path | None = None
+    """Directory for results.json."""
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    budget_s: float = 1.0
+    """Seconds per measurement (at least 3 calls each)."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    json: bool = False
+    """Print one JSON line per batch size (the table goes to stderr)."""
+
+    def run(self) -> None:
+        from rich.console import Console
+
+        from asyncvla.bench.policy import bench_policy, results_table
+
+        rows = bench_policy(self.policy, self.batch_sizes, budget_s=self.budget_s, out=self.out,
+                            on_result=_print_json if self.json else None)
+        Console(stderr=self.json).print(results_table(rows))
+
+
+@dataclass
+class Bench:
+    """Benchmarks (one JSON object per run with --json)."""
+
+    cmd: tyro.conf.OmitSubcommandPrefixes[Union[
+        Annotated[BenchPolicy, tyro.conf.subcommand("policy")],
+        Annotated[EnvBench, tyro.conf.subcommand("envs")],
+    ]]
+
+    def run(self) -> None:
+        self.cmd.run()
 
 
 Command = Union[
     Annotated[Envs, tyro.conf.subcommand("envs")],
     Annotated[EnvBench, tyro.conf.subcommand("env-bench")],
     Annotated[Demos, tyro.conf.subcommand("demos")],
+    Annotated[Sft, tyro.conf.subcommand("sft")],
+    Annotated[Eval, tyro.conf.subcommand("eval")],
+    Annotated[Bench, tyro.conf.subcommand("bench")],
     Annotated[Simulate, tyro.conf.subcommand("simulate")],
 ]
 

@@ -126,23 +126,23 @@ def fit_bc(
 
 
 def load_demos(demos_dir: str | Path) -> DemoData:
-    """Reads a LeRobot-style demo dataset written by `asyncvla demos`."""
+    """Reads a LeRobot-style demo dataset written by `asyncvla demos` (successful episodes only, when any succeeded)."""
     from asyncvla.data.lerobot import load_dataset
 
     if not Path(demos_dir).exists():
         raise ConfigError(f"demos={str(demos_dir)!r} is invalid: no such directory (record one with `asyncvla demos ENV_ID --out DIR`)")
     ds = load_dataset(demos_dir)
-    get = (lambda k: ds[k]) if isinstance(ds, dict) else (lambda k: getattr(ds, k))
-    instr = get("instructions")
-    episode_index = np.asarray(get("episode_index"))
-    if isinstance(instr, str):
-        instr = [instr] * len(episode_index)
+    episode_index = np.asarray(ds.episode_index)
+    keep = np.ones(len(episode_index), bool)
+    success = np.asarray(getattr(ds, "episode_success", []), bool)
+    if success.any():  # cloning an expert's failures only teaches failing
+        keep = success[episode_index]
     return DemoData(
-        images=np.asarray(get("images"), dtype=np.uint8),
-        proprio=np.asarray(get("proprio"), dtype=np.float32),
-        actions=np.asarray(get("actions"), dtype=np.float32),
-        episode_index=episode_index,
-        instructions=list(instr),
+        images=np.asarray(ds.images, dtype=np.uint8)[keep],
+        proprio=np.asarray(ds.proprio, dtype=np.float32)[keep],
+        actions=np.asarray(ds.actions, dtype=np.float32)[keep],
+        episode_index=episode_index[keep],
+        instructions=[s for s, k in zip(ds.instructions, keep) if k],
     )
 
 
@@ -206,5 +206,5 @@ def train_sft(
         "first_loss": losses[0], "final_loss": float(np.mean(losses[-tail:])),
         "wall_s": round(wall_s, 2), "samples_per_s": round(steps * batch_size / wall_s, 1),
     }
-    save_policy(policy, out, extra={"env_id": env_id, "sft": summary})
+    save_policy(policy, out, extra={"env_id": env_id, "env_image_size": int(data.images.shape[1]), "sft": summary})
     return summary

@@ -191,6 +191,10 @@ class LiberoEnv:
         try:
             with _global_numpy_seed(seed):
                 self.raw.reset()
+            # A soft reset rebuilds the arm controller but not the gripper's action smoothing
+            # state, which a hard reset zeroes; without this the first episode differs.
+            for robot in self.raw.robots:
+                robot.gripper.current_action = np.zeros(robot.gripper.dof)
             self.raw.set_init_state(self._states[self.last_state_index])
             for _ in range(NUM_SETTLE_STEPS):
                 self.raw.step(SETTLE_ACTION)

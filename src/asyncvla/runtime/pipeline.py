@@ -140,7 +140,7 @@ def evaluate(w: Workers, cfg: TrainConfig, run_dir: Path, state: RunState, eval_
 
     if cfg.run.eval_episodes == 0:
         return {}
-    if not w.colocated or not cfg.runtime.local:
+    if not cfg.runtime.local:
         eval_policy.load_state_dict(w.get(w.trainer.get_weights.remote()))
     env_cfg = dataclasses.replace(cfg.env, split="eval", seed=cfg.env.seed + 10_007)
     video = run_dir / "videos" / f"update_{state.update:06d}.mp4" if cfg.run.eval_video else None
@@ -169,7 +169,9 @@ def update_metrics(rollouts: list, stats: dict, spans: list[Span], t: dict[str, 
         "perf/env_steps_per_s": env_steps / wall,
         "perf/trained_samples_per_s": samples / wall,
         "perf/rollout_env_steps_per_s": env_steps / max(t["rollout"], 1e-9),
-        "time/update_s": wall, "time/rollout_s": t["rollout"], "time/learn_s": t["train"], "time/sync_s": t["sync"],
+        # Driver-side wall time of each phase of the update (they add up to time/update_wall_s).
+        "time/update_wall_s": wall, "time/rollout_wall_s": t["rollout"], "time/train_wall_s": t["train"],
+        "time/sync_wall_s": t["sync"],
         "rollout/episodes": len(episodes),
         "rollout/success": float(np.mean([e["success"] for e in episodes])) if episodes else float("nan"),
         "rollout/return": float(np.mean([e["return"] for e in episodes])) if episodes else float("nan"),
@@ -230,7 +232,7 @@ def run_loop(w: Workers, cfg: TrainConfig, run_dir: Path, state: RunState, write
         state.samples += int(stats.get("train/samples", 0))
         if state.update > 1 or _done(cfg, state):  # the first update carries start-up costs
             state.window_env_steps += m["rollout/env_steps"]
-            state.window_s += m["time/update_s"]
+            state.window_s += m["time/update_wall_s"]
         m["perf/env_steps"] = state.env_steps
         if cfg.run.eval_every and state.update % cfg.run.eval_every == 0 and not _done(cfg, state):
             with driver.span("eval"):
@@ -278,6 +280,9 @@ def train(cfg: TrainConfig, progress=None) -> dict:
             state = load_checkpoint(workers, run_dir)
         writer = MetricsWriter(run_dir, wall_offset_s=state.wall_s)
         state = run_loop(workers, cfg, run_dir, state, writer, trace, progress)
+    except BaseException:
+        _save_on_crash(workers, run_dir, state)
+        raise
     finally:
         if trace:
             write_chrome_trace(trace_path, trace)
@@ -289,6 +294,16 @@ def train(cfg: TrainConfig, progress=None) -> dict:
 
             ray.shutdown()
     return summarize(state, run_dir)
+
+
+def _save_on_crash(workers: Workers | None, run_dir: Path, state: RunState) -> None:
+    """Best effort: a crash (or Ctrl-C) between updates still leaves checkpoints/last to resume."""
+    if workers is None or state.update == 0:
+        return
+    try:
+        save_checkpoint(workers, run_dir, state, "last")
+    except Exception:  # the trainer itself may be what died; the periodic checkpoint remains
+        pass
 
 
 def summarize(state: RunState, run_dir: Path) -> dict:

@@ -1,0 +1,153 @@
+"""The trainer side of the async runtime: segments stream in, updates and versions stream out.
+
+`StreamingTrainer` feeds the sync `Trainer`'s update math (advantages, PPO/GRPO losses,
+epochs, checkpoints) from a stream of segments, in one of three modes:
+
+- `epoch` (decoupled_actor off): collect `global_batch` samples, run the full PPO epochs
+  (`update_epochs` x minibatches, plain PPO against the behaviour logprob), publish once.
+  With max_staleness=0 rollouts pause meanwhile: exactly the synchronous loop.
+- `accumulate` (strict gradient accumulation): one optimizer step exactly every
+  `global_batch` samples; a segment that straddles the boundary is split and its rest
+  carried over to the next step.
+- `streaming`: one optimizer step on every micro-batch of `minibatch_size` samples as it
+  arrives (same carry-over rule, finer grain).
+
+In `accumulate` and `streaming` the loss is decoupled PPO: the trainer recomputes the
+proximal logprob under its current weights right before the step, clips against it and
+reweights to the behaviour policy with the truncated importance weight. After every update
+the weights are published, versioned, to the `WeightStore` and the `StalenessController`
+reopens admission.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Sequence
+
+from asyncvla.config import ConfigError
+from asyncvla.runtime.data import Segment, stack_segments
+from asyncvla.runtime.staleness import Ledger, StalenessController
+from asyncvla.runtime.trainer import Trainer
+from asyncvla.runtime.weight_store import WeightStore
+
+TRAINER_MODES = ("epoch", "accumulate", "streaming")
+
+
+def segment_env_steps(seg: Segment) -> int:
+    return sum(st.num_steps for st in seg.steps)
+
+
+def split_segment(seg: Segment, k: int) -> tuple[Segment, Segment]:
+    """The first k decisions and the rest; the head bootstraps from the tail's first observation."""
+    if not 0 < k < len(seg):
+        raise ValueError(f"split_segment: k={k} must be in (0, {len(seg)})")
+    return Segment(seg.env_id, seg.steps[:k], seg.steps[k].obs), Segment(seg.env_id, seg.steps[k:], seg.next_obs)
+
+
+class StreamingTrainer:
+    """Consumes segments one at a time and runs an update whenever a full batch is buffered."""
+
+    def __init__(self, trainer: Trainer, mode: str, global_batch: int, store: WeightStore,
+                 controller: StalenessController, ledger: Ledger | None = None):
+        if mode not in TRAINER_MODES:
+            raise ConfigError(f"runtime.trainer_mode={mode!r} is invalid: allowed: {', '.join(TRAINER_MODES)}")
+        self.trainer = trainer
+        self.mode = mode
+        self.store = store
+        self.controller = controller
+        self.ledger = ledger or Ledger()
+        algo = trainer.algo
+        self.batch_samples = algo.minibatch_size if mode == "streaming" else global_batch
+        """Samples per update (one optimizer step, except in epoch mode)."""
+        self.epochs = algo.update_epochs if mode == "epoch" else 1
+        if mode != "epoch":
+            # One minibatch = the whole update: exactly one optimizer step per batch_samples.
+            trainer.algo = dataclasses.replace(algo, minibatch_size=self.batch_samples)
+        trainer.decoupled = mode != "epoch"
+        self._buf: list[Segment] = []
+        self._buf_n = 0
+        self.consumed = 0
+        self.num_updates = 0
+        self.train_s = 0.0
+
+    @property
+    def version(self) -> int:
+        return self.trainer.version
+
+    @property
+    def buffered_samples(self) -> int:
+        """Samples received but not trained yet (the carried-over remainder)."""
+        return self._buf_n
+
+    def add(self, seg: Segment) -> list[dict]:
+        """Buffers one segment; runs as many updates as full batches are buffered; returns their stats."""
+        if not all(st.valid for st in seg.steps):
+            raise ValueError(f"segment of env {seg.env_id} holds invalid steps; cut them before queueing")
+        if len(seg):
+            self._buf.append(seg)
+            self._buf_n += len(seg)
+        out = []
+        while True:
+            self._drop_stale()
+            if self._buf_n < self.batch_samples:
+                return out
+            out.append(self._update(self._cut(self.batch_samples)))
+
+    def drop_buffered(self, reason: str) -> int:
+        """Drops the carried-over remainder (shutdown), counting it; returns the samples dropped."""
+        n = self._buf_n
+        for seg in self._buf:
+            self.ledger.dropped(reason, len(seg), segment_env_steps(seg))
+        self._buf, self._buf_n = [], 0
+        return n
+
+    # -- internals ------------------------------------------------------------------------
+    def _drop_stale(self) -> None:
+        # Pacing keeps lag within bounds; this is the safety net (e.g. inference a batch
+        # behind the trainer). A segment is contiguous, so its stale prefix is cut.
+        kept = []
+        for seg in self._buf:
+            stale = [i for i, st in enumerate(seg.steps) if self.controller.is_stale(st.version)]
+            if stale:
+                k = stale[-1] + 1
+                head, seg = (seg, None) if k == len(seg) else split_segment(seg, k)
+                self.ledger.dropped("stale", len(head), segment_env_steps(head))
+                self.controller.refund(len(head))
+                self._buf_n -= len(head)
+            if seg is not None:
+                kept.append(seg)
+        self._buf = kept
+
+    def _cut(self, n: int) -> list[Segment]:
+        taken, have = [], 0
+        while have < n:
+            seg = self._buf.pop(0)
+            if have + len(seg) > n:
+                seg, rest = split_segment(seg, n - have)
+                self._buf.insert(0, rest)
+            taken.append(seg)
+            have += len(seg)
+        self._buf_n -= n
+        return taken
+
+    def _update(self, segs: Sequence[Segment]) -> dict:
+        rollout = stack_segments(segs)
+        lags = self.controller.record_lags(rollout.version[rollout.mask])
+        t0 = time.perf_counter()
+        with self.trainer.rec.span("advantage"):
+            batch = self.trainer.prepare([rollout])
+        with self.trainer.rec.span("train"):
+            stats = self.trainer.update(batch, self.epochs)
+        self.train_s += time.perf_counter() - t0
+        n = rollout.num_samples
+        self.consumed += n
+        self.num_updates += 1
+        # Publish first, then reopen admission: a rollout admitted on the new version must find it.
+        with self.trainer.rec.span("weight_sync"):
+            self.store.publish(self.trainer.policy.state_dict(), self.trainer.version)
+        self.controller.advance(self.trainer.version, self.consumed)
+        self.ledger.trained(n, sum(segment_env_steps(s) for s in segs))
+        stats.update({"lag/batch_max": int(lags.max(initial=0)), "lag/batch_mean": float(lags.mean()) if len(lags) else 0.0,
+                      "train/env_steps": float(rollout.env_steps)})
+        return stats
