@@ -293,6 +293,14 @@ class RuntimeConfig:
     """Trajectory queue capacity in segments; a full queue blocks producers (backpressure)."""
     num_rollout_servers: int = 1
     """Inference actors; env worker w is served by server w % num_rollout_servers (both modes)."""
+    router: Literal["fixed", "round-robin", "greedy"] = "fixed"
+    """Async: which rollout server serves a request: fixed (env manager m -> server m % n), round-robin, greedy (least outstanding samples)."""
+    env_managers: tuple[int, ...] = ()
+    """Async: sizes of the env managers of each env worker (sum = env.num_envs), each with its own loop; () = one manager."""
+    segment_len: int | None = None
+    """Async: decisions per trajectory segment sent to the trainer; null = rollout_steps."""
+    trainer_mode: Literal["accumulate", "streaming"] = "accumulate"
+    """Async with decoupled_actor: accumulate (one optimizer step every samples_per_update samples, remainder carried over) or streaming (a step per minibatch_size samples as they arrive)."""
 
     def __post_init__(self) -> None:
         _check(self.mode in ("sync", "async"), "runtime.mode", self.mode, "allowed: sync, async")
@@ -310,6 +318,10 @@ class RuntimeConfig:
         _check(self.max_wait_ms >= 0, "runtime.max_wait_ms", self.max_wait_ms, "must be >= 0")
         _check(self.queue_size >= 1, "runtime.queue_size", self.queue_size, "must be >= 1")
         _check(self.num_rollout_servers >= 1, "runtime.num_rollout_servers", self.num_rollout_servers, "must be >= 1")
+        _check(self.router in ("fixed", "round-robin", "greedy"), "runtime.router", self.router, "allowed: fixed, round-robin, greedy")
+        _check(all(n >= 1 for n in self.env_managers), "runtime.env_managers", self.env_managers, "every size must be >= 1")
+        _check(self.segment_len is None or self.segment_len >= 1, "runtime.segment_len", self.segment_len, "must be >= 1 or null")
+        _check(self.trainer_mode in ("accumulate", "streaming"), "runtime.trainer_mode", self.trainer_mode, "allowed: accumulate, streaming")
 
 
 @dataclass
@@ -367,6 +379,8 @@ class TrainConfig:
             per_stage = env.num_envs // rt.pipeline_stages
             _check(per_stage % self.algo.group_size == 0, "env.num_envs", env.num_envs,
                    f"GRPO needs envs per pipeline stage ({per_stage}) divisible by algo.group_size={self.algo.group_size}")
+        _check(not rt.env_managers or sum(rt.env_managers) == env.num_envs, "runtime.env_managers", rt.env_managers,
+               f"sizes must add up to env.num_envs={env.num_envs}")
         _check(rt.weight_sync != "nccl" or self.run.device.startswith("cuda"), "runtime.weight_sync", rt.weight_sync, "nccl needs run.device=cuda; use object_store on CPU")
         _check(self.algo.minibatch_size <= self.samples_per_update, "algo.minibatch_size", self.algo.minibatch_size,
                f"must be <= samples per update = num_env_workers*num_envs*rollout_steps = {self.samples_per_update}")

@@ -92,10 +92,20 @@ def test_fast_render_is_applied_and_renders(env):
     assert img.std() > 10  # a real picture, not a blank buffer
 
 
+def _run(env, gripper: float, n: int = 5) -> None:
+    for _ in range(n):
+        env.step(np.array([0, 0, 0, 0, 0, 0, gripper], np.float32))
+
+
 def test_reset_is_reproducible_from_seed(env):
+    # Different histories before the two resets to seed 3 (gripper closed, then open): a soft
+    # reset must not carry anything over from the previous episode.
+    env.reset(4)
+    _run(env, 1.0)
     a = env.reset(3)
     assert env.last_state_index == 3
     b = env.reset(4)
+    _run(env, -1.0)
     c = env.reset(3)
     np.testing.assert_array_equal(a.image, c.image)
     np.testing.assert_array_equal(a.proprio, c.proprio)

@@ -103,3 +103,20 @@ def test_thread_executor_overlaps_wall_time():
         venv.step(np.zeros((4, 2, 4), np.float32))
         dt = time.perf_counter() - t0
     assert dt < 0.3, f"4 envs x 2 steps x 50 ms should overlap to ~0.1 s, took {dt:.2f} s"
+
+
+def test_wake_returns_a_blocked_recv_early_without_results():
+    import threading
+    import time as _time
+
+    from asyncvla.config import EnvConfig
+    from asyncvla.envs.registry import make_vector_env
+
+    vec = make_vector_env(EnvConfig(id="emulated/fast", num_envs=1, image_size=16))
+    vec.reset_all()
+    assert len(vec.recv(min_ready=1)) == 1
+    threading.Timer(0.05, vec.wake).start()
+    t0 = _time.monotonic()
+    assert vec.recv(min_ready=1) == []  # nothing is stepping: only the wake ends the wait
+    assert _time.monotonic() - t0 < 5
+    vec.close()

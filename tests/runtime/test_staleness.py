@@ -123,7 +123,7 @@ def test_ledger_counts_drops_by_reason_and_resume_accounts_for_lost_work():
     led.dropped("env_error", 1, 3)
     assert led.balance == 1
     m = led.metrics()
-    assert m["dropped/env_error_env_steps"] == 3 and m["count/in_flight_env_steps"] == 1
+    assert m["train/dropped_env_error_env_steps"] == 3 and m["train/env_steps_in_flight"] == 1
     led2 = Ledger()
     led2.load_state_dict(json.loads(json.dumps(led.state_dict())))
     assert led2.balance == 0 and led2.dropped_env_steps["resume"] == 1

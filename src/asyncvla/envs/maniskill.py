@@ -110,7 +110,7 @@ def probe(env: dict[str, str] | None = None, timeout_s: float = PROBE_TIMEOUT_S)
     if not out["ok"]:
         err = out["reason"] or (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         hint = NO_VULKAN_HINT if out["tasks"] else "mani-skill is not importable: pip install mani-skill"
-        out["reason"] = f"{hint} ({err[:200]})"
+        out["reason"] = f"{hint} ({' '.join(err.split())[:200]})"
     out["tasks"] = {k: v for k, v in sorted(out["tasks"].items()) if k not in UNSUPPORTED}
     return out
 

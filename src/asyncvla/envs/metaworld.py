@@ -16,12 +16,16 @@ they draw different initial states (the space is continuous: equal only by accid
 
 Episodes: `step` never terminates (VectorEnv ends episodes on success); MetaWorld itself
 truncates at 500 steps. `max_episode_steps` defaults to 200, which the experts reach with
-room to spare (measured: longest 179 steps over seeds 0-3), and to MetaWorld's 500 for the
-tasks whose expert was measured slower or failing (`_LONG_TASKS`).
+room to spare (measured over seeds 0-3: at most 129 steps), and to MetaWorld's 500 for the six
+tasks whose expert took over 150 steps or failed on one of those seeds (`_LONG_TASKS`).
 
 Rendering: our own `mujoco.Renderer` (public API) on the env's model, made current before
 each frame, so several envs in one process never draw into each other's GL context.
-`fast_render` turns off shadows, reflections and MSAA (measured ~3-5x on a CPU).
+Never call the gym env's own `render()` here: gymnasium's viewer does not free its MuJoCo
+render context on close, and when that is collected later it deletes GL objects of whichever
+context is current then (seen: another env's frames turn to garbage).
+`fast_render` turns off shadows, reflections and MSAA (measured at 64x64 on a loaded 2-core CPU:
+~115 vs ~6-11 steps/s).
 """
 
 from __future__ import annotations

@@ -53,6 +53,9 @@ class EnvResult:
         return self.terminated or self.truncated
 
 
+_WAKE = object()  # a `wake()` marker in the ready queue
+
+
 class _Slot:
     """Book-keeping of one env: its episode counters and reset-seed stream."""
 
@@ -128,20 +131,34 @@ class VectorEnv:
         """Returns the results of all envs that are ready, waiting for at least `min_ready`."""
         out: list[EnvResult] = []
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while len(out) < min_ready:
+        woken = False
+        while len(out) < min_ready and not woken:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                out.append(self._ready.get(timeout=wait))
+                item = self._ready.get(timeout=wait)
             except queue.Empty:
                 break
+            woken = item is _WAKE
+            if not woken:
+                out.append(item)
         while True:
             try:
-                out.append(self._ready.get_nowait())
+                item = self._ready.get_nowait()
             except queue.Empty:
                 break
+            if item is not _WAKE:
+                out.append(item)
         for r in out:
             self._slots[r.env_id].busy = False
         return out
+
+    def wake(self) -> None:
+        """Makes a blocked `recv` return now (with what is ready, maybe nothing); thread-safe.
+
+        The async runtime's env manager waits on env results and inference replies at once:
+        a reply arriving on another thread calls `wake`.
+        """
+        self._ready.put(_WAKE)
 
     def step(self, actions: np.ndarray) -> list[EnvResult]:
         """Lockstep: one chunk on every env, results ordered by env id (the sync baseline)."""

@@ -171,10 +171,10 @@ class Ledger:
         return self.produced_env_steps - self.trained_env_steps - sum(self.dropped_env_steps.values())
 
     def metrics(self) -> dict:
-        out = {"count/env_steps": self.produced_env_steps, "count/trained_env_steps": self.trained_env_steps,
-               "count/trained_samples": self.trained_samples, "count/in_flight_env_steps": self.balance}
-        out.update({f"dropped/{k}_samples": v for k, v in self.dropped_samples.items()})
-        out.update({f"dropped/{k}_env_steps": v for k, v in self.dropped_env_steps.items()})
+        out = {"train/env_steps_produced": self.produced_env_steps, "train/env_steps_trained": self.trained_env_steps,
+               "train/samples_trained": self.trained_samples, "train/env_steps_in_flight": self.balance}
+        out.update({f"train/dropped_{k}_samples": v for k, v in self.dropped_samples.items()})
+        out.update({f"train/dropped_{k}_env_steps": v for k, v in self.dropped_env_steps.items()})
         return out
 
     def state_dict(self) -> dict:

@@ -1,0 +1,275 @@
+"""The fully asynchronous pipeline (RL-VLA³), wired in one place and read top to bottom.
+
+    EnvManager threads ──obs──▶ RolloutServer threads (dynamic batching, weights pulled
+         ▲                      from the WeightStore between batches)
+         └──── actions + behaviour logprob + value + version ◀──┘
+    EnvManagers ──segments──▶ TrajectoryQueue (bounded) ──▶ StreamingTrainer (this thread)
+    StreamingTrainer ──publish(version)──▶ WeightStore; StalenessController reopens admission
+
+Each level of asynchrony is a switch of `runtime`, so the ladder
+sync → +async_env → +streaming_rollout → +decoupled_actor runs on the same code:
+- async_env: managers serve each env on its own (ready-first) instead of lockstep;
+- streaming_rollout: servers batch dynamically (max_batch / max_wait_ms) instead of one
+  fixed batch per request;
+- decoupled_actor: the trainer steps as data streams in (trainer_mode) with
+  max_staleness; off = collect samples_per_update, run the PPO epochs, publish, with
+  max_staleness 0 so rollouts pause meanwhile (the synchronous loop).
+
+Workers are threads of this process (the `local` runtime): environments and emulated
+accelerators hold wall time without the GIL, torch kernels release it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from asyncvla.config import TrainConfig
+from asyncvla.policies.base import Policy
+from asyncvla.runtime.batcher import LocalTransport
+from asyncvla.runtime.env_manager import EnvManager, RolloutClient
+from asyncvla.runtime.env_worker import EnvWorker
+from asyncvla.runtime.queues import TrajectoryQueue
+from asyncvla.runtime.rollout import build_policy
+from asyncvla.runtime.rollout_server import RolloutServer, make_router
+from asyncvla.runtime.staleness import Ledger, StalenessController
+from asyncvla.runtime.streaming_trainer import StreamingTrainer
+from asyncvla.runtime.trainer import Trainer
+from asyncvla.runtime.weight_store import WeightStore
+
+
+@dataclass
+class AsyncRuntime:
+    """Every component of one async run and the threads that drive them."""
+
+    cfg: TrainConfig
+    managers: list[EnvManager]
+    servers: list[RolloutServer]
+    transports: list[LocalTransport]
+    trajectories: TrajectoryQueue
+    controller: StalenessController
+    ledger: Ledger
+    store: WeightStore
+    learner: StreamingTrainer
+    threads: list[threading.Thread] = field(default_factory=list)
+    _stop_servers: bool = False
+
+    @property
+    def trainer(self) -> Trainer:
+        return self.learner.trainer
+
+    @property
+    def num_envs(self) -> int:
+        return sum(m.vec.num_envs for m in self.managers)
+
+
+def build_async(cfg: TrainConfig, policy_fn: Callable[[int, int], Policy] | None = None,
+                trainer_cls: type[Trainer] = Trainer) -> AsyncRuntime:
+    """Creates every queue, server, manager and the trainer for `cfg` (nothing runs yet).
+
+    policy_fn(action_dim, proprio_dim) builds the inference policies (default: the trainer's
+    architecture); trainer_cls lets a benchmark wrap the update (emulated accelerator).
+    """
+    rt = cfg.runtime
+    sizes = rt.env_managers or (cfg.env.num_envs,)
+    workers = [EnvWorker(dataclasses.replace(cfg.env, num_envs=size), w * len(sizes) + j, trace=False)
+               for w in range(rt.num_env_workers) for j, size in enumerate(sizes)]
+    spec = workers[0].spec()
+    a, p = spec["action_dim"], spec["proprio_dim"]
+    trainer = trainer_cls(cfg.policy, cfg.algo, a, p, seed=cfg.run.seed, trace=rt.trace)
+    # decoupled_actor off = the synchronous loop: full batch, all epochs, rollouts paused meanwhile.
+    mode = rt.trainer_mode if rt.decoupled_actor else "epoch"
+    eta = rt.max_staleness if rt.decoupled_actor else 0
+    global_batch = cfg.samples_per_update
+    per_version = cfg.algo.minibatch_size if mode == "streaming" else global_batch
+    controller, ledger = StalenessController(eta, per_version), Ledger()
+    store = WeightStore(trainer.policy.state_dict(), trainer.version)
+    learner = StreamingTrainer(trainer, mode, global_batch, store, controller, ledger)
+
+    max_batch, max_wait_s = (rt.max_batch, rt.max_wait_ms / 1000) if rt.streaming_rollout else (1, 0.0)
+    servers = []
+    for s in range(rt.num_rollout_servers):
+        policy = policy_fn(a, p) if policy_fn else build_policy(cfg.policy, a, p, cfg.run.seed)
+        policy.load_state_dict(trainer.policy.state_dict())
+        policy.version = trainer.version
+        servers.append(RolloutServer(policy.eval(), max_batch, max_wait_s, weights=store, index=s, trace=rt.trace))
+    transports = [LocalTransport() for _ in servers]
+    client = RolloutClient(transports, make_router(rt.router, len(servers)))
+    queue = TrajectoryQueue(rt.queue_size)
+    segment_len = rt.segment_len or rt.rollout_steps
+    managers = [EnvManager(m, w, client, controller, queue, ledger, segment_len, rt.async_env)
+                for m, w in enumerate(workers)]
+    return AsyncRuntime(cfg, managers, servers, transports, queue, controller, ledger, store, learner)
+
+
+# -- running ------------------------------------------------------------------------------------
+
+def start(run: AsyncRuntime) -> None:
+    for server, tr in zip(run.servers, run.transports):
+        th = threading.Thread(target=server.serve, args=(tr, tr.clock, lambda: run._stop_servers),
+                              name=f"rollout{server.index}", daemon=True)
+        th.start()
+        run.threads.append(th)
+    for m in run.managers:
+        th = threading.Thread(target=m.run, name=f"envmgr{m.index}", daemon=True)
+        th.start()
+        run.threads.append(th)
+
+
+def shutdown(run: AsyncRuntime) -> None:
+    """Stops admission, managers, then servers; counts everything left in flight as dropped."""
+    run.controller.close()
+    run.trajectories.close()  # producers blocked on a full queue give up (their segment is counted)
+    for m in run.managers:
+        m.stop()
+    for th in run.threads:
+        if th.name.startswith("envmgr"):
+            th.join(timeout=30)
+    run._stop_servers = True
+    for tr in run.transports:
+        tr.close()
+    for th in run.threads:
+        th.join(timeout=10)
+    run.learner.drop_buffered("shutdown")
+    for seg in run.trajectories.drain():
+        run.ledger.dropped("shutdown", len(seg), sum(st.num_steps for st in seg.steps))
+    for m in run.managers:
+        m.worker.close()
+
+
+@dataclass
+class Window:
+    """Counters at the start of the throughput window (after the first update: warm-up excluded)."""
+
+    t: float
+    env_steps: int
+    samples: int
+    env_busy_s: float
+    infer_busy_s: float
+    train_s: float
+
+    @staticmethod
+    def take(run: AsyncRuntime) -> "Window":
+        return Window(time.time(), run.ledger.produced_env_steps, run.ledger.trained_samples,
+                      sum(m.env_busy_s for m in run.managers), sum(s.busy_s for s in run.servers), run.learner.train_s)
+
+
+def window_metrics(run: AsyncRuntime, w0: Window) -> dict:
+    """Throughput and utilization between `w0` and now."""
+    w1 = Window.take(run)
+    dt = max(w1.t - w0.t, 1e-9)
+    return {
+        "perf/env_steps_per_s": (w1.env_steps - w0.env_steps) / dt,
+        "perf/trained_samples_per_s": (w1.samples - w0.samples) / dt,
+        "util/env": (w1.env_busy_s - w0.env_busy_s) / (dt * run.num_envs),
+        "util/rollout": (w1.infer_busy_s - w0.infer_busy_s) / (dt * len(run.servers)),
+        "util/trainer": (w1.train_s - w0.train_s) / dt,
+        "time/window_s": dt,
+    }
+
+
+def update_metrics(run: AsyncRuntime, stats: dict, w_prev: Window) -> dict:
+    m = dict(stats)
+    m.update(window_metrics(run, w_prev))
+    m.update(run.controller.metrics())
+    m.update(run.ledger.metrics())
+    m.update({"queue/depth": len(run.trajectories), "queue/samples": run.trajectories.num_samples,
+              "queue/put_wait_s": run.trajectories.put_wait_s,
+              "rollout/mean_batch": sum(s.num_samples for s in run.servers) / max(sum(s.num_batches for s in run.servers), 1)})
+    episodes = [e for mgr in run.managers for e in mgr.pop_episodes()]
+    m["rollout/episodes"] = len(episodes)
+    if episodes:
+        m["rollout/success"] = float(np.mean([e["success"] for e in episodes]))
+        m["rollout/return"] = float(np.mean([e["return"] for e in episodes]))
+    return m
+
+
+def run_async(run: AsyncRuntime, total_env_steps: int | None = None, total_updates: int | None = None,
+              max_seconds: float | None = None, on_update: Callable[[int, dict], None] | None = None) -> dict:
+    """Runs until a budget is reached (first wins), shuts down, returns the window summary."""
+    start(run)
+    t_start = time.time()
+    first = prev = None
+    updates = 0
+
+    def done() -> bool:
+        return ((total_updates is not None and updates >= total_updates)
+                or (total_env_steps is not None and run.ledger.produced_env_steps >= total_env_steps)
+                or (max_seconds is not None and time.time() - t_start >= max_seconds))
+
+    try:
+        while not done():
+            for m in run.managers:
+                if m.error is not None:
+                    raise RuntimeError(f"env manager {m.index} failed: {m.error!r}") from m.error
+            seg = run.trajectories.get(timeout_s=0.2)
+            if seg is None:
+                continue
+            for stats in run.learner.add(seg):
+                updates += 1
+                now = Window.take(run)
+                if on_update is not None:
+                    on_update(updates, update_metrics(run, stats, prev or now))
+                prev = now
+                first = first or now  # the window starts after the first update (warm-up excluded)
+        summary = window_metrics(run, first) if first is not None and updates > 1 else {}
+    finally:
+        shutdown(run)
+    summary.update({"train/updates": updates, "train/version": run.trainer.version, "time/wall_s": time.time() - t_start})
+    summary.update(run.controller.metrics())
+    summary.update(run.ledger.metrics())
+    return summary
+
+
+# -- the `asyncvla train --mode async` entry point -------------------------------------------------
+
+def train_async(cfg: TrainConfig, progress: Callable | None = None) -> dict:
+    """A full async training run: run dir, metrics.jsonl/TensorBoard, checkpoints/last, resume."""
+    from asyncvla.metrics.spans import write_chrome_trace
+    from asyncvla.metrics.writer import MetricsWriter
+    from asyncvla.runtime.pipeline import prepare_run_dir
+
+    run_dir = prepare_run_dir(cfg)
+    torch.manual_seed(cfg.run.seed)
+    np.random.seed(cfg.run.seed)
+    run = build_async(cfg)
+    ckpt = run_dir / "checkpoints" / "last"
+    if cfg.run.resume and (ckpt / "async_state.json").exists():
+        run.trainer.load(ckpt)
+        state = json.loads((ckpt / "async_state.json").read_text())
+        run.controller.load_state_dict(state["staleness"])
+        run.ledger.load_state_dict(state["ledger"])
+        run.store.publish(run.trainer.policy.state_dict(), run.trainer.version)
+    writer = MetricsWriter(run_dir)
+
+    def on_update(i: int, m: dict) -> None:
+        writer.write(run.trainer.version, m)
+        if progress is not None:
+            progress(i, m)
+
+    try:
+        summary = run_async(run, cfg.run.total_env_steps, cfg.run.total_updates, on_update=on_update)
+        save_async_checkpoint(run, ckpt)
+    finally:
+        writer.close()
+        if cfg.runtime.trace:
+            spans = run.trainer.drain_spans() + [s for srv in run.servers for s in srv.rec.drain()]
+            write_chrome_trace(run_dir / "trace.json", spans)
+    summary["run_dir"] = str(run_dir)
+    return summary
+
+
+def save_async_checkpoint(run: AsyncRuntime, path: Path) -> Path:
+    """Trainer state (weights, optimizer, RNG) + staleness and ledger state, for resume."""
+    run.trainer.save(path)
+    state = {"staleness": run.controller.state_dict(), "ledger": run.ledger.state_dict()}
+    (Path(path) / "async_state.json").write_text(json.dumps(state))
+    return Path(path)

@@ -1,0 +1,207 @@
+"""EnvManager: one group of envs with its own loop, streaming observations to rollout servers.
+
+An env worker (shard) holds one or more managers of possibly different sizes; each manager
+runs its own loop (a thread here), so a fast manager never waits for a slow one.
+
+- async_env on: every env is served on its own: whichever envs have finished their chunk
+  are sent to inference together (ready-first), the others keep stepping.
+- async_env off: lockstep inside the manager (all its envs step, then one inference call).
+
+Before an env starts a new segment it asks the `StalenessController` for admission
+(pacing, so lag stays bounded without throwing finished work away). Finished segments go
+into the bounded `TrajectoryQueue` (blocking when full). Every simulator step is counted in
+the `Ledger` as produced; what never reaches the trainer is counted as dropped with a reason.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable
+
+from asyncvla.envs.vector import EnvResult
+from asyncvla.policies.base import ActOut, ObsBatch
+from asyncvla.runtime.batcher import LocalTransport, Reply
+from asyncvla.runtime.data import Segment
+from asyncvla.runtime.env_worker import EnvWorker
+from asyncvla.runtime.queues import QueueClosed, TrajectoryQueue
+from asyncvla.runtime.rollout_server import Router
+from asyncvla.runtime.staleness import Ledger, StalenessController
+
+
+class RolloutClient:
+    """Routes a manager's requests over the rollout servers' transports."""
+
+    def __init__(self, transports: list[LocalTransport], router: Router):
+        self.transports = transports
+        self.router = router
+
+    def submit(self, client: int, obs: ObsBatch, on_reply: Callable[[Reply], None]) -> None:
+        n = len(obs)
+        server = self.router.pick(client, n)
+
+        def done(reply: Reply) -> None:
+            self.router.done(server, n)
+            on_reply(reply)
+
+        self.transports[server].submit(client, obs, n, on_reply=done)
+
+    def act(self, client: int, obs: ObsBatch) -> ActOut:
+        """Blocking request (lockstep managers)."""
+        box: queue.SimpleQueue[Reply] = queue.SimpleQueue()
+        self.submit(client, obs, box.put)
+        return box.get().result
+
+
+class EnvManager:
+    """One manager's loop: env results in, requests out, segments into the queue."""
+
+    def __init__(self, index: int, worker: EnvWorker, client: RolloutClient, controller: StalenessController,
+                 trajectories: TrajectoryQueue, ledger: Ledger, segment_len: int, async_env: bool):
+        self.index = index
+        self.worker = worker
+        self.vec = worker.vec
+        self.client = client
+        self.controller = controller
+        self.queue = trajectories
+        self.ledger = ledger
+        self.segment_len = segment_len
+        self.async_env = async_env
+        n = self.vec.num_envs
+        self.obs = [None] * n
+        self.remaining = [0] * n
+        """Admitted decisions left in each env's current segment (0: needs admission)."""
+        self._replies: queue.SimpleQueue[tuple[list[int], Reply]] = queue.SimpleQueue()
+        self.stop_event = threading.Event()
+        self.env_busy_s = 0.0
+        """Wall time the envs spent stepping (summed over envs)."""
+        self.episodes: list[dict] = []
+        self._lock = threading.Lock()
+        self.error: BaseException | None = None
+
+    # -- the loops ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Thread body: loops until `stop()`, then settles its in-flight work."""
+        try:
+            self._run_async() if self.async_env else self._run_lockstep()
+        except BaseException as e:  # surfaced by the pipeline, which stops everything
+            self.error = e
+        finally:
+            self._drop_buffers("shutdown")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.vec.wake()
+
+    def _run_async(self) -> None:
+        self.vec.reset_all()
+        busy = set(range(self.vec.num_envs))  # envs stepping or resetting
+        paused: list[int] = []  # envs with an observation, waiting for admission
+        while not self.stop_event.is_set():
+            # Block until an env finishes or a reply wakes us; poll only while paused on admission.
+            for r in self.vec.recv(min_ready=1, timeout_s=0.01 if paused else 0.5):
+                busy.discard(r.env_id)
+                if self._on_result(r):
+                    paused.append(r.env_id)
+            while True:
+                try:
+                    ids, reply = self._replies.get_nowait()
+                except queue.Empty:
+                    break
+                self.worker.send(ids, reply.result)
+                busy.update(ids)
+            go, paused = self._admit(paused)
+            if go:
+                self.client.submit(self.index, ObsBatch.stack([self.obs[i] for i in go]),
+                                   lambda reply, ids=go: self._on_reply(ids, reply))
+        self._settle(busy)
+
+    def _run_lockstep(self) -> None:
+        for r in self.vec.reset():
+            self._on_result(r)
+        waiting = list(range(self.vec.num_envs))
+        while not self.stop_event.is_set():
+            go, waiting = self._admit(waiting)
+            if not go:
+                self.controller.admit(0, timeout_s=0.05)  # sleeps until admission may reopen
+                continue
+            act = self.client.act(self.index, ObsBatch.stack([self.obs[i] for i in go]))
+            self.worker.send(go, act)
+            results: list[EnvResult] = []
+            while len(results) < len(go):
+                results += self.vec.recv(min_ready=len(go) - len(results))
+            for r in sorted(results, key=lambda r: r.env_id):
+                self._on_result(r)
+            waiting += go
+
+    def _on_reply(self, ids: list[int], reply: Reply) -> None:
+        # Runs on a server thread: hand over and wake the manager's loop.
+        self._replies.put((ids, reply))
+        self.vec.wake()
+
+    # -- per-env book-keeping ----------------------------------------------------------------
+    def _admit(self, ids: list[int]) -> tuple[list[int], list[int]]:
+        """(envs that may act now, envs still waiting for admission)."""
+        go, wait = [], []
+        for i in ids:
+            if self.remaining[i] == 0:
+                self.remaining[i] = self.controller.try_admit(self.segment_len)
+            (go if self.remaining[i] > 0 else wait).append(i)
+        return go, wait
+
+    def _on_result(self, r: EnvResult) -> bool:
+        """Records one env result; returns True when the env now has an observation to act on."""
+        i = r.env_id
+        self.ledger.produced(r.num_steps)
+        self.env_busy_s += r.step_s
+        self.obs[i] = r.obs
+        self.worker.record(r)
+        if not r.is_first:
+            if r.error is not None:
+                self._cut_on_error(i)
+            else:
+                self.remaining[i] -= 1
+                if self.remaining[i] == 0:
+                    self._emit(self.worker.pop_segments([i])[0])
+        if r.done or r.error is not None:
+            with self._lock:
+                self.episodes += self.worker.pop_episodes()
+        return True
+
+    def _cut_on_error(self, i: int) -> None:
+        # The failed chunk (last step, invalid) is dropped; the decisions before it are kept
+        # and bootstrap from the observation the failed chunk started from.
+        seg = self.worker.pop_segments([i])[0]
+        bad = seg.steps[-1]
+        self.ledger.dropped("env_error", 1, bad.num_steps)
+        self.controller.refund(self.remaining[i])  # the failed slot and the unused rest
+        self.remaining[i] = 0
+        if len(seg) > 1:
+            self._emit(Segment(seg.env_id, seg.steps[:-1], bad.obs))
+
+    def _emit(self, seg: Segment) -> None:
+        try:
+            self.queue.put(seg)  # blocks while the queue is full: backpressure
+        except QueueClosed:
+            self.ledger.dropped("shutdown", len(seg), sum(st.num_steps for st in seg.steps))
+
+    def _settle(self, busy: set[int]) -> None:
+        """After stop: collect chunks still executing, so their env steps are counted."""
+        for _ in range(100):
+            if not busy:
+                return
+            for r in self.vec.recv(min_ready=len(busy), timeout_s=0.1):
+                busy.discard(r.env_id)
+                self.ledger.produced(r.num_steps)
+                self.worker.record(r)
+
+    def _drop_buffers(self, reason: str) -> None:
+        for seg in self.worker.pop_segments():
+            steps = [st for st in seg.steps if st.valid]
+            if steps:
+                self.ledger.dropped(reason, len(steps), sum(st.num_steps for st in steps))
+
+    def pop_episodes(self) -> list[dict]:
+        with self._lock:
+            out, self.episodes = self.episodes, []
+        return out

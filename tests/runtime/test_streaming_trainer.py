@@ -1,0 +1,141 @@
+"""StreamingTrainer: exact update boundaries with carry-over, stale safety net, and (real
+tiny policy) the async update at max_staleness=0 equals the sync one on the same batch."""
+
+import numpy as np
+import pytest
+import torch
+
+from asyncvla.config import AlgoConfig, EnvConfig, PolicyConfig
+from asyncvla.envs.base import Obs
+from asyncvla.metrics.spans import SpanRecorder
+from asyncvla.runtime.data import Segment, Step, stack_segments
+from asyncvla.runtime.staleness import Ledger, StalenessController
+from asyncvla.runtime.streaming_trainer import StreamingTrainer, split_segment
+from asyncvla.runtime.weight_store import WeightStore
+
+
+def _seg(env_id, n, version=0, steps_each=2):
+    obs = lambda: Obs(np.zeros((8, 8, 3), np.uint8), np.zeros(4, np.float32), "task")  # noqa: E731
+    steps = [Step(obs(), np.zeros((1, 2), np.float32), 0.0, 0.0, version, num_steps=steps_each) for _ in range(n)]
+    return Segment(env_id, steps, obs())
+
+
+class FakeTrainer:
+    """Records the size of every update; one version per update."""
+
+    def __init__(self, algo):
+        self.algo, self.decoupled, self.sizes = algo, False, []
+        self.policy = torch.nn.Linear(1, 1)
+        self.policy.version = 0
+        self.rec = SpanRecorder("trainer", 0)
+
+    @property
+    def version(self):
+        return self.policy.version
+
+    def prepare(self, rollouts):
+        return rollouts[0]
+
+    def update(self, batch, epochs):
+        self.sizes.append((batch.num_samples, epochs))
+        self.policy.version += 1
+        return {}
+
+
+def _streaming(mode="accumulate", global_batch=5, eta=1, algo=None):
+    algo = algo or AlgoConfig(minibatch_size=2, update_epochs=3)
+    ctrl = StalenessController(eta, global_batch)
+    st = StreamingTrainer(FakeTrainer(algo), mode, global_batch, WeightStore(), ctrl, Ledger())
+    return st, ctrl
+
+
+def test_accumulate_steps_exactly_every_global_batch_and_carries_the_rest():
+    st, ctrl = _streaming()
+    counts = [len(st.add(_seg(i, 3, version=st.version))) for i in range(7)]  # 21 samples, batches of 5
+    assert counts == [0, 1, 0, 1, 1, 0, 1]
+    assert st.trainer.sizes == [(5, 1)] * 4 and st.buffered_samples == 1
+    assert st.store.version == 4 == ctrl.version and ctrl.consumed == 20
+    led = st.ledger
+    led.produced(42)
+    st.drop_buffered("shutdown")
+    assert led.trained_samples == 20 and led.dropped_samples["shutdown"] == 1 and led.balance == 0
+
+
+def test_streaming_steps_on_every_micro_batch_and_epoch_mode_runs_all_epochs():
+    st, _ = _streaming("streaming", eta=5)
+    st.add(_seg(0, 5))
+    assert st.trainer.sizes == [(2, 1), (2, 1)] and st.buffered_samples == 1
+    st, _ = _streaming("epoch", global_batch=4)
+    st.add(_seg(0, 4))
+    assert st.trainer.sizes == [(4, 3)] and not st.trainer.decoupled
+
+
+def test_stale_samples_are_dropped_counted_and_refunded():
+    st, ctrl = _streaming(eta=0, global_batch=4)
+    assert ctrl.try_admit(100) == 4
+    st.add(_seg(0, 4, version=0))  # trained at version 0 -> version 1
+    assert ctrl.try_admit(100) == 4
+    seg = _seg(1, 3, version=1)
+    seg.steps[0].version = 0  # an old decision at the head of a segment
+    st.add(seg)
+    assert st.ledger.dropped_samples["stale"] == 1 and st.buffered_samples == 2
+    assert ctrl.admitted == 8 - 1
+
+
+def test_split_segment_bootstraps_the_head_from_the_tail():
+    seg = _seg(0, 4)
+    head, tail = split_segment(seg, 3)
+    assert len(head) == 3 and len(tail) == 1 and head.next_obs is seg.steps[3].obs and tail.next_obs is seg.next_obs
+    with pytest.raises(ValueError):
+        split_segment(seg, 4)
+
+
+def test_rejects_unknown_mode():
+    from asyncvla.config import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer_mode"):
+        _streaming("sometimes")
+
+
+@pytest.mark.parametrize("algo_name", ["ppo"])
+def test_async_update_at_zero_staleness_equals_sync(algo_name):
+    """Same rollout, same initial weights: sync `Trainer.train` vs the segments streamed (out of
+    order) into a decoupled, accumulating StreamingTrainer at max_staleness=0.
+
+    Segments are not split here: a split bootstraps at the cut (a shorter GAE horizon), which
+    is a valid but different estimate; the pipeline sizes global_batch as a multiple of
+    segment_len so full segments never need splitting."""
+    from asyncvla.runtime.env_worker import EnvWorker
+    from asyncvla.runtime.rollout import build_policy
+    from asyncvla.runtime.trainer import Trainer
+
+    env_cfg = EnvConfig(id="emulated/fast", num_envs=3, image_size=16, seed=3)
+    pol_cfg = PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2, image_size=16)
+    T = 6
+    n = env_cfg.num_envs * T
+    algo = AlgoConfig(name=algo_name, update_epochs=1, minibatch_size=n, dual_clip=None)
+    worker = EnvWorker(env_cfg, trace=False)
+    spec = worker.spec()
+    actor = build_policy(pol_cfg, spec["action_dim"], spec["proprio_dim"], seed=0)
+    (obs,) = worker.start_epoch()
+    torch.manual_seed(5)
+    for _ in range(T):
+        obs = worker.step(0, actor.act(obs))
+    segments = worker.pop_segments()
+    worker.close()
+
+    sync = Trainer(pol_cfg, algo, spec["action_dim"], spec["proprio_dim"], seed=0, trace=False)
+    sync_stats = sync.train(stack_segments(segments))
+
+    trainer = Trainer(pol_cfg, algo, spec["action_dim"], spec["proprio_dim"], seed=0, trace=False)
+    st = StreamingTrainer(trainer, "accumulate", n, WeightStore(), StalenessController(0, n))
+    stats = []
+    for seg in segments[::-1]:
+        stats += st.add(seg)
+    assert len(stats) == 1 and stats[0]["lag/batch_max"] == 0
+    for key in ("loss/total", "loss/policy", "loss/value"):
+        assert stats[0][key] == pytest.approx(sync_stats[key], abs=1e-5), key
+    assert stats[0]["loss/is_weight_mean"] == pytest.approx(1.0, abs=1e-5)
+    for (k, a), b in zip(sync.policy.state_dict().items(), trainer.policy.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5), k
+    assert st.store.version == trainer.version == 1
