@@ -222,6 +222,18 @@ class MetaWorldEnv:
         success = float(info.get("success", 0.0)) > 0
         return StepOut(self._obs(state), float(reward), terminated=False, truncated=bool(truncated), success=success, info=info)
 
+    def raw_step(self, action: np.ndarray):
+        """MetaWorld's step plus one frame rendered with the same settings, none of our processing
+        (no clipping, flipping, float32 proprio): the baseline `env-bench` compares against."""
+        out = self._raw.step(action)
+        self._renderer.update_scene(self._raw.data, camera=self._camera)
+        self._renderer.render()
+        if self._release_after_render:
+            _release_gl_context()
+        if out[3]:  # MetaWorld refuses to step past its 500-step truncation
+            self._raw.reset()
+        return out
+
     def close(self) -> None:
         self._renderer.close()
         self._gym.close()
