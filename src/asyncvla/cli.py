@@ -224,12 +224,39 @@ class BenchPolicy:
 
 
 @dataclass
+class BenchThroughput:
+    """Env steps/s of sync and async (and the ladder between them) on one workload, beside the async bound."""
+
+    workload: str = "emulated-balanced"
+    """Workload: emulated-balanced (emulated envs + emulated accelerator)."""
+    modes: tuple[str, ...] = ("sync", "async")
+    """Any of sync, async_env, streaming_rollout, async (the ladder of asynchrony levels)."""
+    seconds: float = 60.0
+    """Wall seconds per mode (the throughput window excludes start-up and the first update)."""
+    json: bool = False
+    """Last stdout line: {workload, runs: [{mode, env_steps_per_s, trained_samples_per_s, bound_env_steps_per_s, utilization}]}."""
+
+    def run(self) -> None:
+        from asyncvla.bench.throughput import throughput_bench
+
+        modes = [m for item in self.modes for m in item.split(",") if m]  # accepts sync,async too
+        result = throughput_bench(self.workload, modes, self.seconds)
+        if self.json:
+            _print_json(result)
+            return
+        for r in result["runs"]:
+            print(f"{r['mode']:>18}: {r['env_steps_per_s']:>8.1f} env steps/s (bound {r['bound_env_steps_per_s']:.1f})  "
+                  f"util {r['utilization']}")
+
+
+@dataclass
 class Bench:
     """Benchmarks (one JSON object per run with --json)."""
 
     cmd: tyro.conf.OmitSubcommandPrefixes[Union[
         Annotated[BenchPolicy, tyro.conf.subcommand("policy")],
         Annotated[EnvBench, tyro.conf.subcommand("envs")],
+        Annotated[BenchThroughput, tyro.conf.subcommand("throughput")],
     ]]
 
     def run(self) -> None:

@@ -83,7 +83,8 @@ def emulated_balanced() -> Workload:
     env_decision_s = chunk * 0.02  # emulated/balanced: 20 ms per step
     # Lockstep: the slowest of 8 envs (+-10% jitter) sets each step, ~1.05 x the mean.
     third = steps * env_decision_s * 1.05  # s per sync iteration spent on each stage
-    costs = AcceleratorCosts(infer_fixed_s=0.020, infer_per_sample_s=(third / steps - 0.020) / num_envs,
+    fixed = 0.004
+    costs = AcceleratorCosts(infer_fixed_s=fixed, infer_per_sample_s=(third / steps - fixed) / num_envs,
                              train_per_sample_s=third / (num_envs * steps))
     cfg = TrainConfig(
         env=EnvConfig(id="emulated/balanced", num_envs=num_envs, image_size=16, executor="thread", seed=0),
