@@ -12,11 +12,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated, Literal, Union
 
 import tyro
 
-from asyncvla.config import ConfigError, EnvConfig, PolicyConfig
+from asyncvla.config import ConfigError, EnvConfig, PolicyConfig, TrainConfig, load_preset
 from asyncvla.sim.model import SimConfig
 
 Positional = tyro.conf.Positional
@@ -250,17 +250,206 @@ class BenchThroughput:
 
 
 @dataclass
+class BenchAblation:
+    """The ladder sync (1, 2, 4 stages) → +async_env → +streaming_rollout → +decoupled_actor; report, plots, timeline."""
+
+    workload: str = "emulated-balanced"
+    """emulated-{balanced,env-bound,infer-bound,train-bound,long-tail} or real-{metaworld,libero,maniskill}."""
+    seconds: float = 30.0
+    """Wall seconds per rung (the window excludes start-up and the first update)."""
+    rungs: tuple[str, ...] = ()
+    """Subset of rungs (default all): sync, sync-2stage, sync-4stage, +async_env, +streaming_rollout, +decoupled_actor."""
+    out: Path = Path("bench-results/ablation")
+    """Writes results.json, report.md, throughput/utilization/timeline PNGs and the sync/async traces here."""
+    timeline: bool = True
+    """Trace the sync and full-async rungs and draw them side by side (timeline.png)."""
+    torch_threads: int = 1
+    """torch intra-op threads (all roles share this process's cores)."""
+
+    def run(self) -> None:
+        from asyncvla.bench.suite import ablation_cmd, set_torch_threads
+
+        set_torch_threads(self.torch_threads)
+        rungs = [r for item in self.rungs for r in item.split(",") if r]
+        ablation_cmd(self.workload, self.seconds, self.out, rungs or None, self.timeline)
+
+
+@dataclass
+class BenchPlacement:
+    """Colocated vs disaggregated vs hybrid on emulated devices, sync and full async."""
+
+    workload: str = "emulated-balanced"
+    seconds: float = 20.0
+    """Wall seconds per (placement, mode)."""
+    num_devices: int = 2
+    """Emulated accelerators shared out by the placement."""
+    out: Path = Path("bench-results/placement")
+    torch_threads: int = 1
+
+    def run(self) -> None:
+        from asyncvla.bench.suite import placement_cmd, set_torch_threads
+
+        set_torch_threads(self.torch_threads)
+        placement_cmd(self.workload, self.seconds, self.out, self.num_devices)
+
+
+@dataclass
+class BenchBatching:
+    """Dynamic batching under load: max_batch x max_wait_ms; samples/s, batch size, latency p50/p99 vs offline."""
+
+    max_batches: tuple[int, ...] = (1, 4, 8, 16)
+    max_waits_ms: tuple[float, ...] = (0.0, 2.0, 5.0)
+    clients: int | None = None
+    """Closed-loop clients (default 2 x the largest max_batch: full load)."""
+    think_ms: float = 0.0
+    """Client think time between requests (0 = full load)."""
+    seconds: float = 2.0
+    """Measured seconds per point."""
+    accelerator: str = "emulated"
+    """emulated: inference held to infer_fixed_ms + infer_per_sample_ms * B; real: the tiny VLA on this CPU."""
+    infer_fixed_ms: float = 8.0
+    infer_per_sample_ms: float = 0.5
+    workload: str = "emulated-balanced"
+    """Whose tiny VLA shape to serve."""
+    out: Path = Path("bench-results/batching")
+    torch_threads: int = 1
+
+    def run(self) -> None:
+        from asyncvla.bench.suite import batching_cmd, set_torch_threads
+
+        set_torch_threads(self.torch_threads)
+        batching_cmd(self.out, workload=self.workload, max_batches=self.max_batches, max_waits_ms=self.max_waits_ms,
+                     clients=self.clients, seconds=self.seconds, think_ms=self.think_ms, accelerator=self.accelerator,
+                     infer_fixed_ms=self.infer_fixed_ms, infer_per_sample_ms=self.infer_per_sample_ms)
+
+
+@dataclass
+class BenchEnvs:
+    """Env steps/s of every backend (its representative task) through the protocol and raw."""
+
+    backends: tuple[str, ...] = ()
+    """Default all: emulated, metaworld, libero, maniskill (unavailable ones are reported as skipped)."""
+    num_envs: int = 2
+    steps: int = 120
+    chunk: int = 4
+    image_size: int = 64
+    out: Path = Path("bench-results/envs")
+
+    def run(self) -> None:
+        from asyncvla.bench.suite import envs_cmd
+
+        envs_cmd(self.out, backends=list(self.backends) or None, num_envs=self.num_envs, steps=self.steps,
+                 chunk=self.chunk, image_size=self.image_size)
+
+
+@dataclass
+class BenchTimeline:
+    """Sync and async Gantt charts side by side from two Chrome traces (e.g. from `bench ablation`)."""
+
+    sync_trace: Path
+    async_trace: Path
+    out: Path = Path("timeline.png")
+    window_s: float = 6.0
+    """Seconds shown, from the middle of each run."""
+
+    def run(self) -> None:
+        from asyncvla.bench.timeline import side_by_side_gantt
+
+        print(side_by_side_gantt([("sync", self.sync_trace), ("async", self.async_trace)], self.out, self.window_s))
+
+
+@dataclass
+class BenchSuite:
+    """The default benchmark suite (ablations, placement, batching, envs; about 15 minutes here)."""
+
+    out: Path = Path("bench-results")
+    only: tuple[str, ...] = ()
+    """Run only these items (names as in bench/suite.py DEFAULT_SUITE)."""
+    torch_threads: int = 1
+
+    def run(self) -> None:
+        from asyncvla.bench.suite import set_torch_threads, suite_cmd
+
+        set_torch_threads(self.torch_threads)
+        _print_json({"suite_wall_s": suite_cmd(self.out, list(self.only) or None)})
+
+
+@dataclass
 class Bench:
     """Benchmarks (one JSON object per run with --json)."""
 
     cmd: tyro.conf.OmitSubcommandPrefixes[Union[
         Annotated[BenchPolicy, tyro.conf.subcommand("policy")],
-        Annotated[EnvBench, tyro.conf.subcommand("envs")],
+        Annotated[BenchEnvs, tyro.conf.subcommand("envs")],
         Annotated[BenchThroughput, tyro.conf.subcommand("throughput")],
+        Annotated[BenchAblation, tyro.conf.subcommand("ablation")],
+        Annotated[BenchPlacement, tyro.conf.subcommand("placement")],
+        Annotated[BenchBatching, tyro.conf.subcommand("batching")],
+        Annotated[BenchTimeline, tyro.conf.subcommand("timeline")],
+        Annotated[BenchSuite, tyro.conf.subcommand("suite")],
     ]]
 
     def run(self) -> None:
         self.cmd.run()
+
+
+@dataclass
+class Train:
+    """Train a policy with RL: `--mode sync` (the RLinf baseline) or `--mode async` (RL-VLA³).
+
+    Config comes from `--preset` (a file in configs/), then the options below override it.
+    """
+
+    cfg: Annotated[TrainConfig, tyro.conf.arg(name="")]
+    preset: str = "default"
+    """Preset in configs/ (or a path to a YAML file); read before the other options apply."""
+    mode: Literal["sync", "async"] | None = None
+    """Shorthand for --runtime.mode."""
+    resume: str | None = None
+    """Continue the run in this directory from its last checkpoint, with its saved config."""
+    json: bool = False
+    """Print a JSON summary (success_before, success_after, env_steps, wall_s, env_steps_per_s) as the last line."""
+
+    def run(self) -> None:
+        from asyncvla.metrics.progress import TrainProgress
+
+        cfg = self.cfg
+        if self.resume:
+            from asyncvla.runtime.pipeline import load_run_config
+
+            cfg = load_run_config(self.resume)
+        elif self.mode is not None:
+            cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, mode=self.mode))
+        if cfg.runtime.mode == "async":
+            from asyncvla.runtime.async_pipeline import train_async as train_fn
+        else:
+            from asyncvla.runtime.pipeline import train as train_fn
+        with TrainProgress(cfg.run.total_env_steps, cfg.run.total_updates) as progress:
+            summary = train_fn(cfg, progress=progress)
+        if self.json:
+            _print_json(summary)
+        else:
+            for k, v in summary.items():
+                print(f"{k:>18}: {v}")
+
+
+def _preset_from_argv(argv: list[str]) -> str:
+    """`--preset NAME` must be known before parsing: it supplies the defaults of every option."""
+    for i, a in enumerate(argv):
+        if a == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--preset="):
+            return a.split("=", 1)[1]
+    return "default"
+
+
+def _command(argv: list[str]):
+    """The subcommand union; `train` gets its preset as the default config."""
+    train_default = Train(cfg=load_preset(TrainConfig, _preset_from_argv(argv))) if argv[:1] == ["train"] else None
+    return Union[
+        Annotated[Train, tyro.conf.subcommand("train", default=train_default)],
+        Command,
+    ]
 
 
 Command = Union[
@@ -279,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        cmd = tyro.cli(Command, args=argv, prog="asyncvla", description=__doc__.splitlines()[0])
+        cmd = tyro.cli(_command(argv), args=argv, prog="asyncvla", description=__doc__.splitlines()[0])
         cmd.run()
     except ConfigError as e:
         print(f"asyncvla: error: {e}", file=sys.stderr)

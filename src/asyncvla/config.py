@@ -220,6 +220,8 @@ class AlgoConfig:
     group_size: int = 8
     """GRPO: rollouts per initial state."""
     normalize_advantages: bool = True
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this before GAE (keeps value targets O(1), e.g. 0.01 for MetaWorld's 0-10 per step)."""
     lr: float = 3e-4
     value_lr: float | None = None
     """Learning rate of the value head; null uses lr."""
@@ -238,6 +240,7 @@ class AlgoConfig:
         _check(self.value_clip is None or self.value_clip > 0, "algo.value_clip", self.value_clip, "must be > 0 or null")
         _check(self.is_cap >= 1, "algo.is_cap", self.is_cap, "must be >= 1")
         _check(self.group_size >= 2, "algo.group_size", self.group_size, "must be >= 2")
+        _check(self.reward_scale > 0, "algo.reward_scale", self.reward_scale, "must be > 0")
         _check(self.lr > 0, "algo.lr", self.lr, "must be > 0")
         _check(self.update_epochs >= 1, "algo.update_epochs", self.update_epochs, "must be >= 1")
         _check(self.minibatch_size >= 1, "algo.minibatch_size", self.minibatch_size, "must be >= 1")
@@ -360,6 +363,26 @@ class RunConfig:
 
 
 @dataclass
+class WarmStartConfig:
+    """SFT warm start that the run makes itself: expert demos -> behaviour cloning -> policy.init (cached)."""
+
+    demo_episodes: int = 0
+    """Scripted-expert episodes to record; 0 disables the warm start."""
+    sft_steps: int = 300
+    """Behaviour-cloning optimizer steps."""
+    sft_batch_size: int = 64
+    sft_lr: float = 1e-3
+    cache_dir: str = "~/.cache/asyncvla/warm_start"
+    """Demos and SFT checkpoints are cached here, keyed by everything that shapes them."""
+
+    def __post_init__(self) -> None:
+        _check(self.demo_episodes >= 0, "warm_start.demo_episodes", self.demo_episodes, "must be >= 0")
+        _check(self.sft_steps >= 1, "warm_start.sft_steps", self.sft_steps, "must be >= 1")
+        _check(self.sft_batch_size >= 1, "warm_start.sft_batch_size", self.sft_batch_size, "must be >= 1")
+        _check(self.sft_lr > 0, "warm_start.sft_lr", self.sft_lr, "must be > 0")
+
+
+@dataclass
 class TrainConfig:
     """Everything `asyncvla train` needs. Derived: policy.image_size and policy.device follow env and run."""
 
@@ -368,6 +391,7 @@ class TrainConfig:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
 
     def __post_init__(self) -> None:
         # One source of truth: the policy sees what the env renders, on the run's device.

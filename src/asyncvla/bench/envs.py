@@ -84,3 +84,52 @@ def env_bench(cfg: EnvConfig, steps: int, chunk: int = 1, repeats: int = 3) -> d
         "raw_steps_per_s": round(raw_steps_per_s, 2),
         "ratio": round(steps_per_s / raw_steps_per_s, 3),
     }
+
+
+# -- `asyncvla bench envs`: one representative task per backend ---------------------------
+
+BACKEND_TASKS = {
+    "emulated": "emulated/balanced",
+    "metaworld": "metaworld/reach-v3",
+    "libero": "libero/libero_spatial/0",
+    "maniskill": "maniskill/PickCube-v1",
+}
+"""The task each backend is measured on (the ones the real-* workloads run)."""
+
+
+def envs_bench(backends: list[str] | None = None, num_envs: int = 2, steps: int = 120, chunk: int = 4,
+               image_size: int = 64, on_run=None) -> dict:
+    """`env_bench` of each backend's task (default all); unavailable backends become skipped rows."""
+    from asyncvla.config import ConfigError
+    from asyncvla.envs.registry import get_backend
+
+    names = backends or list(BACKEND_TASKS)
+    for b in names:
+        if b not in BACKEND_TASKS:
+            raise ConfigError(f"backends={b!r} is invalid: allowed: {', '.join(BACKEND_TASKS)}")
+    runs = []
+    for b in names:
+        ok, why = get_backend(b).available()
+        if ok:
+            # Emulated envs hold wall time: threads overlap them, as the runtime runs them.
+            executor = "thread" if b == "emulated" else "inline"
+            cfg = EnvConfig(id=BACKEND_TASKS[b], num_envs=num_envs, image_size=image_size, executor=executor)
+            row = {"mode": b, **env_bench(cfg, steps=steps, chunk=chunk)}
+        else:
+            row = {"mode": b, "env_id": BACKEND_TASKS[b], "skipped": why}
+        runs.append(row)
+        if on_run is not None:
+            on_run(row)
+    return {"bench": "envs", "workload": "backends", "kind": "real",
+            "window": "median of 3 alternating rounds (protocol vs raw), resets excluded", "runs": runs}
+
+
+def envs_plot(runs: list[dict], out_dir) -> list:
+    """Protocol steps/s per backend with the raw simulator's steps/s as the tick."""
+    from pathlib import Path
+
+    from asyncvla.bench.report import bar_plot
+
+    done = [r for r in runs if "steps_per_s" in r]
+    return [bar_plot(done, Path(out_dir) / "envs.png", metric="steps_per_s", bound_key="raw_steps_per_s",
+                     ylabel="env steps/s", title="env steps/s through the protocol (tick: raw simulator)")]

@@ -248,7 +248,7 @@ def run_loop(w: Workers, cfg: TrainConfig, run_dir: Path, state: RunState, write
                 save_checkpoint(w, run_dir, state, "last")
             write_chrome_trace(run_dir / "trace.json", trace + driver.drain())
         if progress is not None:
-            progress(state, m)
+            progress(state.update, m)
     if cfg.run.eval_episodes:
         with driver.span("eval"):
             m = evaluate(w, cfg, run_dir, state, eval_policy)
@@ -265,13 +265,17 @@ def run_loop(w: Workers, cfg: TrainConfig, run_dir: Path, state: RunState, write
 
 def train(cfg: TrainConfig, progress=None) -> dict:
     """Runs (or resumes) a synchronous training run; returns the summary that `--json` prints."""
+    from asyncvla.runtime.warm_start import ensure_warm_start
+
+    # The SFT start is made before the run dir's config.yaml, which then records policy.init.
+    cfg.policy.init = ensure_warm_start(cfg) or cfg.policy.init
     run_dir = prepare_run_dir(cfg)
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
     trace_path = run_dir / "trace.json"
     trace: list[Span] = load_chrome_trace(trace_path) if cfg.run.resume and trace_path.exists() else []
     if not cfg.runtime.local:
-        init_ray(cfg.runtime.ray_address)
+        init_ray(cfg.runtime.ray_address, cfg)
     workers = writer = None
     state = RunState()
     try:

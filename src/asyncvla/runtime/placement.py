@@ -163,6 +163,7 @@ def build_ray(cfg: TrainConfig) -> Workers:
     """Ray actors for the configured placement (Ray must be initialised)."""
     import ray
 
+    check_resources(cfg)
     rt = cfg.runtime
     env_cls = ray.remote(EnvWorker).options(num_cpus=rt.env_cpus, num_gpus=rt.env_gpus)
     envs = [env_cls.remote(*_env_worker_args(cfg, w)) for w in range(rt.num_env_workers)]
@@ -178,8 +179,37 @@ def build_ray(cfg: TrainConfig) -> Workers:
     return Workers(envs, rollouts, trainer, ray.get, colocated=False, spec=spec)
 
 
-def init_ray(address: str | None, run_dir: str | None = None) -> None:
-    """Joins `address`, or starts a local Ray sized to this machine with a per-run temp dir."""
+def required_resources(cfg: TrainConfig) -> dict[str, float]:
+    """CPUs and GPUs the actors of `cfg` reserve (what the Ray cluster must offer)."""
+    rt = cfg.runtime
+    cpus = rt.num_env_workers * rt.env_cpus + rt.rollout_cpus
+    gpus = rt.num_env_workers * rt.env_gpus + rt.rollout_gpus
+    if rt.placement == "disaggregated":
+        cpus += (rt.num_rollout_servers - 1) * rt.rollout_cpus + rt.trainer_cpus
+        gpus += (rt.num_rollout_servers - 1) * rt.rollout_gpus + rt.trainer_gpus
+    return {"CPU": cpus, "GPU": gpus}
+
+
+def check_resources(cfg: TrainConfig) -> None:
+    """Fails with one line when the cluster cannot place every actor (Ray would wait forever)."""
+    import ray
+
+    from asyncvla.config import ConfigError
+
+    total = ray.cluster_resources()
+    for res, need in required_resources(cfg).items():
+        if need > total.get(res, 0.0) + 1e-9:
+            raise ConfigError(f"runtime placement needs {need:g} {res} but the Ray cluster has {total.get(res, 0.0):g}: "
+                              f"lower runtime.*_{res.lower()}s or add nodes")
+
+
+def init_ray(address: str | None, cfg: TrainConfig | None = None) -> None:
+    """Joins `address`, or starts a local Ray sized to this machine with a per-run temp dir.
+
+    CPU reservations are scheduling labels, not pinning: a local Ray advertises at least
+    what the configured actors reserve, so a 2-core laptop still runs the 3-actor
+    disaggregated layout (oversubscribed, which the utilization metrics then show).
+    """
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -191,7 +221,8 @@ def init_ray(address: str | None, run_dir: str | None = None) -> None:
         return
     # Ray's socket paths must stay short (107 bytes): a short temp dir, not the run dir.
     tmp = tempfile.mkdtemp(prefix="ray_", dir="/tmp")
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=tmp, runtime_env=runtime_env,
+    need = required_resources(cfg)["CPU"] if cfg is not None else 0
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(-(-need // 1))), include_dashboard=False, _temp_dir=tmp, runtime_env=runtime_env,
              log_to_driver=False)
 
 

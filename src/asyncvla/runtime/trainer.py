@@ -79,7 +79,8 @@ def rollout_advantages(policy: Policy, r: Rollout, algo: AlgoConfig) -> tuple[to
         mask = mask & ~after
         adv = torch.where(mask, adv_b[None, :].expand_as(mask), torch.zeros(()))
         return adv, adv.clone(), mask
-    adv, ret = compute_gae(t(r.reward), t(r.value), t(next_values(policy, r)), t(r.terminated), t(r.truncated),
+    rewards = t(r.reward) * algo.reward_scale
+    adv, ret = compute_gae(rewards, t(r.value), t(next_values(policy, r)), t(r.terminated), t(r.truncated),
                            algo.gamma, algo.lam, mask)
     return adv, ret, mask
 

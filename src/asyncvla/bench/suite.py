@@ -1,0 +1,122 @@
+"""The bench commands' bodies (each writes results.json, report.md, PNGs and prints one JSON
+line per run) and `asyncvla bench suite`, the default suite (about 15 minutes here).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from asyncvla.bench.report import finalize_runs, print_run, write_report
+
+
+def set_torch_threads(n: int) -> None:
+    """Intra-op threads of torch in this process; several roles share its cores.
+
+    On a loaded 2-core machine torch's default (one thread per core) spin-waits: a tiny
+    policy's act took ~90 ms with 2 threads and ~4 ms with 1 (measured), so every bench
+    defaults to 1 and records it.
+    """
+    import torch
+
+    if n >= 1:
+        torch.set_num_threads(n)
+
+
+def ablation_cmd(workload: str, seconds: float, out: Path, rungs: list[str] | None = None, timeline: bool = True,
+                 echo: bool = True) -> dict:
+    """`bench ablation`: the ladder, its report and (with `timeline`) the sync/async Gantt."""
+    from asyncvla.bench.ablation import ablation_bench, ladder_violations
+    from asyncvla.bench.timeline import side_by_side_gantt
+
+    res = ablation_bench(workload, seconds, rungs, trace_dir=Path(out) if timeline else None,
+                         on_run=print_run if echo else None)
+    finalize_runs(res["runs"])
+    res["violations"] = ladder_violations(res["runs"])
+    res["notes"] = [f"ladder check: {'; '.join(res['violations']) or 'full async fastest, no level lowers throughput (5% tolerance)'}"]
+    paths = write_report(out, res, title=f"ablation: {workload}")
+    sync_t, async_t = Path(out) / "sync.trace.json", Path(out) / "async.trace.json"
+    if timeline and sync_t.exists() and async_t.exists():
+        png = side_by_side_gantt([(f"sync ({workload})", sync_t), (f"full async ({workload})", async_t)],
+                                 Path(out) / "timeline.png")
+        with open(paths["md"], "a") as f:
+            f.write(f"\n![timeline]({png.name})\n")
+    return res
+
+
+def placement_cmd(workload: str, seconds: float, out: Path, num_devices: int = 2, echo: bool = True) -> dict:
+    from asyncvla.bench.placement import placement_bench
+
+    res = placement_bench(workload, seconds, num_devices=num_devices, on_run=print_run if echo else None)
+    finalize_runs(res["runs"], baseline="colocated/sync")
+    write_report(out, res, title=f"placement: {workload} on {num_devices} emulated devices")
+    return res
+
+
+def batching_cmd(out: Path, echo: bool = True, **kw) -> dict:
+    from asyncvla.bench.batching import BATCHING_COLUMNS, batching_bench, batching_plot
+
+    res = batching_bench(on_run=print_run if echo else None, **kw)
+    write_report(out, res, columns=BATCHING_COLUMNS, title="dynamic batching sweep", plot=batching_plot)
+    return res
+
+
+def envs_cmd(out: Path, echo: bool = True, **kw) -> dict:
+    from asyncvla.bench.envs import envs_bench, envs_plot
+    from asyncvla.bench.report import Column
+
+    cols = (Column("mode", "backend", "{}"), Column("env_id", "task", "{}"), Column("num_envs", "envs", "{}"),
+            Column("image_size", "image", "{}"), Column("chunk", "chunk", "{}"), Column("steps_per_s", "protocol steps/s"),
+            Column("raw_steps_per_s", "raw steps/s"), Column("ratio", "ratio", "{:.2f}"), Column("reset_s", "reset s", "{:.2f}"),
+            Column("create_s", "create s", "{:.2f}"), Column("skipped", "skipped", "{}"))
+    res = envs_bench(on_run=print_run if echo else None, **kw)
+    write_report(out, res, columns=cols, title="env throughput per backend", plot=envs_plot)
+    return res
+
+
+@dataclass(frozen=True)
+class SuiteItem:
+    """One part of the default suite: a name (its sub-directory) and what it runs."""
+
+    name: str
+    kind: str
+    workload: str = ""
+    seconds: float = 20.0
+    rungs: tuple[str, ...] = ()
+
+
+DEFAULT_SUITE: tuple[SuiteItem, ...] = (
+    SuiteItem("ablation-emulated-balanced", "ablation", "emulated-balanced", 30.0),
+    SuiteItem("ablation-emulated-long-tail", "ablation", "emulated-long-tail", 20.0),
+    SuiteItem("ablation-emulated-env-bound", "ablation", "emulated-env-bound", 20.0, ("sync", "+decoupled_actor")),
+    SuiteItem("ablation-emulated-infer-bound", "ablation", "emulated-infer-bound", 20.0, ("sync", "+decoupled_actor")),
+    SuiteItem("ablation-emulated-train-bound", "ablation", "emulated-train-bound", 20.0, ("sync", "+decoupled_actor")),
+    SuiteItem("placement-emulated-balanced", "placement", "emulated-balanced", 20.0),
+    SuiteItem("batching", "batching", seconds=1.5),
+    SuiteItem("envs", "envs"),
+    SuiteItem("ablation-real-metaworld", "ablation", "real-metaworld", 40.0, ("sync", "+decoupled_actor")),
+)
+
+
+RUNNERS = {
+    "ablation": lambda it, d, echo: ablation_cmd(it.workload, it.seconds, d, list(it.rungs) or None, echo=echo),
+    "placement": lambda it, d, echo: placement_cmd(it.workload, it.seconds, d, echo=echo),
+    "batching": lambda it, d, echo: batching_cmd(d, echo=echo, seconds=it.seconds),
+    "envs": lambda it, d, echo: envs_cmd(d, echo=echo),
+}
+
+
+def suite_cmd(out: Path, only: list[str] | None = None, echo: bool = True) -> dict:
+    """Runs the default suite (or the items named in `only`) into out/<item>/; returns {item: wall seconds}."""
+    from asyncvla.config import ConfigError
+
+    items = [i for i in DEFAULT_SUITE if not only or i.name in only]
+    if only and len(items) != len(only):
+        raise ConfigError(f"only={only!r} is invalid: allowed: {', '.join(i.name for i in DEFAULT_SUITE)}")
+    walls = {}
+    for it in items:
+        t0 = time.time()
+        RUNNERS[it.kind](it, Path(out) / it.name, echo)
+        walls[it.name] = round(time.time() - t0, 1)
+    return walls

@@ -1,0 +1,48 @@
+"""SFT warm start made by the run itself: record expert demos, behaviour-clone, start RL from it.
+
+Both steps are cached under `warm_start.cache_dir`, keyed by a hash of everything that
+shapes them (env, policy architecture, demo count, SFT hyper-parameters, seed), so the
+second run of a preset starts RL at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+from asyncvla.config import TrainConfig, to_dict
+
+
+def _key(cfg: TrainConfig) -> str:
+    env = dataclasses.replace(cfg.env, num_envs=1, split="train")
+    policy = dataclasses.replace(cfg.policy, init=None, device="cpu", temperature=1.0)
+    blob = json.dumps({"env": to_dict(env), "policy": to_dict(policy), "warm": to_dict(cfg.warm_start),
+                       "seed": cfg.run.seed}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def ensure_warm_start(cfg: TrainConfig, progress: bool = True) -> str | None:
+    """Makes (or finds) the SFT checkpoint of `cfg.warm_start` and returns its directory.
+
+    None when the warm start is off or the policy already starts from `policy.init`.
+    """
+    ws = cfg.warm_start
+    if ws.demo_episodes == 0 or cfg.policy.init:
+        return None
+    from asyncvla.algos.sft import train_sft
+    from asyncvla.data.demos import record_demos
+
+    root = Path(ws.cache_dir).expanduser() / f"{cfg.env.task}-{_key(cfg)}"
+    demos, ckpt = root / "demos", root / "sft"
+    if not (root / "demos.done").exists():
+        env_cfg = dataclasses.replace(cfg.env, num_envs=1, split="train")
+        record_demos(env_cfg, episodes=ws.demo_episodes, out=demos, progress=progress)
+        (root / "demos.done").write_text("ok")
+    if not (root / "sft.done").exists():
+        policy_cfg = dataclasses.replace(cfg.policy, init=None, device=cfg.run.device)
+        train_sft(cfg.env.id, demos, ckpt, steps=ws.sft_steps, batch_size=ws.sft_batch_size, lr=ws.sft_lr,
+                  policy_cfg=policy_cfg, seed=cfg.run.seed, progress=progress)
+        (root / "sft.done").write_text("ok")
+    return str(ckpt)
