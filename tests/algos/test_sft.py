@@ -76,3 +76,44 @@ def test_bc_on_emulated_demos_reduces_the_loss(type_):
     pred = policy.act(obs, deterministic=True).actions[:, 0]
     moving = np.abs(data.actions[:64]) > 0.5
     assert (np.sign(pred) == np.sign(data.actions[:64]))[moving].mean() > 0.8
+
+
+def _write_dataset(root, data: DemoData, failed_episode: int | None = None) -> None:
+    from asyncvla.data.lerobot import DatasetWriter, Episode
+
+    writer = DatasetWriter(root, fps=10)
+    for ep in np.unique(data.episode_index):
+        m = data.episode_index == ep
+        n = int(m.sum())
+        ok = ep != failed_episode
+        writer.add_episode(Episode(list(data.images[m]), list(data.proprio[m]), list(data.actions[m]), [0.0] * n,
+                                   [False] * (n - 1) + [ok], data.instructions[0], ok))
+    writer.finish()
+
+
+def test_train_sft_writes_checkpoint_and_loss_curve(tmp_path):
+    import json
+
+    from asyncvla.algos.sft import load_demos, train_sft
+    from asyncvla.policies.checkpoint import load_policy
+
+    data = emulated_demos(episodes=8)
+    _write_dataset(tmp_path / "demos", data, failed_episode=3)
+    loaded = load_demos(tmp_path / "demos")
+    assert len(loaded) == len(data) - int((data.episode_index == 3).sum())  # the failed episode is dropped
+    cfg = PolicyConfig(chunk=2, hidden_dim=32, num_layers=1, num_heads=2, image_size=16)
+    summary = train_sft("emulated/fast", tmp_path / "demos", tmp_path / "ckpt", steps=40, batch_size=16, lr=3e-3,
+                        policy_cfg=cfg, seed=0, progress=False)
+    assert summary["final_loss"] < summary["first_loss"] and summary["episodes"] == 7
+    lines = [json.loads(s) for s in (tmp_path / "ckpt" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 41)) and all("loss/bc" in r for r in lines)
+    policy = load_policy(tmp_path / "ckpt")
+    np.testing.assert_allclose(policy.processor.proprio_mean.numpy(), loaded.proprio.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_train_sft_rejects_a_missing_demo_dir(tmp_path):
+    from asyncvla.algos.sft import train_sft
+    from asyncvla.config import ConfigError
+
+    with pytest.raises(ConfigError, match="demos"):
+        train_sft("emulated/fast", tmp_path / "nope", tmp_path / "out", steps=1)

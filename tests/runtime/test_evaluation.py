@@ -56,3 +56,26 @@ def test_random_tiny_policy_runs_and_truncates(tmp_path):
 def test_zero_episodes_is_a_config_error():
     with pytest.raises(ConfigError, match="episodes"):
         evaluate_policy(_PointExpert(), _env(), episodes=0)
+
+
+def _metaworld_ok() -> tuple[bool, str]:
+    from asyncvla.envs.registry import get_backend
+
+    return get_backend("metaworld").available()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _metaworld_ok()[0], reason=f"metaworld unavailable: {_metaworld_ok()[1]}")
+def test_cli_demos_sft_eval_on_metaworld(tmp_path, capsys):
+    import json
+
+    from asyncvla.cli import main
+
+    demos, ckpt = tmp_path / "D", tmp_path / "S"
+    assert main(["demos", "metaworld/reach-v3", "--episodes", "2", "--out", str(demos), "--image-size", "32", "--json"]) == 0
+    assert main(["sft", "--env", "metaworld/reach-v3", "--demos", str(demos), "--out", str(ckpt), "--steps", "5",
+                 "--batch-size", "8", "--policy.hidden-dim", "32", "--policy.image-size", "32", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(ckpt), "--episodes", "2", "--num-envs", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["episodes"] == 2 and result["env_id"] == "metaworld/reach-v3" and 0 <= result["success_rate"] <= 1

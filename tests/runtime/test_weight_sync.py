@@ -38,29 +38,29 @@ def test_make_weight_sync_picks_by_placement():
     assert isinstance(make_weight_sync("nccl", "disaggregated"), NcclWeightSync)
 
 
-def _broadcast_rank(rank: int, port: int, q) -> None:
+def _broadcast_rank(rank: int, port: int, out_dir: str) -> None:
     init_group("127.0.0.1", port, rank, 2, backend="gloo")
     torch.manual_seed(rank)  # different weights per rank before the broadcast
     m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     version = broadcast_module(m, version=7 if rank == 0 else -1, src=0)
-    q.put((rank, version, {k: v.clone() for k, v in m.state_dict().items()}))
+    torch.save((version, m.state_dict()), f"{out_dir}/rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
-def test_gloo_broadcast_between_two_processes():
+def test_gloo_broadcast_between_two_processes(tmp_path):
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available in this torch build")
     ctx = mp.get_context("spawn")
-    q = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_broadcast_rank, args=(r, port, q)) for r in range(2)]
+    procs = [ctx.Process(target=_broadcast_rank, args=(r, port, str(tmp_path))) for r in range(2)]
     for p in procs:
         p.start()
-    out = dict((r, (v, s)) for r, v, s in (q.get(timeout=60) for _ in procs))
     for p in procs:
-        p.join(timeout=30)
-    assert out[0][0] == out[1][0] == 7
-    assert state_equal(out[0][1], out[1][1])
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    (v0, s0), (v1, s1) = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
+    assert v0 == v1 == 7
+    assert state_equal(s0, s1)
 
 
 @pytest.fixture(scope="module")

@@ -186,6 +186,8 @@ def write_report(out_dir: str | Path, result: dict, columns: Sequence[Column] = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result.setdefault("machine", machine_info())
+    if Path(sys.argv[0]).name == "asyncvla":  # the exact command, when run from the CLI
+        result.setdefault("command", " ".join(["asyncvla", *sys.argv[1:]]))
     runs = result["runs"]
     name = title or f"{result.get('bench', 'bench')}: {result.get('workload', '')}".strip(": ")
     if plot is not None:

@@ -79,8 +79,8 @@ class TinyBase(Policy):
         super().__init__()
         self.cfg = cfg
         self.chunk, self.action_dim, self.proprio_dim = cfg.chunk, action_dim, proprio_dim
+        # act and evaluate both use it: the trainer must score the distribution rollouts sampled from.
         self.temperature = cfg.temperature
-        """Sampling temperature of act and evaluate (the distribution the rollouts follow)."""
         h = cfg.hidden_dim
         self.processor = TinyProcessor(proprio_dim, action_dim, cfg.image_size)
         self.image_encoder = ImageEncoder(h)
