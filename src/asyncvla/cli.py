@@ -404,7 +404,7 @@ class Train:
     preset: str = "default"
     """Preset in configs/ (or a path to a YAML file); read before the other options apply."""
     mode: Literal["sync", "async"] | None = None
-    """Shorthand for --runtime.mode."""
+    """Shorthand for --runtime.mode; `async` also turns on all three levels of asynchrony unless one was set."""
     resume: str | None = None
     """Continue the run in this directory from its last checkpoint, with its saved config."""
     json: bool = False
@@ -419,7 +419,11 @@ class Train:
 
             cfg = load_run_config(self.resume)
         elif self.mode is not None:
-            cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, mode=self.mode))
+            rt = cfg.runtime
+            levels = {}
+            if self.mode == "async" and not (rt.async_env or rt.streaming_rollout or rt.decoupled_actor):
+                levels = dict(async_env=True, streaming_rollout=True, decoupled_actor=True)  # the full RL-VLA³ pipeline
+            cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(rt, mode=self.mode, **levels))
         if cfg.runtime.mode == "async":
             from asyncvla.runtime.async_pipeline import train_async as train_fn
         else:

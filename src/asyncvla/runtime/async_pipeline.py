@@ -33,10 +33,14 @@ import numpy as np
 import torch
 
 from asyncvla.config import TrainConfig
+from asyncvla.metrics.spans import load_chrome_trace, write_chrome_trace
+from asyncvla.metrics.writer import MetricsWriter
 from asyncvla.policies.base import Policy
 from asyncvla.runtime.batcher import LocalTransport
 from asyncvla.runtime.env_manager import EnvManager, RolloutClient
 from asyncvla.runtime.env_worker import EnvWorker
+from asyncvla.runtime.pipeline import RunState, evaluate, load_checkpoint, prepare_run_dir, save_checkpoint, save_on_crash, summarize
+from asyncvla.runtime.placement import LocalHandle, Workers, local_get
 from asyncvla.runtime.queues import TrajectoryQueue
 from asyncvla.runtime.rollout import build_policy
 from asyncvla.runtime.rollout_server import RolloutServer, make_router
@@ -59,6 +63,8 @@ class AsyncRuntime:
     ledger: Ledger
     store: WeightStore
     learner: StreamingTrainer
+    spec: dict = field(default_factory=dict)
+    """action_dim, proprio_dim, ... of env worker 0."""
     threads: list[threading.Thread] = field(default_factory=list)
     _stop_servers: bool = False
 
@@ -107,7 +113,7 @@ def build_async(cfg: TrainConfig, policy_fn: Callable[[int, int], Policy] | None
     segment_len = rt.segment_len or rt.rollout_steps
     managers = [EnvManager(m, w, client, controller, queue, ledger, segment_len, rt.async_env)
                 for m, w in enumerate(workers)]
-    return AsyncRuntime(cfg, managers, servers, transports, queue, controller, ledger, store, learner)
+    return AsyncRuntime(cfg, managers, servers, transports, queue, controller, ledger, store, learner, spec)
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -230,46 +236,150 @@ def run_async(run: AsyncRuntime, total_env_steps: int | None = None, total_updat
 
 
 # -- the `asyncvla train --mode async` entry point -------------------------------------------------
+# The driver reuses the sync pipeline's run directory, evaluation, checkpoints, RunState and
+# summary, so the two modes write the same files and print the same summary line.
+
+ASYNC_STATE = "async_state.json"
+WINDOW_NOTE = ("updates 2..N of each (re)start (env steps produced outside evaluation and checkpoints, "
+               "over the wall time outside them)")
+
+
+def async_state(run: AsyncRuntime) -> dict:
+    """What a checkpoint adds for the async runtime: staleness admission and the ledger."""
+    return {"staleness": run.controller.state_dict(), "ledger": run.ledger.state_dict()}
+
+
+def restore_async_state(run: AsyncRuntime, ckpt: Path) -> None:
+    """Restores staleness, ledger and the trainer's consumed count; inference restarts from the trainer's weights.
+
+    The staleness cap is consumed + (max_staleness + 1) * samples_per_version: the learner's
+    consumed count must come back with the controller's, or the cap would shrink below what
+    is admitted and admission would never reopen.
+    """
+    path = Path(ckpt) / ASYNC_STATE
+    if path.exists():
+        state = json.loads(path.read_text())
+        run.controller.load_state_dict(state["staleness"])
+        run.ledger.load_state_dict(state["ledger"])
+        run.learner.consumed = run.controller.consumed
+    run.store.publish(run.trainer.policy.state_dict(), run.trainer.version)
+
+
+def trainer_workers(run: AsyncRuntime) -> Workers:
+    """The trainer as a `Workers` handle, for the sync pipeline's checkpoint and evaluation helpers."""
+    return Workers(envs=[], rollouts=[], trainer=LocalHandle(run.trainer), get=local_get, colocated=False)
+
+
+@dataclass
+class _Driver:
+    """Per-update book-keeping of `train_async`, run on the driver thread between two updates."""
+
+    run: AsyncRuntime
+    cfg: TrainConfig
+    run_dir: Path
+    state: RunState
+    writer: MetricsWriter
+    progress: Callable | None
+    eval_policy: Policy
+    local_updates: int = 0
+    mark: tuple[float, int] | None = None
+    """(time, produced env steps) when the previous update's book-keeping ended."""
+
+    def evaluate(self) -> dict:
+        return evaluate(trainer_workers(self.run), self.cfg, self.run_dir, self.state, self.eval_policy, pull=True)
+
+    def checkpoint(self, tag: str) -> None:
+        save_checkpoint(trainer_workers(self.run), self.run_dir, self.state, tag, {ASYNC_STATE: async_state(self.run)})
+
+    def done(self) -> bool:
+        r, st = self.cfg.run, self.state
+        return (r.total_env_steps is not None and st.env_steps >= r.total_env_steps) or \
+               (r.total_updates is not None and st.update >= r.total_updates)
+
+    def __call__(self, _: int, m: dict) -> None:
+        st, led, now = self.state, self.run.ledger, time.time()
+        self.local_updates += 1
+        st.update += 1
+        st.version, st.env_steps, st.samples = self.run.trainer.version, led.produced_env_steps, led.trained_samples
+        # The first update of a (re)start carries start-up; it counts only when it is the last.
+        if self.mark is not None and (self.local_updates > 1 or self.done()):
+            st.window_s += now - self.mark[0]
+            st.window_env_steps += led.produced_env_steps - self.mark[1]
+        m["perf/env_steps"] = st.env_steps
+        r = self.cfg.run
+        if r.eval_every and st.update % r.eval_every == 0 and not self.done():
+            m.update(self.evaluate())
+            if m.get("eval/success", -1) > st.best_success:
+                st.best_success = m["eval/success"]
+                self.checkpoint("best")
+        st.wall_s = self.writer.wall_s
+        self.writer.write(st.update, m)
+        if r.checkpoint_every and st.update % r.checkpoint_every == 0:
+            self.checkpoint(f"update_{st.update:06d}")
+            self.checkpoint("last")
+        if self.progress is not None:
+            self.progress(st.update, m)
+        self.mark = (time.time(), led.produced_env_steps)  # evaluation and checkpoints stay out of the window
+
+    def finish(self) -> None:
+        """After shutdown (the ledger balances): final evaluation, best and last checkpoints."""
+        st = self.state
+        st.version, st.env_steps, st.samples = self.run.trainer.version, self.run.ledger.produced_env_steps, \
+            self.run.ledger.trained_samples
+        if self.cfg.run.eval_episodes:
+            m = self.evaluate()
+            st.success_after = m["eval/success"]
+            if st.success_after > st.best_success:
+                st.best_success = st.success_after
+                self.checkpoint("best")
+            self.writer.write(st.update, m)
+        st.wall_s = self.writer.wall_s
+        self.checkpoint("last")
+
 
 def train_async(cfg: TrainConfig, progress: Callable | None = None) -> dict:
-    """A full async training run: run dir, metrics.jsonl/TensorBoard, checkpoints/last, resume."""
-    from asyncvla.metrics.spans import write_chrome_trace
-    from asyncvla.metrics.writer import MetricsWriter
-    from asyncvla.runtime.pipeline import prepare_run_dir
+    """Runs (or resumes) an async training run; returns the same summary as the sync `train`.
 
+    Evaluation before training, every `run.eval_every` updates and at the end; checkpoints
+    every `run.checkpoint_every` updates, `last` and `best`, each with the staleness and
+    ledger state; `run.resume` continues from checkpoints/last.
+    """
+    from asyncvla.runtime.warm_start import ensure_warm_start
+
+    cfg.policy.init = ensure_warm_start(cfg) or cfg.policy.init
     run_dir = prepare_run_dir(cfg)
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
-    run = build_async(cfg)
-    ckpt = run_dir / "checkpoints" / "last"
-    if cfg.run.resume and (ckpt / "async_state.json").exists():
-        run.trainer.load(ckpt)
-        state = json.loads((ckpt / "async_state.json").read_text())
-        run.controller.load_state_dict(state["staleness"])
-        run.ledger.load_state_dict(state["ledger"])
-        run.store.publish(run.trainer.policy.state_dict(), run.trainer.version)
-    writer = MetricsWriter(run_dir)
-
-    def on_update(i: int, m: dict) -> None:
-        writer.write(run.trainer.version, m)
-        if progress is not None:
-            progress(i, m)
-
+    trace_path = run_dir / "trace.json"
+    trace = load_chrome_trace(trace_path) if cfg.run.resume and trace_path.exists() else []
+    state, run, writer = RunState(), None, None
     try:
-        summary = run_async(run, cfg.run.total_env_steps, cfg.run.total_updates, on_update=on_update)
-        save_async_checkpoint(run, ckpt)
+        run = build_async(cfg)
+        ckpt = run_dir / "checkpoints" / "last"
+        if cfg.run.resume and ckpt.exists():
+            state = load_checkpoint(trainer_workers(run), run_dir)
+            restore_async_state(run, ckpt)
+        writer = MetricsWriter(run_dir, wall_offset_s=state.wall_s)
+        eval_policy = build_policy(cfg.policy, run.spec["action_dim"], run.spec["proprio_dim"], cfg.run.seed)
+        driver = _Driver(run, cfg, run_dir, state, writer, progress, eval_policy)
+        if state.success_before is None and cfg.run.eval_episodes:
+            m = driver.evaluate()
+            state.success_before = m["eval/success"]
+            writer.write(state.update, m)
+        if not driver.done():
+            left = None if cfg.run.total_updates is None else cfg.run.total_updates - state.update
+            driver.mark = (time.time(), run.ledger.produced_env_steps)
+            run_async(run, cfg.run.total_env_steps, left, on_update=driver)
+        driver.finish()
+    except BaseException:
+        save_on_crash(trainer_workers(run) if run else None, run_dir, state, lambda: {ASYNC_STATE: async_state(run)})
+        raise
     finally:
-        writer.close()
-        if cfg.runtime.trace:
-            spans = run.trainer.drain_spans() + [s for srv in run.servers for s in srv.rec.drain()]
-            write_chrome_trace(run_dir / "trace.json", spans)
-    summary["run_dir"] = str(run_dir)
-    return summary
-
-
-def save_async_checkpoint(run: AsyncRuntime, path: Path) -> Path:
-    """Trainer state (weights, optimizer, RNG) + staleness and ledger state, for resume."""
-    run.trainer.save(path)
-    state = {"staleness": run.controller.state_dict(), "ledger": run.ledger.state_dict()}
-    (Path(path) / "async_state.json").write_text(json.dumps(state))
-    return Path(path)
+        if writer is not None:
+            writer.close()
+        if run is not None and cfg.runtime.trace:
+            trace += run.trainer.drain_spans() + [s for srv in run.servers for s in srv.rec.drain()]
+            write_chrome_trace(trace_path, trace)
+    out = summarize(state, run_dir)
+    out["throughput_window"] = WINDOW_NOTE
+    return out

@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -109,14 +109,20 @@ def collect_rollouts(w: Workers, cfg: TrainConfig) -> list[Any]:
 
 # -- checkpoints and evaluation ----------------------------------------------------------------
 
-def save_checkpoint(w: Workers, run_dir: Path, state: RunState, tag: str) -> Path:
-    """Writes checkpoints/<tag> atomically (tmp dir + rename): policy, optimizer, RNG, counters."""
+def save_checkpoint(w: Workers, run_dir: Path, state: RunState, tag: str, extra_files: dict[str, dict] | None = None) -> Path:
+    """Writes checkpoints/<tag> atomically (tmp dir + rename): policy, optimizer, RNG, counters.
+
+    extra_files: more JSON files for the same checkpoint (e.g. the async runtime's
+    staleness and ledger state), written before the rename so they are never out of step.
+    """
     root = run_dir / "checkpoints"
     root.mkdir(exist_ok=True)
     final, tmp = root / tag, root / f".{tag}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     w.get(w.trainer.save.remote(str(tmp), {"run_state": dataclasses.asdict(state)}))
     (tmp / "run_state.json").write_text(json.dumps(dataclasses.asdict(state)))
+    for name, obj in (extra_files or {}).items():
+        (tmp / name).write_text(json.dumps(obj))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -134,13 +140,17 @@ def load_checkpoint(w: Workers, run_dir: Path) -> RunState:
     return RunState(**json.loads((ckpt / "run_state.json").read_text()))
 
 
-def evaluate(w: Workers, cfg: TrainConfig, run_dir: Path, state: RunState, eval_policy) -> dict:
-    """Deterministic episodes on the eval split with the trainer's current weights (in the driver)."""
+def evaluate(w: Workers, cfg: TrainConfig, run_dir: Path, state: RunState, eval_policy, pull: bool | None = None) -> dict:
+    """Deterministic episodes on the eval split with the trainer's current weights (in the driver).
+
+    pull: copy the trainer's weights into `eval_policy` first; default: unless local, where
+    `eval_policy` is the trainer's own policy object.
+    """
     from asyncvla.runtime.evaluation import evaluate_policy
 
     if cfg.run.eval_episodes == 0:
         return {}
-    if not cfg.runtime.local:
+    if (not cfg.runtime.local) if pull is None else pull:
         eval_policy.load_state_dict(w.get(w.trainer.get_weights.remote()))
     env_cfg = dataclasses.replace(cfg.env, split="eval", seed=cfg.env.seed + 10_007)
     video = run_dir / "videos" / f"update_{state.update:06d}.mp4" if cfg.run.eval_video else None
@@ -285,7 +295,7 @@ def train(cfg: TrainConfig, progress=None) -> dict:
         writer = MetricsWriter(run_dir, wall_offset_s=state.wall_s)
         state = run_loop(workers, cfg, run_dir, state, writer, trace, progress)
     except BaseException:
-        _save_on_crash(workers, run_dir, state)
+        save_on_crash(workers, run_dir, state)
         raise
     finally:
         if trace:
@@ -300,12 +310,12 @@ def train(cfg: TrainConfig, progress=None) -> dict:
     return summarize(state, run_dir)
 
 
-def _save_on_crash(workers: Workers | None, run_dir: Path, state: RunState) -> None:
+def save_on_crash(workers: Workers | None, run_dir: Path, state: RunState, extra_files: Callable[[], dict] | None = None) -> None:
     """Best effort: a crash (or Ctrl-C) between updates still leaves checkpoints/last to resume."""
     if workers is None or state.update == 0:
         return
     try:
-        save_checkpoint(workers, run_dir, state, "last")
+        save_checkpoint(workers, run_dir, state, "last", extra_files() if extra_files else None)
     except Exception:  # the trainer itself may be what died; the periodic checkpoint remains
         pass
 
