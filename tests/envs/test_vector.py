@@ -120,3 +120,44 @@ def test_wake_returns_a_blocked_recv_early_without_results():
     assert vec.recv(min_ready=1) == []  # nothing is stepping: only the wake ends the wait
     assert _time.monotonic() - t0 < 5
     vec.close()
+
+
+def test_env_that_fails_its_first_reset_is_rebuilt_and_reported_as_first():
+    from asyncvla.envs.emulated import EmulatedEnv
+    from asyncvla.envs.vector import VectorEnv
+
+    made = []
+
+    def make():
+        env = EmulatedEnv(EmulatedConfig(step_mean_s=0.0, reset_s=0.0), 16, 0)
+        if not made:  # the first instance crashes on reset, as an env whose renderer fails would
+            env.reset = lambda seed: (_ for _ in ()).throw(RuntimeError("renderer died"))
+        made.append(env)
+        return env
+
+    for executor in ("inline", "thread"):
+        made.clear()
+        with VectorEnv([make], executor=executor) as venv:
+            (r,) = venv.reset()
+        assert r.is_first and "renderer died" in r.error and not r.truncated and r.episode_index == 0
+
+
+def test_env_that_cannot_be_rebuilt_fails_recv_instead_of_hanging():
+    from asyncvla.envs.emulated import EmulatedEnv
+    from asyncvla.envs.vector import VectorEnv
+
+    calls = []
+
+    def make():
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("no display")
+        env = EmulatedEnv(EmulatedConfig(step_mean_s=0.0, reset_s=0.0), 16, 0)
+        env.step = lambda a: (_ for _ in ()).throw(RuntimeError("crash"))
+        return env
+
+    with VectorEnv([make], executor="thread") as venv:
+        venv.reset()
+        venv.send([0], np.zeros((1, 1, 4), np.float32))
+        with pytest.raises(OSError, match="no display"):
+            venv.recv(min_ready=1, timeout_s=5)

@@ -191,6 +191,8 @@ class MetaWorldEnv:
         self._camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
         self._camera.fixedcamid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA)
         self._release_after_render = cfg.executor == "thread"
+        if self._release_after_render:
+            _release_gl_context()  # the Renderer made its context current in this (the creating) thread
 
     def render(self) -> np.ndarray:
         """The corner camera now, [S, S, 3] uint8, right side up."""

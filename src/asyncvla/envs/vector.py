@@ -139,6 +139,8 @@ class VectorEnv:
             except queue.Empty:
                 break
             woken = item is _WAKE
+            if isinstance(item, BaseException):
+                raise item
             if not woken:
                 out.append(item)
         while True:
@@ -146,6 +148,8 @@ class VectorEnv:
                 item = self._ready.get_nowait()
             except queue.Empty:
                 break
+            if isinstance(item, BaseException):
+                raise item
             if item is not _WAKE:
                 out.append(item)
         for r in out:
@@ -204,14 +208,15 @@ class VectorEnv:
             self._ready.put(self._guarded(fn, *args))
         else:
             fut = self._pool.submit(self._guarded, fn, *args)
-            fut.add_done_callback(lambda f: self._ready.put(f.result()))
+            # An env that cannot even be rebuilt must fail the caller's recv, not hang it.
+            fut.add_done_callback(lambda f: self._ready.put(f.exception() or f.result()))
 
     def _guarded(self, fn: Callable[..., EnvResult], i: int, *args) -> EnvResult:
         t0 = time.perf_counter()
         try:
             res = fn(i, *args)
         except Exception as e:  # a crashed or hung env is rebuilt; its episode is cut
-            res = self._rebuild(i, e)
+            res = self._rebuild(i, e, first=fn == self._first_reset)
         res.step_s = time.perf_counter() - t0
         return res
 
@@ -243,14 +248,15 @@ class VectorEnv:
             res.obs = slot.new_episode()
         return res
 
-    def _rebuild(self, i: int, err: Exception) -> EnvResult:
+    def _rebuild(self, i: int, err: Exception, first: bool = False) -> EnvResult:
         slot = self._slots[i]
         try:
             slot.env.close()
         except Exception:
             pass
         slot.env = slot.make()
-        slot.ep_index += 1
+        slot.ep_index += int(not first)
         obs = slot.new_episode()
         msg = str(err) if isinstance(err, EnvError) else f"{type(err).__name__}: {err}"
-        return EnvResult(i, obs, truncated=True, episode_index=slot.ep_index, error=msg)
+        # A failed first reset has no episode to cut: the result is a (late) first observation.
+        return EnvResult(i, obs, truncated=not first, episode_index=slot.ep_index, error=msg, is_first=first)
