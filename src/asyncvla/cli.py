@@ -28,6 +28,16 @@ def _print_json(obj) -> None:
     print(json.dumps(obj), flush=True)
 
 
+def _report(summary: dict, as_json: bool) -> None:
+    """A command's result: one JSON line with --json, else one aligned `key: value` per line."""
+    if as_json:
+        _print_json(summary)
+        return
+    width = max(map(len, summary), default=0)
+    for k, v in summary.items():
+        print(f"{k:>{width}}: {v}")
+
+
 @dataclass
 class Envs:
     """List every simulator backend, whether it is installed, and its tasks."""
@@ -75,11 +85,7 @@ class EnvBench:
         cfg = EnvConfig(id=self.env_id, num_envs=self.num_envs, image_size=self.image_size, executor=self.executor,
                         fast_render=self.fast_render, seed=self.seed)
         result = env_bench(cfg, steps=self.steps, chunk=self.chunk)
-        if self.json:
-            _print_json(result)
-        else:
-            for k, v in result.items():
-                print(f"{k:>20}: {v}")
+        _report(result, self.json)
 
 
 @dataclass
@@ -98,11 +104,7 @@ class Demos:
 
         cfg = EnvConfig(id=self.env_id, num_envs=1, image_size=self.image_size, seed=self.seed)
         summary = record_demos(cfg, episodes=self.episodes, out=self.out, progress=not self.json)
-        if self.json:
-            _print_json(summary)
-        else:
-            for k, v in summary.items():
-                print(f"{k:>14}: {v}")
+        _report(summary, self.json)
 
 
 @dataclass
@@ -155,11 +157,7 @@ class Sft:
 
         summary = train_sft(self.env, self.demos, self.out, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                             policy_cfg=self.policy, seed=self.seed, progress=not self.json)
-        if self.json:
-            _print_json(summary)
-        else:
-            for k, v in summary.items():
-                print(f"{k:>14}: {v}")
+        _report(summary, self.json)
 
 
 @dataclass
@@ -193,11 +191,7 @@ class Eval:
         size = self.image_size or meta.get("env_image_size") or policy.cfg.image_size
         cfg = EnvConfig(id=env_id, num_envs=self.num_envs, image_size=size, seed=self.seed, split="eval")
         result = evaluate_policy(policy, cfg, self.episodes, deterministic=not self.sample, video=self.video)
-        if self.json:
-            _print_json(result)
-        else:
-            for k, v in result.items():
-                print(f"{k:>17}: {v}")
+        _report(result, self.json)
 
 
 @dataclass
@@ -430,11 +424,7 @@ class Train:
             from asyncvla.runtime.pipeline import train as train_fn
         with TrainProgress(cfg.run.total_env_steps, cfg.run.total_updates) as progress:
             summary = train_fn(cfg, progress=progress)
-        if self.json:
-            _print_json(summary)
-        else:
-            for k, v in summary.items():
-                print(f"{k:>18}: {v}")
+        _report(summary, self.json)
 
 
 def _preset_from_argv(argv: list[str]) -> str:
