@@ -66,7 +66,7 @@ class EmulatedConfig:
 
 @dataclass
 class WrapperConfig:
-    """Wrappers applied to every env, in this order: resize, latency, faults."""
+    """Wrappers applied to every env, in this order: resize, reward, latency, faults."""
 
     latency_s: float = 0.0
     """Extra wall time added to every step (models slow physics or a remote renderer)."""
@@ -78,6 +78,10 @@ class WrapperConfig:
     """crash: the step raises EnvCrashed; hang: the step blocks for fault_hang_s then raises."""
     fault_hang_s: float = 5.0
     """How long a hang blocks before it surfaces as an EnvHung error."""
+    reward: Literal["env", "success"] = "env"
+    """env: the simulator's own reward; success: 1.0 on a step where the task succeeds, else 0
+    (sparse, as RL for VLAs usually trains; a dense shaped reward that pays for hovering near
+    the goal makes a success that ends the episode (`end_on_success`) cost future reward)."""
 
     def __post_init__(self) -> None:
         _check(self.latency_s >= 0, "env.wrappers.latency_s", self.latency_s, "must be >= 0")
@@ -85,6 +89,7 @@ class WrapperConfig:
         _check(0 <= self.fault_prob <= 1, "env.wrappers.fault_prob", self.fault_prob, "must be in [0, 1]")
         _check(self.fault_kind in ("crash", "hang"), "env.wrappers.fault_kind", self.fault_kind, "allowed: crash, hang")
         _check(self.fault_hang_s >= 0, "env.wrappers.fault_hang_s", self.fault_hang_s, "must be >= 0")
+        _check(self.reward in ("env", "success"), "env.wrappers.reward", self.reward, "allowed: env, success")
 
 
 @dataclass
@@ -372,6 +377,8 @@ class WarmStartConfig:
     """Behaviour-cloning optimizer steps."""
     sft_batch_size: int = 64
     sft_lr: float = 1e-3
+    seed: int | None = None
+    """Seed of the demos and the SFT; None: demos use env.seed and SFT run.seed. Fix it to start every RL seed from one SFT checkpoint."""
     cache_dir: str = "~/.cache/asyncvla/warm_start"
     """Demos and SFT checkpoints are cached here, keyed by everything that shapes them."""
 

@@ -21,6 +21,10 @@ def test_balanced_workload_splits_a_sync_iteration_in_thirds_and_bounds_by_the_b
     bound, terms = bound_env_steps_per_s(w)
     assert bound == min(terms.values())
     assert terms["env"] == pytest.approx(envs * cfg.policy.chunk / (w.env_decision_s + c.infer_s(1)))
+    # Bigger batches: more inference capacity, but each env waits longer for its batch.
+    small, big = bound_env_steps_per_s(w, batch=1)[1], bound_env_steps_per_s(w, batch=envs)[1]
+    assert small["env"] == pytest.approx(terms["env"])
+    assert big["rollout"] > small["rollout"] and big["env"] < small["env"]
 
 
 def test_emulated_inference_holds_wall_time():

@@ -60,3 +60,28 @@ def test_hang_injection_surfaces_as_error_after_hang_time():
         r = venv.step(np.zeros((1, 1, 4), np.float32))[0]
     assert time.perf_counter() - t0 >= 0.1
     assert r.error and "hang" in r.error
+
+
+def test_success_reward_pays_one_exactly_on_success_steps():
+    base = EnvConfig(id="emulated/custom", emulated=EmulatedConfig(step_mean_s=0.0, step_jitter=0.0, reset_s=0.0,
+                                                                   success_radius=0.6), image_size=16)
+    plain, sparse = make_env(base), make_env(EnvConfig(**{**base.__dict__, "wrappers": WrapperConfig(reward="success")}))
+    plain.reset(seed=3), sparse.reset(seed=3)
+    rng = np.random.default_rng(0)
+    successes = 0
+    for _ in range(40):
+        a = rng.uniform(-1, 1, 4).astype(np.float32)
+        p, s = plain.step(a), sparse.step(a)
+        assert s.reward == (1.0 if s.success else 0.0)
+        assert s.success == p.success and s.info["env_reward"] == p.reward
+        successes += s.success
+    assert 0 < successes < 40  # the check above saw both cases
+
+
+def test_success_reward_rejects_unknown_kinds():
+    import pytest
+
+    from asyncvla.config import ConfigError
+
+    with pytest.raises(ConfigError, match="env.wrappers.reward"):
+        WrapperConfig(reward="dense")

@@ -70,3 +70,16 @@ def test_resume_keeps_the_staleness_bound_and_the_ledger(tmp_path):
     # Lags of every trained sample (across both runs) stay within max_staleness=1.
     assert max(int(k) for k in st["lag_hist"]) <= 1
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss/policy" in r] == [1, 2, 3, 4]
+
+
+def test_cli_mode_async_prints_the_sync_summary_keys(tmp_path, capsys):
+    from asyncvla.cli import main
+
+    rc = main(["train", "--preset", "emulated-e2e", "--mode", "async", "--json", "--runtime.local", "--run.total-updates", "2",
+               "--run.eval-episodes", "1", "--env.id", "emulated/fast", "--run.out-dir", str(tmp_path / "cli")])
+    assert rc == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"success_before", "success_after", "env_steps", "wall_s", "env_steps_per_s"} <= last.keys()
+    cfg = load_run_config(tmp_path / "cli")
+    assert cfg.runtime.mode == "async" and cfg.runtime.async_env and cfg.runtime.decoupled_actor  # --mode async = full async
+    assert _balanced(_ledger(tmp_path / "cli")) and last["env_steps"] == _ledger(tmp_path / "cli")["produced"]

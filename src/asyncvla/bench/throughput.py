@@ -1,22 +1,35 @@
-"""`asyncvla bench throughput`: sync vs async env steps/s on the same code and workload.
+"""`asyncvla bench throughput`: sync vs async env steps/s on the same workload, beside the bound.
 
-Workload `emulated-balanced` (labelled as such in every result): emulated envs
-(`emulated/balanced`, 20 ms per simulator step, thread executor: they hold wall time
-without CPU) and an *emulated accelerator*: the tiny policy's real act/update run, then
-hold the device for a calibrated time (inference a + b*B per batch of B, training c per
-sample), as a GPU would, without using CPU. Stage times are set so that env stepping,
-inference and training each take about a third of a synchronous iteration.
+Workloads (labelled in every result):
+- `emulated-balanced`: 8 emulated envs (`emulated/balanced`: 20 ms per simulator step
+  +-10%, thread executor, so they hold wall time without CPU), chunk 4, 8 decisions per env
+  per sync iteration (64 samples per update, 1 PPO epoch), and an *emulated accelerator*:
+  the tiny policy's real act/update run, then hold the device for a calibrated time
+  (inference 4 ms + b*B per batch of B, training c per sample), as a GPU would, without
+  CPU. b and c are set so that env stepping, inference (at B = 8) and training each take a
+  third of a synchronous iteration (3 x 0.672 s). Dynamic batching: max_batch 8,
+  max_wait 2 ms; full async: max_staleness 1.
+- `real-metaworld`: MetaWorld reach-v3 rendered 64x64 on this CPU and the tiny VLA
+  (inference and training on this CPU, nothing emulated); parameters in
+  bench/workloads.py. Async runs env managers and the rollout server as Ray actors (own
+  processes: rendering holds the GIL); the bound's stage costs are measured (`calibrate`).
 
-Every mode runs the async runtime; `sync` is all three levels off (lockstep envs, one
-batch per step, collect-train-sync with rollouts paused), so the comparison is switches
-only. Throughput is counted from the end of the first update to the end of the run.
+Modes: `sync` is the real RLinf-style baseline, pipeline.py's loop (lockstep rollout
+epoch, train, weight sync; 1 pipeline stage) with the same emulated accelerator costs;
+`async_env`, `streaming_rollout` and `async` are rungs of the async runtime. Throughput
+is counted from the end of the first update to the end of the run; `cpu_utilization` is
+the CPU seconds of this process and all its descendants (Ray's workers included) over
+cores x wall time in the same window.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from asyncvla.config import AlgoConfig, ConfigError, EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
@@ -97,7 +110,17 @@ def emulated_balanced() -> Workload:
     return Workload(cfg, costs, env_decision_s, "emulated-balanced (emulated envs + emulated accelerator, CPU-free stage times)")
 
 
-WORKLOADS: dict[str, Callable[[], Workload]] = {"emulated-balanced": emulated_balanced}
+def real_metaworld() -> Workload:
+    """MetaWorld reach-v3 + tiny VLA on this CPU; stage costs measured here (for the bound)."""
+    from asyncvla.bench.workloads import build_workload, calibrate
+
+    costs, env_decision_s = calibrate("real-metaworld")
+    return build_workload("real-metaworld", costs, env_decision_s)
+
+
+WORKLOADS: dict[str, Callable[[], Workload]] = {"emulated-balanced": emulated_balanced, "real-metaworld": real_metaworld}
+REAL = {"real-metaworld"}
+"""Workloads with nothing emulated: async runs its envs and server as Ray actors (own processes)."""
 
 # The ladder: each rung adds one level of asynchrony.
 MODES: dict[str, dict] = {
@@ -108,48 +131,169 @@ MODES: dict[str, dict] = {
 }
 
 
-def bound_env_steps_per_s(w: Workload) -> tuple[float, dict]:
+def bound_env_steps_per_s(w: Workload, batch: float | None = None) -> tuple[float, dict]:
     """The async bound: the capacity of the bottleneck stage, in env steps/s.
 
-    An env cannot step while its own request is inferred, so its best cycle is one
-    decision plus a batch-of-one inference; inference at full batches; the trainer.
+    `batch`: the mean batch B the server actually formed (what the bench rows pass).
+    Inference capacity is servers x B / t_infer(B); an env cannot step while its own
+    request waits in that batch, so its best cycle is one decision plus t_infer(B). Without
+    `batch` (before a run) the optimistic bound: envs at t_infer(1), inference at max_batch.
+    The trainer: one sample per train_per_sample_s. Each in env steps (x chunk).
     """
     cfg, c = w.cfg, w.costs
     envs = cfg.env.num_envs * cfg.runtime.num_env_workers
-    k, b = cfg.policy.chunk, cfg.runtime.max_batch
+    k = cfg.policy.chunk
+    b = max(float(batch if batch is not None else cfg.runtime.max_batch), 1.0)
+    b_env = max(float(batch), 1.0) if batch is not None else 1.0
     terms = {
-        "env": envs * k / (w.env_decision_s + c.infer_s(1)),
-        "rollout": cfg.runtime.num_rollout_servers * b * k / c.infer_s(b),
-        "trainer": k / c.train_per_sample_s,
+        "env": envs * k / (w.env_decision_s + c.infer_s(b_env)),
+        "rollout": cfg.runtime.num_rollout_servers * b * k / c.infer_s(b) if c.infer_s(b) > 0 else float("inf"),
+        "trainer": k / c.train_per_sample_s if c.train_per_sample_s > 0 else float("inf"),
     }
     return min(terms.values()), terms
 
 
-def run_mode(w: Workload, mode: str, seconds: float) -> dict:
+class CpuMeter:
+    """CPU seconds of this process and every descendant (Ray's workers), sampled at marks."""
+
+    def __init__(self):
+        import psutil
+
+        self.me = psutil.Process()
+        self.cores = psutil.cpu_count() or 1
+        self.marks: list[tuple[float, float]] = []
+
+    def cpu_s(self) -> float:
+        total = 0.0
+        for p in [self.me, *self.me.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except Exception:  # a process that exited between listing and reading
+                pass
+        return total
+
+    def mark(self) -> None:
+        self.marks.append((time.time(), self.cpu_s()))
+
+    def utilization(self) -> float | None:
+        """CPU seconds / (cores x wall) between the second mark (end of update 1) and the last."""
+        if len(self.marks) < 3:
+            return None
+        (t0, c0), (t1, c1) = self.marks[1], self.marks[-1]
+        return (c1 - c0) / (self.cores * max(t1 - t0, 1e-9))
+
+
+def _row(w: Workload, mode: str, mean_batch: float) -> dict:
+    bound, terms = bound_env_steps_per_s(w, mean_batch if mean_batch > 0 else None)
+    return {"mode": mode, "bound_env_steps_per_s": round(bound, 2) if w.env_decision_s > 0 else None,
+            "bound_terms": {k: round(v, 2) for k, v in terms.items()}, "mean_batch": round(mean_batch, 2)}
+
+
+def run_sync_baseline(w: Workload, seconds: float, remote: bool = False) -> dict:
+    """The RLinf baseline row: pipeline.py's own loop (1 stage, colocated) on the workload.
+
+    Emulated costs go into the same places as in async: the colocated worker's trainer
+    (emulated update) and its inference policy (emulated act). Local (one process) when
+    emulated, where nothing needs a process of its own; Ray actors for real workloads.
+    The budget is seconds: when they are spent, total_updates is set to the current update.
+    """
+    from asyncvla.metrics.writer import MetricsWriter
+    from asyncvla.runtime.pipeline import RunState, run_loop
+    from asyncvla.runtime.placement import build_workers, shutdown_workers
+
+    rt = dataclasses.replace(w.cfg.runtime, mode="sync", local=not remote, pipeline_stages=1, placement="colocated", trace=True)
+    run = RunConfig(total_env_steps=None, total_updates=10**9, eval_episodes=0, checkpoint_every=0)
+    cfg = dataclasses.replace(w.cfg, runtime=rt, run=run)
+    meter, t_start = CpuMeter(), time.time()
+    workers = build_workers(cfg)
+    try:
+        if not remote:
+            colo = workers.trainer.obj
+            a, p = workers.spec["action_dim"], workers.spec["proprio_dim"]
+            colo.trainer = emulated_trainer_cls(w.costs)(cfg.policy, cfg.algo, a, p, seed=cfg.run.seed, trace=True)
+            colo.rollout.policy = emulate_inference(colo.rollout.policy, w.costs)
+        records: list[dict] = []
+
+        def on_update(update: int, m: dict) -> None:
+            meter.mark()
+            records.append(m)
+            if time.time() - t_start >= seconds and update >= 3:  # the window needs updates 2..N
+                cfg.run.total_updates = update
+
+        meter.mark()
+        with tempfile.TemporaryDirectory(prefix="sync_bench_") as tmp, MetricsWriter(tmp, tensorboard=False) as writer:
+            state = run_loop(workers, cfg, Path(tmp), RunState(), writer, [], on_update)
+    finally:
+        shutdown_workers(workers)
+    window = records[1:] or records
+    row = _row(w, "sync", float(cfg.env.num_envs))
+    row.update({
+        "env_steps_per_s": round(state.window_env_steps / state.window_s, 2) if state.window_s else 0.0,
+        "trained_samples_per_s": round(sum(r["perf/trained_samples_per_s"] * r["time/update_wall_s"] for r in window)
+                                       / max(sum(r["time/update_wall_s"] for r in window), 1e-9), 2),
+        "utilization": {k: round(sum(r.get(f"util/{k}", 0.0) for r in window) / len(window), 3) for k in ("env", "rollout", "trainer")},
+        "cpu_utilization": _round(meter.utilization()),
+        "window_s": round(state.window_s, 2),
+        "updates": state.update,
+        "lag_max": 0,
+        "runtime": "pipeline.py (RLinf sync loop, " + ("ray actors)" if remote else "local)"),
+        "accounting": {"produced": state.env_steps, "trained": state.env_steps, "dropped": {}},
+    })
+    return row
+
+
+def run_async_mode(w: Workload, mode: str, seconds: float, remote: bool = False) -> dict:
+    """One rung of the async runtime (threads; Ray actors with remote=True)."""
     from asyncvla.runtime.async_pipeline import build_async, run_async
 
-    if mode not in MODES:
-        raise ConfigError(f"modes={mode!r} is invalid: allowed: {', '.join(MODES)}")
-    cfg = dataclasses.replace(w.cfg, runtime=dataclasses.replace(w.cfg.runtime, **MODES[mode]))
-    policy_fn = lambda a, p: emulate_inference(build_policy(cfg.policy, a, p, cfg.run.seed), w.costs)  # noqa: E731
-    run = build_async(cfg, policy_fn=policy_fn, trainer_cls=emulated_trainer_cls(w.costs))
-    s = run_async(run, max_seconds=seconds)
-    bound, terms = bound_env_steps_per_s(w)
+    rt = dataclasses.replace(w.cfg.runtime, **MODES[mode])
+    if remote and cfg_splittable(w.cfg):
+        # One env manager (process) per core: a rendering simulator holds its process's GIL.
+        half = w.cfg.env.num_envs // 2
+        rt = dataclasses.replace(rt, env_managers=(half, half), env_cpus=0.5)
+    cfg = dataclasses.replace(w.cfg, runtime=rt)
+    # Real workloads (remote) run the policy and the update as they are; their costs only feed the bound.
+    policy_fn = None if remote else functools.partial(_emulated_policy, cfg, w.costs)
+    meter = CpuMeter()
+    run = build_async(cfg, policy_fn=policy_fn, trainer_cls=Trainer if remote else emulated_trainer_cls(w.costs), remote=remote)
+    meter.mark()
+    s = run_async(run, max_seconds=seconds, on_update=lambda i, m: meter.mark())
     led = run.ledger
-    return {
-        "mode": mode,
+    mean_batch = sum(x.num_samples for x in run.servers) / max(sum(x.num_batches for x in run.servers), 1)
+    row = _row(w, mode, mean_batch)
+    row.update({
         "env_steps_per_s": round(s.get("perf/env_steps_per_s", 0.0), 2),
         "trained_samples_per_s": round(s.get("perf/trained_samples_per_s", 0.0), 2),
-        "bound_env_steps_per_s": round(bound, 2),
-        "bound_terms": {k: round(v, 2) for k, v in terms.items()},
         "utilization": {k: round(s.get(f"util/{k}", 0.0), 3) for k in ("env", "rollout", "trainer")},
+        "cpu_utilization": _round(meter.utilization()),
         "window_s": round(s.get("time/window_s", 0.0), 2),
         "updates": s["train/updates"],
         "lag_max": s["lag/max"],
-        "mean_batch": round(sum(x.num_samples for x in run.servers) / max(sum(x.num_batches for x in run.servers), 1), 2),
+        "runtime": "ray actors" if remote else "threads",
         "accounting": {"produced": led.produced_env_steps, "trained": led.trained_env_steps,
                        "dropped": dict(led.dropped_env_steps)},
-    }
+    })
+    return row
+
+
+def run_mode(w: Workload, mode: str, seconds: float, remote: bool = False) -> dict:
+    """One result row: `sync` runs pipeline.py's loop, the other modes the async runtime."""
+    if mode not in MODES:
+        raise ConfigError(f"modes={mode!r} is invalid: allowed: {', '.join(MODES)}")
+    return run_sync_baseline(w, seconds, remote) if mode == "sync" else run_async_mode(w, mode, seconds, remote)
+
+
+def cfg_splittable(cfg: TrainConfig) -> bool:
+    return cfg.env.num_envs % 2 == 0 and not cfg.runtime.env_managers
+
+
+def _round(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def _emulated_policy(cfg: TrainConfig, costs: AcceleratorCosts, a: int, p: int) -> Policy:
+    return emulate_inference(build_policy(cfg.policy, a, p, cfg.run.seed), costs)
 
 
 def throughput_bench(workload: str, modes: list[str], seconds: float) -> dict:
@@ -159,7 +303,26 @@ def throughput_bench(workload: str, modes: list[str], seconds: float) -> dict:
         if m not in MODES:
             raise ConfigError(f"modes={m!r} is invalid: allowed: {', '.join(MODES)}")
     w = WORKLOADS[workload]()
-    runs = [run_mode(w, m, seconds) for m in modes]
-    return {"workload": workload, "label": w.label,
-            "window": "from the end of the first update to the end of the run (start-up and first update excluded)",
-            "costs": dataclasses.asdict(w.costs), "runs": runs}
+    own_ray = False
+    if workload in REAL:
+        import ray
+
+        from asyncvla.runtime.placement import init_ray
+
+        if not ray.is_initialized():
+            init_ray(None, min_cpus=2)
+            own_ray = True
+    try:
+        runs = [run_mode(w, m, seconds, remote=workload in REAL) for m in modes]
+    finally:
+        if own_ray:
+            import ray
+
+            ray.shutdown()
+    out = {"workload": workload, "label": w.label,
+           "window": "from the end of the first update to the end of the run (start-up and first update excluded)",
+           "costs": dataclasses.asdict(w.costs), "runs": runs}
+    by = {r["mode"]: r for r in runs}
+    if "sync" in by and "async" in by and by["sync"]["env_steps_per_s"]:
+        out["async_over_sync"] = round(by["async"]["env_steps_per_s"] / by["sync"]["env_steps_per_s"], 3)
+    return out

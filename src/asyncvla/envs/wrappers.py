@@ -1,4 +1,4 @@
-"""Env wrappers: image resize, latency injection, fault injection (crash or hang)."""
+"""Env wrappers: image resize, success-only reward, latency injection, fault injection (crash or hang)."""
 
 from __future__ import annotations
 
@@ -68,6 +68,17 @@ class Latency(_Wrapper):
         return self.env.step(action)
 
 
+class SuccessReward(_Wrapper):
+    """Replaces the reward with 1.0 on steps where the task succeeds, else 0.0; the env's own
+    reward stays in `info["env_reward"]`."""
+
+    def step(self, action: np.ndarray) -> StepOut:
+        out = self.env.step(action)
+        out.info = {**out.info, "env_reward": out.reward}
+        out.reward = 1.0 if out.success else 0.0
+        return out
+
+
 class Faults(_Wrapper):
     """With probability p per step the env crashes (raises) or hangs (blocks, then raises)."""
 
@@ -88,6 +99,8 @@ class Faults(_Wrapper):
 def wrap(env: Env, cfg: WrapperConfig, seed: int, index: int, image_size: int | None = None) -> Env:
     if image_size is not None:
         env = ResizeImage(env, image_size)
+    if cfg.reward == "success":
+        env = SuccessReward(env)
     if cfg.latency_s > 0 or cfg.latency_jitter_s > 0:
         env = Latency(env, cfg.latency_s, cfg.latency_jitter_s, seed)
     if cfg.fault_prob > 0:

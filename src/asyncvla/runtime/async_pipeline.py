@@ -22,6 +22,7 @@ accelerators hold wall time without the GIL, torch kernels release it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import threading
 import time
@@ -36,6 +37,7 @@ from asyncvla.config import TrainConfig
 from asyncvla.metrics.spans import load_chrome_trace, write_chrome_trace
 from asyncvla.metrics.writer import MetricsWriter
 from asyncvla.policies.base import Policy
+from asyncvla.runtime.async_ray import RayParts, build_ray_parts
 from asyncvla.runtime.batcher import LocalTransport
 from asyncvla.runtime.env_manager import EnvManager, RolloutClient
 from asyncvla.runtime.env_worker import EnvWorker
@@ -65,6 +67,8 @@ class AsyncRuntime:
     learner: StreamingTrainer
     spec: dict = field(default_factory=dict)
     """action_dim, proprio_dim, ... of env worker 0."""
+    remote: RayParts | None = None
+    """The actors when managers and servers run on Ray (then managers/servers are driver-side views)."""
     threads: list[threading.Thread] = field(default_factory=list)
     _stop_servers: bool = False
 
@@ -74,21 +78,39 @@ class AsyncRuntime:
 
     @property
     def num_envs(self) -> int:
-        return sum(m.vec.num_envs for m in self.managers)
+        return sum(m.num_envs for m in self.managers)
+
+    def poll(self, force: bool = False) -> None:
+        """Refreshes the counters of remote managers and servers (no-op for threads)."""
+        if self.remote is not None:
+            self.remote.poll(force)
+
+    def server_spans(self) -> list:
+        if self.remote is not None:
+            return [x for srv in self.servers for x in srv.drain_spans()]
+        return [x for srv in self.servers for x in srv.rec.drain()]
 
 
 def build_async(cfg: TrainConfig, policy_fn: Callable[[int, int], Policy] | None = None,
-                trainer_cls: type[Trainer] = Trainer) -> AsyncRuntime:
+                trainer_cls: type[Trainer] = Trainer, remote: bool = False) -> AsyncRuntime:
     """Creates every queue, server, manager and the trainer for `cfg` (nothing runs yet).
 
     policy_fn(action_dim, proprio_dim) builds the inference policies (default: the trainer's
     architecture); trainer_cls lets a benchmark wrap the update (emulated accelerator).
+    remote: env managers and rollout servers as Ray actors (Ray must be initialised);
+    otherwise threads of this process.
     """
     rt = cfg.runtime
     sizes = rt.env_managers or (cfg.env.num_envs,)
-    workers = [EnvWorker(dataclasses.replace(cfg.env, num_envs=size), w * len(sizes) + j, trace=False)
-               for w in range(rt.num_env_workers) for j, size in enumerate(sizes)]
-    spec = workers[0].spec()
+    env_cfgs = [(dataclasses.replace(cfg.env, num_envs=size), w * len(sizes) + j)
+                for w in range(rt.num_env_workers) for j, size in enumerate(sizes)]
+    if remote:
+        probe = EnvWorker(dataclasses.replace(cfg.env, num_envs=1), 0, trace=False)
+        spec, workers = probe.spec(), []
+        probe.close()
+    else:
+        workers = [EnvWorker(env_cfg, index, trace=False) for env_cfg, index in env_cfgs]
+        spec = workers[0].spec()
     a, p = spec["action_dim"], spec["proprio_dim"]
     trainer = trainer_cls(cfg.policy, cfg.algo, a, p, seed=cfg.run.seed, trace=rt.trace)
     # decoupled_actor off = the synchronous loop: full batch, all epochs, rollouts paused meanwhile.
@@ -96,11 +118,17 @@ def build_async(cfg: TrainConfig, policy_fn: Callable[[int, int], Policy] | None
     eta = rt.max_staleness if rt.decoupled_actor else 0
     global_batch = cfg.samples_per_update
     per_version = cfg.algo.minibatch_size if mode == "streaming" else global_batch
-    controller, ledger = StalenessController(eta, per_version), Ledger()
+    max_batch, max_wait_s = (rt.max_batch, rt.max_wait_ms / 1000) if rt.streaming_rollout else (1, 0.0)
+    ledger = Ledger()
+    if remote:
+        policy_fn = policy_fn or functools.partial(_default_policy, cfg.policy, cfg.run.seed)
+        parts, controller, store = build_ray_parts(cfg, env_cfgs, spec, policy_fn, trainer.policy.state_dict(), trainer.version,
+                                                   per_version, eta, ledger, max_batch, max_wait_s)
+        learner = StreamingTrainer(trainer, mode, global_batch, store, controller, ledger)
+        return AsyncRuntime(cfg, parts.managers, parts.servers, [], parts.queue, controller, ledger, store, learner, spec, parts)
+    controller = StalenessController(eta, per_version)
     store = WeightStore(trainer.policy.state_dict(), trainer.version)
     learner = StreamingTrainer(trainer, mode, global_batch, store, controller, ledger)
-
-    max_batch, max_wait_s = (rt.max_batch, rt.max_wait_ms / 1000) if rt.streaming_rollout else (1, 0.0)
     servers = []
     for s in range(rt.num_rollout_servers):
         policy = policy_fn(a, p) if policy_fn else build_policy(cfg.policy, a, p, cfg.run.seed)
@@ -116,9 +144,16 @@ def build_async(cfg: TrainConfig, policy_fn: Callable[[int, int], Policy] | None
     return AsyncRuntime(cfg, managers, servers, transports, queue, controller, ledger, store, learner, spec)
 
 
+def _default_policy(policy_cfg, seed: int, a: int, p: int) -> Policy:
+    return build_policy(policy_cfg, a, p, seed)
+
+
 # -- running ------------------------------------------------------------------------------------
 
 def start(run: AsyncRuntime) -> None:
+    if run.remote is not None:
+        run.remote.start()
+        return
     for server, tr in zip(run.servers, run.transports):
         th = threading.Thread(target=server.serve, args=(tr, tr.clock, lambda: run._stop_servers),
                               name=f"rollout{server.index}", daemon=True)
@@ -134,6 +169,21 @@ def shutdown(run: AsyncRuntime) -> None:
     """Stops admission, managers, then servers; counts everything left in flight as dropped."""
     run.controller.close()
     run.trajectories.close()  # producers blocked on a full queue give up (their segment is counted)
+    if run.remote is not None:
+        run.remote.stop_managers()
+    else:
+        _stop_threads(run)
+    run.learner.drop_buffered("shutdown")
+    for seg in run.trajectories.drain():
+        run.ledger.dropped("shutdown", len(seg), sum(st.num_steps for st in seg.steps))
+    if run.remote is not None:
+        run.remote.kill()
+    else:
+        for m in run.managers:
+            m.worker.close()
+
+
+def _stop_threads(run: AsyncRuntime) -> None:
     for m in run.managers:
         m.stop()
     for th in run.threads:
@@ -144,11 +194,6 @@ def shutdown(run: AsyncRuntime) -> None:
         tr.close()
     for th in run.threads:
         th.join(timeout=10)
-    run.learner.drop_buffered("shutdown")
-    for seg in run.trajectories.drain():
-        run.ledger.dropped("shutdown", len(seg), sum(st.num_steps for st in seg.steps))
-    for m in run.managers:
-        m.worker.close()
 
 
 @dataclass
@@ -164,6 +209,7 @@ class Window:
 
     @staticmethod
     def take(run: AsyncRuntime) -> "Window":
+        run.poll(force=True)
         return Window(time.time(), run.ledger.produced_env_steps, run.ledger.trained_samples,
                       sum(m.env_busy_s for m in run.managers), sum(s.busy_s for s in run.servers), run.learner.train_s)
 
@@ -213,6 +259,7 @@ def run_async(run: AsyncRuntime, total_env_steps: int | None = None, total_updat
 
     try:
         while not done():
+            run.poll()
             for m in run.managers:
                 if m.error is not None:
                     raise RuntimeError(f"env manager {m.index} failed: {m.error!r}") from m.error
@@ -337,6 +384,21 @@ class _Driver:
         self.checkpoint("last")
 
 
+def _start_ray(cfg: TrainConfig) -> bool:
+    """Starts the embedded Ray (or joins runtime.ray_address) unless local; True if this run started it."""
+    if cfg.runtime.local:
+        return False
+    import ray
+
+    from asyncvla.runtime.async_ray import required_cpus
+    from asyncvla.runtime.placement import init_ray
+
+    if ray.is_initialized():
+        return False
+    init_ray(cfg.runtime.ray_address, cfg, min_cpus=required_cpus(cfg))
+    return True
+
+
 def train_async(cfg: TrainConfig, progress: Callable | None = None) -> dict:
     """Runs (or resumes) an async training run; returns the same summary as the sync `train`.
 
@@ -353,8 +415,9 @@ def train_async(cfg: TrainConfig, progress: Callable | None = None) -> dict:
     trace_path = run_dir / "trace.json"
     trace = load_chrome_trace(trace_path) if cfg.run.resume and trace_path.exists() else []
     state, run, writer = RunState(), None, None
+    own_ray = _start_ray(cfg)
     try:
-        run = build_async(cfg)
+        run = build_async(cfg, remote=not cfg.runtime.local)
         ckpt = run_dir / "checkpoints" / "last"
         if cfg.run.resume and ckpt.exists():
             state = load_checkpoint(trainer_workers(run), run_dir)
@@ -378,8 +441,12 @@ def train_async(cfg: TrainConfig, progress: Callable | None = None) -> dict:
         if writer is not None:
             writer.close()
         if run is not None and cfg.runtime.trace:
-            trace += run.trainer.drain_spans() + [s for srv in run.servers for s in srv.rec.drain()]
+            trace += run.trainer.drain_spans() + run.server_spans()
             write_chrome_trace(trace_path, trace)
+        if own_ray:
+            import ray
+
+            ray.shutdown()
     out = summarize(state, run_dir)
     out["throughput_window"] = WINDOW_NOTE
     return out

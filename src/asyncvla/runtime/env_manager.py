@@ -79,6 +79,10 @@ class EnvManager:
         self._lock = threading.Lock()
         self.error: BaseException | None = None
 
+    @property
+    def num_envs(self) -> int:
+        return self.vec.num_envs
+
     # -- the loops ---------------------------------------------------------------------------
     def run(self) -> None:
         """Thread body: loops until `stop()`, then settles its in-flight work."""

@@ -203,7 +203,7 @@ def check_resources(cfg: TrainConfig) -> None:
                               f"lower runtime.*_{res.lower()}s or add nodes")
 
 
-def init_ray(address: str | None, cfg: TrainConfig | None = None) -> None:
+def init_ray(address: str | None, cfg: TrainConfig | None = None, min_cpus: float = 0) -> None:
     """Joins `address`, or starts a local Ray sized to this machine with a per-run temp dir.
 
     CPU reservations are scheduling labels, not pinning: a local Ray advertises at least
@@ -221,7 +221,7 @@ def init_ray(address: str | None, cfg: TrainConfig | None = None) -> None:
         return
     # Ray's socket paths must stay short (107 bytes): a short temp dir, not the run dir.
     tmp = tempfile.mkdtemp(prefix="ray_", dir="/tmp")
-    need = required_resources(cfg)["CPU"] if cfg is not None else 0
+    need = max(required_resources(cfg)["CPU"] if cfg is not None else 0, min_cpus)  # min_cpus: the async actors
     ray.init(num_cpus=max(os.cpu_count() or 1, int(-(-need // 1))), include_dashboard=False, _temp_dir=tmp, runtime_env=runtime_env,
              log_to_driver=False)
 

@@ -192,9 +192,10 @@ def make_ray_rollout_server(**ray_options):
     import ray
 
     class RolloutServerActor:
-        def __init__(self, policy_fn: Callable[[], Policy], max_batch: int, max_wait_s: float, index: int = 0):
+        def __init__(self, policy_fn: Callable[[], Policy], max_batch: int, max_wait_s: float, index: int = 0,
+                     trace: bool = True):
             self.transport = LocalTransport()
-            self.server = RolloutServer(policy_fn(), max_batch, max_wait_s, index=index)
+            self.server = RolloutServer(policy_fn(), max_batch, max_wait_s, index=index, trace=trace)
             self._stop = False
             self._thread = threading.Thread(
                 target=self.server.serve, args=(self.transport, self.transport.clock, lambda: self._stop),

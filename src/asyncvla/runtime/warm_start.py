@@ -15,11 +15,21 @@ from pathlib import Path
 from asyncvla.config import TrainConfig, to_dict
 
 
+def _seeds(cfg: TrainConfig) -> tuple[int, int]:
+    """(demo env seed, SFT seed): `warm_start.seed` for both if set, else env.seed and run.seed."""
+    ws = cfg.warm_start.seed
+    return (cfg.env.seed, cfg.run.seed) if ws is None else (ws, ws)
+
+
+def _demo_env(cfg: TrainConfig):
+    return dataclasses.replace(cfg.env, num_envs=1, split="train", seed=_seeds(cfg)[0])
+
+
 def _key(cfg: TrainConfig) -> str:
-    env = dataclasses.replace(cfg.env, num_envs=1, split="train")
+    env = _demo_env(cfg)
     policy = dataclasses.replace(cfg.policy, init=None, device="cpu", temperature=1.0)
     blob = json.dumps({"env": to_dict(env), "policy": to_dict(policy), "warm": to_dict(cfg.warm_start),
-                       "seed": cfg.run.seed}, sort_keys=True, default=str)
+                       "seed": _seeds(cfg)[1]}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -37,12 +47,11 @@ def ensure_warm_start(cfg: TrainConfig, progress: bool = True) -> str | None:
     root = Path(ws.cache_dir).expanduser() / f"{cfg.env.task}-{_key(cfg)}"
     demos, ckpt = root / "demos", root / "sft"
     if not (root / "demos.done").exists():
-        env_cfg = dataclasses.replace(cfg.env, num_envs=1, split="train")
-        record_demos(env_cfg, episodes=ws.demo_episodes, out=demos, progress=progress)
+        record_demos(_demo_env(cfg), episodes=ws.demo_episodes, out=demos, progress=progress)
         (root / "demos.done").write_text("ok")
     if not (root / "sft.done").exists():
         policy_cfg = dataclasses.replace(cfg.policy, init=None, device=cfg.run.device)
         train_sft(cfg.env.id, demos, ckpt, steps=ws.sft_steps, batch_size=ws.sft_batch_size, lr=ws.sft_lr,
-                  policy_cfg=policy_cfg, seed=cfg.run.seed, progress=progress)
+                  policy_cfg=policy_cfg, seed=_seeds(cfg)[1], progress=progress)
         (root / "sft.done").write_text("ok")
     return str(ckpt)
