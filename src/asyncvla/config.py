@@ -378,7 +378,9 @@ class WarmStartConfig:
     sft_batch_size: int = 64
     sft_lr: float = 1e-3
     seed: int | None = None
-    """Seed of the demos and the SFT; None: demos use env.seed and SFT run.seed. Fix it to start every RL seed from one SFT checkpoint."""
+    """Seed of the SFT; None: run.seed. Fix it (and demo_seed) to start every RL seed from one SFT checkpoint."""
+    demo_seed: int | None = None
+    """Env seed the demos are recorded with; None: env.seed."""
     cache_dir: str = "~/.cache/asyncvla/warm_start"
     """Demos and SFT checkpoints are cached here, keyed by everything that shapes them."""
 

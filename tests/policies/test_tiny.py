@@ -164,3 +164,16 @@ def test_lerobot_select_action_pops_the_chunk(policy):
     np.testing.assert_array_equal(second, chunk[:, 1])
     policy.reset()
     np.testing.assert_array_equal(policy.select_action(obs), chunk[:, 0])
+
+
+def test_ordinal_logits_peak_at_the_mean_bin_without_residual():
+    from asyncvla.policies.tiny.model import ordinal_logits
+
+    centres = bin_centers(256)
+    target = torch.tensor([-0.9, -0.2, 0.01, 0.55])  # not on a bin edge
+    out = torch.zeros(4, 258)
+    out[:, 0] = torch.atanh(target)
+    out[:, 1] = -3.0
+    assert torch.equal(ordinal_logits(out, centres).argmax(-1), actions_to_bins(target, 256))
+    out[1, 2 + 10] = 1e3  # the residual can move mass anywhere (RL is not boxed in)
+    assert ordinal_logits(out, centres).argmax(-1)[1] == 10

@@ -6,13 +6,14 @@ from asyncvla.runtime.warm_start import _key, _seeds
 
 def _cfg(run_seed: int, env_seed: int, ws_seed: int | None, sft_steps: int = 250) -> TrainConfig:
     return TrainConfig(env=EnvConfig(id="metaworld/reach-v3", seed=env_seed), run=RunConfig(seed=run_seed),
-                       warm_start=WarmStartConfig(demo_episodes=2, sft_steps=sft_steps, seed=ws_seed))
+                       warm_start=WarmStartConfig(demo_episodes=2, sft_steps=sft_steps, seed=ws_seed,
+                                                   demo_seed=None if ws_seed is None else 0))
 
 
 def test_fixed_warm_start_seed_shares_one_checkpoint_across_rl_seeds():
     keys = {_key(_cfg(s, s, ws_seed=0)) for s in range(3)}
     assert len(keys) == 1
-    assert _seeds(_cfg(2, 5, ws_seed=0)) == (0, 0)
+    assert _seeds(_cfg(2, 5, ws_seed=1)) == (0, 1)
     assert _key(_cfg(0, 0, ws_seed=0)) != _key(_cfg(0, 0, ws_seed=1))
     assert _key(_cfg(0, 0, ws_seed=0)) != _key(_cfg(0, 0, ws_seed=0, sft_steps=300))
 

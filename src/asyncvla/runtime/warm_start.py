@@ -16,9 +16,9 @@ from asyncvla.config import TrainConfig, to_dict
 
 
 def _seeds(cfg: TrainConfig) -> tuple[int, int]:
-    """(demo env seed, SFT seed): `warm_start.seed` for both if set, else env.seed and run.seed."""
-    ws = cfg.warm_start.seed
-    return (cfg.env.seed, cfg.run.seed) if ws is None else (ws, ws)
+    """(demo env seed, SFT seed): warm_start.demo_seed and warm_start.seed, defaulting to env.seed and run.seed."""
+    ws = cfg.warm_start
+    return (cfg.env.seed if ws.demo_seed is None else ws.demo_seed, cfg.run.seed if ws.seed is None else ws.seed)
 
 
 def _demo_env(cfg: TrainConfig):

