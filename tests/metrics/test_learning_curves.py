@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from asyncvla.metrics.learning_curves import (
-    LearningCurves, band, curve, markdown_table, moving_average, plot_learning_curves, summarize_run,
+    LearningCurves, band, curve, markdown_table, plot_learning_curves, summarize_run, trailing_mean,
 )
 
 
@@ -23,11 +23,12 @@ def test_curve_carries_env_steps_to_records_without_them_and_drops_nulls():
     assert x.tolist() == [100.0] and y.tolist() == [0.5]
 
 
-def test_moving_average_is_trailing_and_keeps_length():
-    np.testing.assert_allclose(moving_average(np.array([0, 2, 4, 6.0]), 2), [0, 1, 3, 5])
-    np.testing.assert_allclose(moving_average(np.array([1.0, 3.0]), 5), [1, 2])
+def test_trailing_mean_averages_over_an_env_step_window():
+    x = np.array([0.0, 100.0, 200.0, 300.0])
+    np.testing.assert_allclose(trailing_mean(x, np.array([0, 2, 4, 6.0]), 150), [0, 1, 3, 5])
+    np.testing.assert_allclose(trailing_mean(x[:2], np.array([1.0, 3.0]), 1e9), [1, 2])
     with pytest.raises(ValueError, match="window"):
-        moving_average(np.zeros(3), 0)
+        trailing_mean(x, np.zeros(4), 0)
 
 
 def test_band_uses_the_range_every_curve_covers():

@@ -4,7 +4,7 @@
         --out docs/learning.png
 
 reads each run's `metrics.jsonl` and `checkpoints/last/run_state.json`, draws two panels
-(training-episode success `rollout/success`, smoothed over a few updates; eval success on the
+(training-episode success `rollout/success`, a trailing mean over env steps; eval success on the
 held-out split) against cumulative env steps, and prints a markdown table of every run's
 success before/after RL and wall time. Curves of one group are interpolated onto a shared
 env-steps grid (over the range every run covers) before the mean and the min-max band.
@@ -15,8 +15,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import tyro
 
 from asyncvla.metrics.writer import read_metrics
 
@@ -40,14 +42,19 @@ def curve(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(xs), np.asarray(ys)
 
 
-def moving_average(y: np.ndarray, window: int) -> np.ndarray:
-    """Trailing mean over the last `window` values (fewer at the start); same length as y."""
-    if window < 1:
-        raise ValueError(f"window={window!r} is invalid: must be >= 1")
-    c = np.cumsum(np.insert(np.asarray(y, dtype=float), 0, 0.0))
-    n = np.arange(1, len(y) + 1)
-    lo = np.maximum(n - window, 0)
-    return (c[n] - c[lo]) / (n - lo)
+def trailing_mean(x: np.ndarray, y: np.ndarray, window: float) -> np.ndarray:
+    """Mean of the y values whose x lies in (x_i - window, x_i], for every i; same length as y.
+
+    Smoothing by env steps rather than by records keeps modes comparable: async writes one
+    record per policy version (a few env steps), sync one per rollout epoch.
+    """
+    if not window > 0:
+        raise ValueError(f"window={window!r} is invalid: must be > 0")
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    hi = np.arange(1, len(y) + 1)
+    lo = np.searchsorted(x, x - window, side="right")
+    return (c[hi] - c[lo]) / (hi - lo)
 
 
 def band(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 50) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -107,7 +114,7 @@ def markdown_table(rows: list[RunSummary]) -> str:
     return "\n".join(out)
 
 
-def plot_learning_curves(groups: dict[str, list[str | Path]], out_png: str | Path, smooth: int = 3,
+def plot_learning_curves(groups: dict[str, list[str | Path]], out_png: str | Path, smooth: float = 3000,
                          title: str | None = None) -> Path:
     """Draws rollout and eval success vs env steps, mean line and min-max band per group (mode)."""
     import matplotlib
@@ -116,14 +123,14 @@ def plot_learning_curves(groups: dict[str, list[str | Path]], out_png: str | Pat
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    panels = (("rollout/success", f"training episodes (sampled), mean of {smooth} updates", smooth),
-              ("eval/success", "eval split (deterministic)", 1))
+    panels = (("rollout/success", f"training episodes (sampled), trailing mean over {smooth:g} env steps", smooth),
+              ("eval/success", "eval split (deterministic)", None))
     for ax, (key, name, window) in zip(axes, panels):
         for label, runs in groups.items():
             curves = []
             for run in runs:
                 x, y = curve(read_metrics(Path(run) / "metrics.jsonl"), key)
-                curves.append((x, moving_average(y, window) if len(y) else y))
+                curves.append((x, trailing_mean(x, y, window) if window and len(y) else y))
             curves = [c for c in curves if len(c[0])]
             if not curves:
                 continue
@@ -153,12 +160,12 @@ class LearningCurves:
 
     sync: list[str] = field(default_factory=list)
     """Run directories of sync-mode runs."""
-    async_: list[str] = field(default_factory=list)
-    """Run directories of async-mode runs (`--async`)."""
+    async_: Annotated[list[str], tyro.conf.arg(name="async")] = field(default_factory=list)
+    """Run directories of async-mode runs."""
     out: str = "docs/learning.png"
     """PNG to write."""
-    smooth: int = 3
-    """Trailing moving average of rollout success over this many metric records."""
+    smooth: float = 3000
+    """Trailing mean of rollout success over this many env steps."""
     title: str | None = None
 
     def run(self) -> None:
@@ -173,8 +180,6 @@ class LearningCurves:
 
 
 def main() -> None:
-    import tyro
-
     tyro.cli(LearningCurves, config=(tyro.conf.OmitArgPrefixes,)).run()
 
 
