@@ -229,12 +229,17 @@ class BenchThroughput:
     """Wall seconds per mode (the throughput window excludes start-up and the first update)."""
     json: bool = False
     """Last stdout line: {workload, runs: [{mode, env_steps_per_s, trained_samples_per_s, bound_env_steps_per_s, utilization}]}."""
+    out: Path = Path("bench-results/throughput")
+    """Writes results.json, report.md and the throughput/utilization PNGs here."""
+    torch_threads: int = 1
+    """torch intra-op threads (all roles share this process's cores)."""
 
     def run(self) -> None:
-        from asyncvla.bench.throughput import throughput_bench
+        from asyncvla.bench.suite import set_torch_threads, throughput_cmd
 
+        set_torch_threads(self.torch_threads)
         modes = [m for item in self.modes for m in item.split(",") if m]  # accepts sync,async too
-        result = throughput_bench(self.workload, modes, self.seconds)
+        result = throughput_cmd(self.workload, modes, self.seconds, self.out, echo=False)
         if self.json:
             _print_json(result)
             return

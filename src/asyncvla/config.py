@@ -186,12 +186,19 @@ class PolicyConfig:
     num_heads: int = 4
     image_size: int = 64
     """Images are resized to this before the encoder (matches env.image_size by default)."""
+    proprio_std_min: float = 0.01
+    """Floor of the per-dim std that normalises proprio (in proprio units, fit on the demos):
+    dims that barely move in the demos carry simulator jitter, which unit-variance scaling
+    would blow up into the policy's largest inputs. 0 scales every non-constant dim to unit std."""
     temperature: float = 1.0
     """Sampling temperature of rollouts (1.0 = the policy's own distribution)."""
     device: str = "cpu"
     """cpu or cuda[:n]; the same code runs on both."""
     init: str | None = None
     """Checkpoint directory to start from (e.g. an SFT checkpoint)."""
+    detach_value: bool = True
+    """The value head reads the trunk through a stop-gradient: critic learning (large, noisy
+    gradients while the value head is new) cannot move the policy outside PPO's clip."""
 
     def __post_init__(self) -> None:
         _check(self.chunk >= 1, "policy.chunk", self.chunk, "must be >= 1")
@@ -199,6 +206,7 @@ class PolicyConfig:
         _check(self.hidden_dim >= 8 and self.hidden_dim % self.num_heads == 0, "policy.hidden_dim", self.hidden_dim, f"must be >= 8 and divisible by policy.num_heads={self.num_heads}")
         _check(self.num_layers >= 1, "policy.num_layers", self.num_layers, "must be >= 1")
         _check(self.temperature > 0, "policy.temperature", self.temperature, "must be > 0")
+        _check(self.proprio_std_min >= 0, "policy.proprio_std_min", self.proprio_std_min, "must be >= 0")
         _check(self.device == "cpu" or self.device.startswith("cuda"), "policy.device", self.device, "allowed: cpu, cuda, cuda:N")
 
 
@@ -224,6 +232,10 @@ class AlgoConfig:
     """Truncation of the importance weight pi_prox / pi_behav in decoupled PPO."""
     group_size: int = 8
     """GRPO: rollouts per initial state."""
+    ratio: Literal["chunk", "token_mean"] = "chunk"
+    """Importance ratio of a decision: chunk = pi/pi_old of the whole action chunk (product over its K*A
+    tokens); token_mean = its geometric mean per token (GSPO-style length normalisation), so the clip
+    range bounds the change per action token instead of per chunk of 16+ tokens."""
     normalize_advantages: bool = True
     reward_scale: float = 1.0
     """Rewards are multiplied by this before GAE (keeps value targets O(1), e.g. 0.01 for MetaWorld's 0-10 per step)."""
@@ -231,6 +243,9 @@ class AlgoConfig:
     value_lr: float | None = None
     """Learning rate of the value head; null uses lr."""
     max_grad_norm: float = 1.0
+    critic_warmup: int = 0
+    """First updates that train only the value head (policy loss off): the advantages of a
+    fresh critic after SFT are noise, and PPO would follow them."""
     update_epochs: int = 2
     """Passes over each rollout batch (sync mode)."""
     minibatch_size: int = 64
@@ -245,8 +260,10 @@ class AlgoConfig:
         _check(self.value_clip is None or self.value_clip > 0, "algo.value_clip", self.value_clip, "must be > 0 or null")
         _check(self.is_cap >= 1, "algo.is_cap", self.is_cap, "must be >= 1")
         _check(self.group_size >= 2, "algo.group_size", self.group_size, "must be >= 2")
+        _check(self.ratio in ("chunk", "token_mean"), "algo.ratio", self.ratio, "allowed: chunk, token_mean")
         _check(self.reward_scale > 0, "algo.reward_scale", self.reward_scale, "must be > 0")
         _check(self.lr > 0, "algo.lr", self.lr, "must be > 0")
+        _check(self.critic_warmup >= 0, "algo.critic_warmup", self.critic_warmup, "must be >= 0")
         _check(self.update_epochs >= 1, "algo.update_epochs", self.update_epochs, "must be >= 1")
         _check(self.minibatch_size >= 1, "algo.minibatch_size", self.minibatch_size, "must be >= 1")
 
@@ -307,8 +324,9 @@ class RuntimeConfig:
     """Async: sizes of the env managers of each env worker (sum = env.num_envs), each with its own loop; () = one manager."""
     segment_len: int | None = None
     """Async: decisions per trajectory segment sent to the trainer; null = rollout_steps."""
-    trainer_mode: Literal["accumulate", "streaming"] = "accumulate"
-    """Async with decoupled_actor: accumulate (one optimizer step every samples_per_update samples, remainder carried over) or streaming (a step per minibatch_size samples as they arrive)."""
+    trainer_mode: Literal["epoch", "accumulate", "streaming"] = "accumulate"
+    """Async with decoupled_actor: epoch (every samples_per_update samples, sync's update_epochs x minibatches of decoupled PPO, one publish; rollouts go on meanwhile),
+    accumulate (one optimizer step every samples_per_update samples, remainder carried over) or streaming (a step per minibatch_size samples as they arrive)."""
 
     def __post_init__(self) -> None:
         _check(self.mode in ("sync", "async"), "runtime.mode", self.mode, "allowed: sync, async")
@@ -329,7 +347,7 @@ class RuntimeConfig:
         _check(self.router in ("fixed", "round-robin", "greedy"), "runtime.router", self.router, "allowed: fixed, round-robin, greedy")
         _check(all(n >= 1 for n in self.env_managers), "runtime.env_managers", self.env_managers, "every size must be >= 1")
         _check(self.segment_len is None or self.segment_len >= 1, "runtime.segment_len", self.segment_len, "must be >= 1 or null")
-        _check(self.trainer_mode in ("accumulate", "streaming"), "runtime.trainer_mode", self.trainer_mode, "allowed: accumulate, streaming")
+        _check(self.trainer_mode in ("epoch", "accumulate", "streaming"), "runtime.trainer_mode", self.trainer_mode, "allowed: epoch, accumulate, streaming")
 
 
 @dataclass
@@ -345,7 +363,9 @@ class RunConfig:
     eval_every: int = 0
     """Evaluate every N updates (0: only before training and at the end)."""
     eval_episodes: int = 8
-    """Episodes per evaluation, on the eval split, deterministic actions."""
+    """Episodes per evaluation, on the eval split."""
+    eval_deterministic: bool = True
+    """Evaluate the argmax/mean action; false samples at policy.temperature (the policy RL optimises)."""
     eval_video: bool = False
     """Save an mp4 of the first evaluation episode of each evaluation under videos/."""
     checkpoint_every: int = 10

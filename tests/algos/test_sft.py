@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from asyncvla.algos.sft import DemoData, chunk_targets, fit_bc, shift_augment
+from asyncvla.algos.sft import DemoData, chunk_targets, drop_images, fit_bc, perturb_proprio, shift_augment
 from asyncvla.config import EmulatedConfig, EnvConfig, PolicyConfig
 from asyncvla.envs.registry import make_env
 from asyncvla.policies.base import ObsBatch
@@ -40,6 +40,28 @@ def test_shift_augment_keeps_shape_and_zero_pad_is_identity():
     imgs = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
     assert shift_augment(imgs, 2, rng).shape == imgs.shape
     np.testing.assert_array_equal(shift_augment(imgs, 0, rng), imgs)
+
+
+def test_drop_images_blacks_out_whole_images_with_probability_p():
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(1, 256, (2000, 4, 4, 3), dtype=np.uint8)  # no black pixel to begin with
+    np.testing.assert_array_equal(drop_images(imgs, 0.0, rng), imgs)
+    out = drop_images(imgs, 0.3, rng)
+    dropped = (out == 0).all((1, 2, 3))
+    assert abs(dropped.mean() - 0.3) < 0.04
+    np.testing.assert_array_equal(out[~dropped], imgs[~dropped])
+    assert not (out[~dropped] == 0).any()
+
+
+def test_perturb_proprio_adds_noise_in_units_of_the_demo_std():
+    rng = np.random.default_rng(0)
+    proprio = np.ones((20000, 3), np.float32)
+    scale = np.array([2.0, 0.01, 0.0], np.float32)  # the last dim is constant in the demos: left alone
+    np.testing.assert_array_equal(perturb_proprio(proprio, scale, 0.0, rng), proprio)
+    out = perturb_proprio(proprio, scale, 0.5, rng)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose((out - proprio).std(0), 0.5 * scale, rtol=0.03)
+    np.testing.assert_allclose((out - proprio).mean(0), 0, atol=0.03)
 
 
 def emulated_demos(episodes: int, episode_len: int = 15, image_size: int = 16) -> DemoData:
@@ -117,3 +139,12 @@ def test_train_sft_rejects_a_missing_demo_dir(tmp_path):
 
     with pytest.raises(ConfigError, match="demos"):
         train_sft("emulated/fast", tmp_path / "nope", tmp_path / "out", steps=1)
+
+
+@pytest.mark.parametrize("field, value", [("image_dropout", 1.0), ("image_dropout", -0.1), ("proprio_noise", -1.0)])
+def test_train_sft_rejects_bad_augmentation(tmp_path, field, value):
+    from asyncvla.algos.sft import train_sft
+    from asyncvla.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"sft.{field}"):
+        train_sft("emulated/fast", tmp_path / "nope", tmp_path / "out", steps=1, **{field: value})

@@ -5,26 +5,62 @@ import time
 import numpy as np
 import pytest
 
-from asyncvla.bench.throughput import (AcceleratorCosts, bound_env_steps_per_s, emulate_inference, emulated_balanced,
-                                       throughput_bench)
+from asyncvla.bench.throughput import (AcceleratorCosts, best_batch, bound_env_steps_per_s, emulate_inference, emulated_balanced,
+                                       operating_point, stage_capacities, throughput_bench)
 from asyncvla.config import ConfigError
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
 
 
-def test_balanced_workload_splits_a_sync_iteration_in_thirds_and_bounds_by_the_bottleneck():
+def test_balanced_workload_splits_a_sync_iteration_in_thirds():
     w = emulated_balanced()
     cfg, c = w.cfg, w.costs
     steps, envs = cfg.runtime.rollout_steps, cfg.env.num_envs
-    env_s = steps * w.env_decision_s * 1.05
+    env_s = steps * cfg.policy.chunk * 0.02 * 1.05  # nominal step time, lockstep factor
     assert steps * c.infer_s(envs) == pytest.approx(env_s)
     assert c.train_per_sample_s * envs * steps == pytest.approx(env_s)
-    bound, terms = bound_env_steps_per_s(w)
-    assert bound == min(terms.values())
-    assert terms["env"] == pytest.approx(envs * cfg.policy.chunk / (w.env_decision_s + c.infer_s(1)))
-    # Bigger batches: more inference capacity, but each env waits longer for its batch.
-    small, big = bound_env_steps_per_s(w, batch=1)[1], bound_env_steps_per_s(w, batch=envs)[1]
-    assert small["env"] == pytest.approx(terms["env"])
+    # The bound's decision time adds the 50 ms reset once per 100-step episode: 4 x 20 ms + 4/100 x 50 ms.
+    assert w.env_decision_s == pytest.approx(0.082)
+
+
+def test_bound_is_the_best_batch_min_of_stage_capacities_against_a_brute_force_grid():
+    w = emulated_balanced()
+    op = operating_point(w)
+    n, k, d, c = w.cfg.env.num_envs, w.cfg.policy.chunk, w.env_decision_s, w.costs
+    grid = np.linspace(1, w.cfg.runtime.max_batch, 20001)
+    brute = [min(stage_capacities(n, k, d, c, b).values()) for b in grid]
+    assert op.bound >= max(brute) and op.bound == pytest.approx(max(brute), rel=1e-5)  # the grid only approaches it
+    assert op.batch == pytest.approx(grid[int(np.argmax(brute))], abs=1e-3)
+    assert op.bound == min(op.terms.values()) and bound_env_steps_per_s(w) == (op.bound, op.terms)
+    # emulated-balanced by hand: 32/(0.082 + 0.004 + 0.01 B) = 4B/(0.004 + 0.01 B) at B* = 1.514 -> 316.4.
+    assert op.batch == pytest.approx(1.514, abs=1e-3) and op.bound == pytest.approx(316.4, abs=0.1)
+    assert op.stage == "env"  # the env cycle is 82 ms of stepping + 19 ms of inference
+
+
+def test_stage_capacities_trade_env_latency_for_inference_capacity():
+    c = AcceleratorCosts(0.004, 0.01, 0.0105)
+    small, big = stage_capacities(8, 4, 0.08, c, 1), stage_capacities(8, 4, 0.08, c, 8)
+    assert small["env"] == pytest.approx(32 / 0.094) and small["rollout"] == pytest.approx(4 / 0.014)
     assert big["rollout"] > small["rollout"] and big["env"] < small["env"]
+    assert small["trainer"] == big["trainer"] == pytest.approx(4 / 0.0105)
+    assert stage_capacities(8, 4, 0.08, c, 2, num_servers=2)["rollout"] == pytest.approx(2 * 8 / 0.024)
+
+
+@pytest.mark.parametrize("costs,max_batch,expect", [
+    (AcceleratorCosts(0.004, 0.01, 0.0), 8, 1.514),   # interior crossing
+    (AcceleratorCosts(0.004, 0.01, 0.0), 1, 1.0),     # clamped to max_batch
+    (AcceleratorCosts(0.1, 0.0001, 0.0), 4, 4.0),     # large fixed cost: inference is short even at max_batch
+    (AcceleratorCosts(0.0, 0.01, 0.0), 8, 1.0),       # no fixed cost: batching gains nothing, B = 1
+    (AcceleratorCosts(0.004, 0.0, 0.0), 4, 4.0),      # no per-sample cost: B does not slow the envs
+])
+def test_best_batch_edge_cases(costs, max_batch, expect):
+    assert best_batch(8, 0.082, costs, max_batch) == pytest.approx(expect, abs=1e-3)
+
+
+def test_tied_bottleneck_is_named_after_the_longer_part_of_the_env_cycle():
+    from asyncvla.bench.workloads import build_workload
+
+    assert operating_point(build_workload("emulated-infer-bound")).stage == "rollout"
+    assert operating_point(build_workload("emulated-train-bound")).stage == "trainer"
 
 
 def test_emulated_inference_holds_wall_time():

@@ -2,9 +2,9 @@
 
 import pytest
 
-from asyncvla.bench.ablation import LADDER, bound_terms, ladder_violations, rung_config
+from asyncvla.bench.ablation import LADDER, bound_terms, compare_rungs, ladder_violations, rung_config
 from asyncvla.bench.placement import PLACEMENTS, placed_costs, placement_terms
-from asyncvla.bench.throughput import AcceleratorCosts, emulated_balanced
+from asyncvla.bench.throughput import AcceleratorCosts, emulated_balanced, operating_point
 from asyncvla.bench.workloads import SPECS, build_workload, emulated_costs, get_spec, train_config, workload_names
 from asyncvla.config import ConfigError, TrainConfig
 
@@ -38,14 +38,17 @@ def test_balanced_matches_the_throughput_bench_definition():
 @pytest.mark.parametrize("name,stage", [("emulated-env-bound", "env"), ("emulated-infer-bound", "rollout"),
                                         ("emulated-train-bound", "trainer")])
 def test_bound_workloads_put_the_bottleneck_where_named(name, stage):
-    terms = bound_terms(build_workload(name))
-    assert min(terms, key=terms.get) == stage
+    w = build_workload(name)
+    terms = bound_terms(w)
+    assert min(terms.values()) == operating_point(w).bound
+    assert operating_point(w).stage == stage
 
 
 def test_emulated_stage_shares_of_a_sync_iteration():
     spec = get_spec("emulated-infer-bound")
     costs, decision_s = emulated_costs(spec)
-    env_iter = spec.rollout_steps * decision_s * 1.05
+    env_iter = spec.rollout_steps * spec.chunk * spec.step_mean_s * 1.05  # shares are set on the nominal step
+    assert decision_s > spec.chunk * spec.step_mean_s  # the bound's decision time includes resets
     assert spec.rollout_steps * costs.infer_s(spec.num_envs) == pytest.approx(2.0 * env_iter)
     assert costs.train_per_sample_s * spec.num_envs * spec.rollout_steps == pytest.approx(0.5 * env_iter)
 
@@ -65,9 +68,32 @@ def test_ladder_violations():
     assert ladder_violations(rows(100, 120, 125, 130, 200, 180)) == ["+decoupled_actor is not the fastest row",
                                                                       "+decoupled_actor lowers throughput: 180.0 < +streaming_rollout 200.0"]
     bad = ladder_violations(rows(100, 120, 125, 90, 131, 250))
-    assert bad == ["+async_env lowers throughput: 90.0 < sync 100.0"]
-    # Pipelined sync rows are the baseline's tuning: an async level below them is no violation.
-    assert ladder_violations(rows(100, 120, 160, 121, 131, 250)) == []
+    assert bad == ["+async_env lowers throughput: 90.0 < sync-4stage 125.0"]
+    # Every rung is held to the fastest rung before it, pipelined sync rows included.
+    assert ladder_violations(rows(100, 120, 160, 121, 131, 250)) == [
+        "+async_env lowers throughput: 121.0 < sync-4stage 160.0", "+streaming_rollout lowers throughput: 131.0 < sync-4stage 160.0"]
+    assert ladder_violations(rows(100, 120, 160, 153, 158, 250)) == []  # within 5% of 160
+
+
+def test_compare_rungs_names_the_fastest_previous_rung():
+    runs = [{"mode": r.name, "env_steps_per_s": x} for r, x in zip(LADDER, (100, 150, 140, 145, 160, 300))]
+    compare_rungs(runs)
+    assert [r["compared_with"] for r in runs] == [None, "sync", "sync-2stage", "sync-2stage", "sync-2stage", "+streaming_rollout"]
+    assert runs[3]["vs_best_previous"] == pytest.approx(145 / 150, abs=1e-3)
+    assert runs[5]["vs_best_previous"] == pytest.approx(300 / 160, abs=1e-3)
+
+
+def test_emulated_decision_time_counts_tail_steps_and_resets():
+    import dataclasses
+
+    from asyncvla.bench.workloads import emulated_decision_s
+
+    env = train_config(get_spec("emulated-long-tail")).env
+    # 5% of steps take 10x: mean step 0.02 x (0.95 + 0.5) = 0.029 s; one 50 ms reset per 100 steps.
+    assert emulated_decision_s(env, 4) == pytest.approx(4 * 0.029 + 0.05 * 4 / 100)
+    assert emulated_decision_s(dataclasses.replace(env, max_episode_steps=20), 4) == pytest.approx(4 * 0.029 + 0.05 * 4 / 20)
+    with pytest.raises(ConfigError, match="env.id"):
+        emulated_decision_s(dataclasses.replace(env, id="emulated/nope"), 4)
 
 
 def test_placement_costs_and_shared_device_term():

@@ -11,7 +11,7 @@ from asyncvla.policies.base import ObsBatch
 from asyncvla.policies.checkpoint import load_policy, save_policy
 from asyncvla.policies.registry import make_policy, policy_types
 from asyncvla.policies.tiny.model import discrete_logprob_entropy, gaussian_logprob_entropy
-from asyncvla.policies.tiny.processor import actions_to_bins, bin_centers, bins_to_actions
+from asyncvla.policies.tiny.processor import actions_to_bins, bin_centers, bins_to_actions, normalisation_std
 
 A, P, K = 3, 7, 2
 TYPES = ["tiny", "tiny-gaussian"]
@@ -127,6 +127,30 @@ def test_processor_fit_normalises_proprio_and_keeps_constant_dims_finite(policy)
     assert np.isfinite(z).all() and np.allclose(z[:, 0], 0)
     np.testing.assert_allclose(z[:, 1:].mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(z[:, 1:].std(0), 1, atol=1e-3)
+
+
+def test_normalisation_std_floors_jitter_dims_and_keeps_constant_dims_at_one():
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(0, 2.0, 1000), 0.7 + rng.normal(0, 1e-4, 1000), np.full(1000, 3.0)], 1)
+    np.testing.assert_allclose(normalisation_std(x, 0.01), [x[:, 0].std(), 0.01, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(normalisation_std(x, 0.0)[:2], x[:, :2].std(0), rtol=1e-6)  # no floor: unit variance
+
+
+@pytest.mark.parametrize("std_min", [0.0, 0.01])
+def test_processor_does_not_blow_up_simulator_jitter(std_min):
+    # MetaWorld reach: the puck's height jitters by ~1e-4 in the demos (see normalisation_std)
+    policy = make_policy(_cfg("tiny", proprio_std_min=std_min), A, P)
+    rng = np.random.default_rng(0)
+    proprio = rng.normal(size=(500, P)).astype(np.float32)
+    proprio[:, 0] = 0.02 + rng.normal(0, 1e-4, 500)
+    policy.processor.fit(proprio, rng.uniform(-1, 1, (500, A)).astype(np.float32))
+    z = policy.processor.proprio(proprio).numpy()
+    assert (np.abs(z[:, 0]).max() < 0.1) == (std_min > 0)
+
+
+def test_policy_config_rejects_a_negative_proprio_std_min():
+    with pytest.raises(ConfigError, match="proprio_std_min"):
+        PolicyConfig(proprio_std_min=-1.0)
 
 
 @pytest.mark.parametrize("type_", TYPES)

@@ -24,13 +24,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from asyncvla.bench.throughput import AcceleratorCosts, Workload, bound_env_steps_per_s, emulate_inference, emulated_trainer_cls
+from asyncvla.bench.throughput import (BOUND_FORMULA, AcceleratorCosts, Workload, bound_env_steps_per_s, emulate_inference,
+                                       emulated_trainer_cls, operating_point)
+from asyncvla.bench.report import THROUGHPUT_COLUMNS, Column
 from asyncvla.bench.workloads import build_workload, calibrate, get_spec
 from asyncvla.config import ConfigError, TrainConfig
 from asyncvla.metrics.spans import Span
 from asyncvla.runtime.rollout import build_policy
 from asyncvla.runtime.trainer import Trainer
 
+ABLATION_COLUMNS = (*THROUGHPUT_COLUMNS, Column("compared_with", "compared with", "{}"),
+                    Column("vs_best_previous", "× best previous", "{:.2f}"))
+"""The throughput table plus, per rung, the fastest rung before it and the ratio to that rung."""
 WINDOW = "from the end of the first update to the end of the run (start-up and first update excluded)"
 
 
@@ -146,11 +151,14 @@ def bound_terms(w: Workload, extra: dict[str, float] | None = None) -> dict[str,
     return terms
 
 
-def with_bound(row: dict, terms: dict[str, float]) -> dict:
-    """Adds the bound (the smallest stage capacity) and its terms to `row`."""
+def with_bound(row: dict, terms: dict[str, float], stage: str | None = None) -> dict:
+    """Adds the bound (the smallest stage capacity), its terms and (when it binds) `stage` as the bottleneck."""
     if terms:
-        row["bound_env_steps_per_s"] = round(min(terms.values()), 2)
+        bound = min(terms.values())
+        row["bound_env_steps_per_s"] = round(bound, 2)
         row["bound_terms"] = {k: round(v, 2) for k, v in terms.items()}
+        if stage is not None and terms.get(stage, float("inf")) <= bound * (1 + 1e-9):
+            row["bound_stage"] = stage
     return row
 
 
@@ -190,11 +198,14 @@ def ablation_bench(workload: str, seconds: float, rungs: list[str] | None = None
             raise ConfigError(f"rungs={n!r} is invalid: allowed: {', '.join(RUNGS)}")
     w, emulate, extra = prepare(workload)
     terms = bound_terms(w, extra)
+    op = operating_point(w) if terms else None
     runs = []
     for n in names:
         traced = trace_dir is not None and n in ("sync", LADDER[-1].name)
         row, spans = run_row(RunSpec(w, emulate, trace=traced), rung_config(w.cfg, RUNGS[n]), seconds, n)
-        with_bound(row, terms)
+        with_bound(row, terms, op.stage if op else None)
+        if op:
+            row["bound_batch"] = round(op.batch, 2)
         if traced:
             Path(trace_dir).mkdir(parents=True, exist_ok=True)
             write_chrome_trace(Path(trace_dir) / f"{'sync' if n == 'sync' else 'async'}.trace.json", spans)
@@ -204,24 +215,37 @@ def ablation_bench(workload: str, seconds: float, rungs: list[str] | None = None
     spec = get_spec(workload)
     return {"bench": "ablation", "workload": workload, "kind": spec.kind, "label": w.label, "params": spec.params(),
             "costs": dataclasses.asdict(w.costs), "env_decision_s": w.env_decision_s, "window": WINDOW,
-            "seconds": seconds, "runs": runs}
+            "bound": BOUND_FORMULA, "seconds": seconds, "runs": runs}
+
+
+def compare_rungs(runs: list[dict], key: str = "env_steps_per_s") -> list[dict]:
+    """Adds to each row (in ladder order) the row it is compared with, the fastest row before
+    it (`compared_with`), and the ratio to it (`vs_best_previous`); in place, returns `runs`."""
+    best: dict | None = None
+    for r in runs:
+        if best is None:
+            r["compared_with"], r["vs_best_previous"] = None, None
+        else:
+            r["compared_with"] = best["mode"]
+            r["vs_best_previous"] = round(r[key] / best[key], 3) if best[key] > 0 else None
+        if best is None or r[key] > best[key]:
+            best = r
+    return runs
 
 
 def ladder_violations(runs: list[dict], tolerance: float = 0.05, key: str = "env_steps_per_s") -> list[str]:
     """Where the ladder breaks the acceptance rule: full async must be the fastest row, and
-    no added async level may lower throughput beyond `tolerance` (relative noise).
-
-    The levels form the chain sync → +async_env → +streaming_rollout → +decoupled_actor;
-    the pipelined sync rows are the baseline's own tuning, not levels, so they are only
-    compared with full async.
+    every rung must reach the fastest rung before it (pipelined sync rows included) within
+    `tolerance` (relative noise): adding a level, or a pipeline stage, must not cost throughput.
     """
     out = []
     by = {r["mode"]: r[key] for r in runs}
     last = LADDER[-1].name
     if last in by and any(v > by[last] * (1 + tolerance) for m, v in by.items() if m != last):
         out.append(f"{last} is not the fastest row")
-    chain = [n for n in ("sync", *(r.name for r in LADDER[3:])) if n in by]
-    for prev, cur in zip(chain, chain[1:]):
+    order = [r.name for r in LADDER if r.name in by]
+    for i, cur in enumerate(order[1:], 1):
+        prev = max(order[:i], key=by.__getitem__)
         if by[cur] < by[prev] * (1 - tolerance):
             out.append(f"{cur} lowers throughput: {by[cur]:.1f} < {prev} {by[prev]:.1f}")
     return out

@@ -67,7 +67,8 @@ def bottleneck(terms: dict[str, float]) -> str | None:
 def finalize_runs(runs: list[dict], baseline: str = "sync", metric: str = "env_steps_per_s") -> list[dict]:
     """Adds `ratio_to_sync`, `bound_stage` and `fraction_of_bound` to each row (in place; returns it).
 
-    The baseline is the row whose mode is `baseline`, else the first row.
+    The baseline is the row whose mode is `baseline`, else the first row. A row that names
+    its `bound_stage` already keeps it (the bench knows ties better than the terms do).
     """
     if not runs:
         return runs
@@ -75,7 +76,7 @@ def finalize_runs(runs: list[dict], baseline: str = "sync", metric: str = "env_s
     for r in runs:
         q = ratio(r.get(metric, 0.0), base.get(metric, 0.0))
         r["ratio_to_sync"] = round(q, 3) if q is not None else None
-        r["bound_stage"] = bottleneck(r.get("bound_terms") or {})
+        r["bound_stage"] = r.get("bound_stage") or bottleneck(r.get("bound_terms") or {})
         f = ratio(r.get(metric, 0.0), r.get("bound_env_steps_per_s") or 0.0)
         r["fraction_of_bound"] = round(f, 3) if f is not None else None
     return runs
@@ -97,7 +98,15 @@ def machine_info() -> dict:
 
     return {"hostname": platform.node(), "platform": platform.platform(), "python": sys.version.split()[0],
             "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available()}
+            "cuda": torch.cuda.is_available(), "load_avg": _load_avg()}
+
+
+def _load_avg() -> list[float] | None:
+    # Timings on a shared machine move with others' load: record it next to them.
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # not available on this platform
+        return None
 
 
 def _markdown(result: dict, columns: Sequence[Column], title: str, plots: list[Path]) -> str:
@@ -110,7 +119,8 @@ def _markdown(result: dict, columns: Sequence[Column], title: str, plots: list[P
     m = result.get("machine") or {}
     if m:
         lines.append(f"- **machine**: {m.get('cpus')} CPUs, {m.get('platform')}, torch {m.get('torch')} "
-                     f"({m.get('torch_threads')} threads), CUDA {'yes' if m.get('cuda') else 'no'}")
+                     f"({m.get('torch_threads')} threads), CUDA {'yes' if m.get('cuda') else 'no'}"
+                     + (f", load average {'/'.join(map(str, m['load_avg']))} (1/5/15 min, at the end)" if m.get("load_avg") else ""))
     if result.get("command"):
         lines.append(f"- **command**: `{result['command']}`")
     lines += ["", markdown_table(result["runs"], columns), ""]

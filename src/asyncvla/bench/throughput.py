@@ -1,25 +1,27 @@
 """`asyncvla bench throughput`: sync vs async env steps/s on the same workload, beside the bound.
 
-Workloads (labelled in every result):
+Workloads (labelled in every result; parameters in bench/workloads.py):
 - `emulated-balanced`: 8 emulated envs (`emulated/balanced`: 20 ms per simulator step
-  +-10%, thread executor, so they hold wall time without CPU), chunk 4, 8 decisions per env
-  per sync iteration (64 samples per update, 1 PPO epoch), and an *emulated accelerator*:
-  the tiny policy's real act/update run, then hold the device for a calibrated time
-  (inference 4 ms + b*B per batch of B, training c per sample), as a GPU would, without
-  CPU. b and c are set so that env stepping, inference (at B = 8) and training each take a
-  third of a synchronous iteration (3 x 0.672 s). Dynamic batching: max_batch 8,
+  +-10%, a 50 ms reset every 100 steps, thread executor, so they hold wall time without
+  CPU), chunk 4, 8 decisions per env per sync iteration (64 samples per update, 1 PPO
+  epoch), and an *emulated accelerator*: the tiny policy's real act/update run, then hold
+  the device for a calibrated time (inference 4 ms + b*B per batch of B, training c per
+  sample), as a GPU would, without CPU. b and c are set so that env stepping, inference
+  (at B = 8) and training each take a third of a synchronous iteration (3 x 0.672 s).
+  Dynamic batching: max_batch 2 (the best operating point, see `operating_point`),
   max_wait 2 ms; full async: max_staleness 1.
 - `real-metaworld`: MetaWorld reach-v3 rendered 64x64 on this CPU and the tiny VLA
-  (inference and training on this CPU, nothing emulated); parameters in
-  bench/workloads.py. Async runs env managers and the rollout server as Ray actors (own
-  processes: rendering holds the GIL); the bound's stage costs are measured (`calibrate`).
+  (inference and training on this CPU, nothing emulated). Async runs env managers and the
+  rollout server as Ray actors (own processes: rendering holds the GIL); the bound's stage
+  costs are measured (`calibrate`).
 
 Modes: `sync` is the real RLinf-style baseline, pipeline.py's loop (lockstep rollout
 epoch, train, weight sync; 1 pipeline stage) with the same emulated accelerator costs;
 `async_env`, `streaming_rollout` and `async` are rungs of the async runtime. Throughput
 is counted from the end of the first update to the end of the run; `cpu_utilization` is
 the CPU seconds of this process and all its descendants (Ray's workers included) over
-cores x wall time in the same window.
+cores x wall time in the same window. The bound (`operating_point`, BOUND_FORMULA) is a
+property of the workload, the same for every row.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from asyncvla.config import AlgoConfig, ConfigError, EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
+from asyncvla.config import ConfigError, RunConfig, TrainConfig
 from asyncvla.policies.base import Policy
 from asyncvla.runtime.rollout import build_policy
 from asyncvla.runtime.trainer import Trainer
@@ -92,22 +94,10 @@ class Workload:
 
 
 def emulated_balanced() -> Workload:
-    num_envs, chunk, steps = 8, 4, 8
-    env_decision_s = chunk * 0.02  # emulated/balanced: 20 ms per step
-    # Lockstep: the slowest of 8 envs (+-10% jitter) sets each step, ~1.05 x the mean.
-    third = steps * env_decision_s * 1.05  # s per sync iteration spent on each stage
-    fixed = 0.004
-    costs = AcceleratorCosts(infer_fixed_s=fixed, infer_per_sample_s=(third / steps - fixed) / num_envs,
-                             train_per_sample_s=third / (num_envs * steps))
-    cfg = TrainConfig(
-        env=EnvConfig(id="emulated/balanced", num_envs=num_envs, image_size=16, executor="thread", seed=0),
-        policy=PolicyConfig(chunk=chunk, hidden_dim=16, num_layers=1, num_heads=2),
-        algo=AlgoConfig(update_epochs=1, minibatch_size=num_envs * steps),
-        runtime=RuntimeConfig(mode="async", rollout_steps=steps, max_batch=num_envs, max_wait_ms=2.0,
-                              queue_size=16, trace=False),
-        run=RunConfig(total_env_steps=None, total_updates=10**9),
-    )
-    return Workload(cfg, costs, env_decision_s, "emulated-balanced (emulated envs + emulated accelerator, CPU-free stage times)")
+    """The emulated-balanced workload (defined in bench/workloads.py)."""
+    from asyncvla.bench.workloads import build_workload
+
+    return build_workload("emulated-balanced")
 
 
 def real_metaworld() -> Workload:
@@ -130,27 +120,81 @@ MODES: dict[str, dict] = {
     "async": dict(async_env=True, streaming_rollout=True, decoupled_actor=True, max_staleness=1),
 }
 
+BOUND_FORMULA = ("bound = max over B in [1, max_batch] of min(env E*K/(d + t_infer(B)), "
+                 "rollout S*B*K/t_infer(B), trainer K/t_train) env steps/s; E envs, K actions per decision, "
+                 "d = mean env decision seconds (resets included), t_infer(B) = a + b*B, S rollout servers")
 
-def bound_env_steps_per_s(w: Workload, batch: float | None = None) -> tuple[float, dict]:
-    """The async bound: the capacity of the bottleneck stage, in env steps/s.
 
-    `batch`: the mean batch B the server actually formed (what the bench rows pass).
-    Inference capacity is servers x B / t_infer(B); an env cannot step while its own
-    request waits in that batch, so its best cycle is one decision plus t_infer(B). Without
-    `batch` (before a run) the optimistic bound: envs at t_infer(1), inference at max_batch.
-    The trainer: one sample per train_per_sample_s. Each in env steps (x chunk).
+def stage_capacities(num_envs: int, chunk: int, decision_s: float, costs: AcceleratorCosts, batch: float,
+                     num_servers: int = 1) -> dict[str, float]:
+    """Capacity of each stage, in env steps/s, when inference runs batches of `batch` samples.
+
+    env: an env cannot step while its own request is served, so its best cycle is one
+    decision plus t_infer(B): E*K/(d + t_infer(B)). rollout: S*B*K/t_infer(B). trainer:
+    K/t_train. Bigger batches raise inference capacity and lower the envs' (their requests
+    wait for the whole batch).
     """
-    cfg, c = w.cfg, w.costs
-    envs = cfg.env.num_envs * cfg.runtime.num_env_workers
-    k = cfg.policy.chunk
-    b = max(float(batch if batch is not None else cfg.runtime.max_batch), 1.0)
-    b_env = max(float(batch), 1.0) if batch is not None else 1.0
-    terms = {
-        "env": envs * k / (w.env_decision_s + c.infer_s(b_env)),
-        "rollout": cfg.runtime.num_rollout_servers * b * k / c.infer_s(b) if c.infer_s(b) > 0 else float("inf"),
-        "trainer": k / c.train_per_sample_s if c.train_per_sample_s > 0 else float("inf"),
+    t_inf = costs.infer_s(batch)
+    inf = float("inf")
+    return {
+        "env": num_envs * chunk / (decision_s + t_inf) if decision_s + t_inf > 0 else inf,
+        "rollout": num_servers * batch * chunk / t_inf if t_inf > 0 else inf,
+        "trainer": chunk / costs.train_per_sample_s if costs.train_per_sample_s > 0 else inf,
     }
-    return min(terms.values()), terms
+
+
+def best_batch(num_envs: int, decision_s: float, costs: AcceleratorCosts, max_batch: int, num_servers: int = 1) -> float:
+    """The batch size B in [1, max_batch] that maximises min(env, rollout) capacity.
+
+    env(B) falls and rollout(B) rises with B, so the optimum is where they cross:
+    N*(a + b*B) = S*B*(d + a + b*B), i.e. S*b*B^2 + (S*(d + a) - N*b)*B - N*a = 0
+    (N envs, S servers, t_infer(B) = a + b*B, d the decision time), clamped to the range.
+    """
+    a, b, n, s, d = costs.infer_fixed_s, costs.infer_per_sample_s, num_envs, num_servers, decision_s
+    if s * b <= 0:  # no per-sample cost: the env term does not depend on B, the largest batch is best
+        return float(max_batch)
+    p = s * (d + a) - n * b
+    root = (-p + (p * p + 4 * s * b * n * a) ** 0.5) / (2 * s * b)
+    return min(max(root, 1.0), float(max_batch))
+
+
+@dataclass
+class OperatingPoint:
+    """The async bound of a workload and where it sits."""
+
+    bound: float
+    """Env steps/s: the bottleneck stage's capacity at the best batch."""
+    batch: float
+    """B*: the batch size at which the bound is reached."""
+    terms: dict[str, float]
+    """Capacity of every stage at B*, env steps/s."""
+    stage: str
+    """The bottleneck. Where env and rollout cross, the one that takes more of the env cycle
+    d + t_infer(B*): a slow simulator (env) or slow inference (rollout)."""
+
+
+def operating_point(w: Workload) -> OperatingPoint:
+    """The async bound of workload `w`: the bottleneck stage's capacity at the best batch size.
+
+    No schedule can exceed it: a run whose mean batch is B is held below both env(B) and
+    rollout(B) (BOUND_FORMULA), hence below the best of their minimum over B.
+    """
+    cfg, rt = w.cfg, w.cfg.runtime
+    envs = cfg.env.num_envs * rt.num_env_workers
+    b = best_batch(envs, w.env_decision_s, w.costs, rt.max_batch, rt.num_rollout_servers)
+    terms = stage_capacities(envs, cfg.policy.chunk, w.env_decision_s, w.costs, b, rt.num_rollout_servers)
+    bound = min(terms.values())
+    tied = [k for k, v in terms.items() if v <= bound * (1 + 1e-9)]
+    stage = tied[0]
+    if {"env", "rollout"} <= set(tied):
+        stage = "env" if w.env_decision_s >= w.costs.infer_s(b) else "rollout"
+    return OperatingPoint(bound, b, terms, stage)
+
+
+def bound_env_steps_per_s(w: Workload) -> tuple[float, dict]:
+    """(the async bound, stage capacities at the best batch), in env steps/s; see `operating_point`."""
+    op = operating_point(w)
+    return op.bound, op.terms
 
 
 class CpuMeter:
@@ -185,9 +229,13 @@ class CpuMeter:
 
 
 def _row(w: Workload, mode: str, mean_batch: float) -> dict:
-    bound, terms = bound_env_steps_per_s(w, mean_batch if mean_batch > 0 else None)
-    return {"mode": mode, "bound_env_steps_per_s": round(bound, 2) if w.env_decision_s > 0 else None,
-            "bound_terms": {k: round(v, 2) for k, v in terms.items()}, "mean_batch": round(mean_batch, 2)}
+    """The bound columns, the same for every mode (what full async can reach on this workload)."""
+    op = operating_point(w)
+    if w.env_decision_s <= 0:  # a real workload without calibration: no bound
+        return {"mode": mode, "bound_env_steps_per_s": None, "mean_batch": round(mean_batch, 2)}
+    return {"mode": mode, "bound_env_steps_per_s": round(op.bound, 2), "bound_stage": op.stage,
+            "bound_terms": {k: round(v, 2) for k, v in op.terms.items()}, "bound_batch": round(op.batch, 2),
+            "mean_batch": round(mean_batch, 2)}
 
 
 def run_sync_baseline(w: Workload, seconds: float, remote: bool = False) -> dict:
@@ -319,9 +367,10 @@ def throughput_bench(workload: str, modes: list[str], seconds: float) -> dict:
             import ray
 
             ray.shutdown()
-    out = {"workload": workload, "label": w.label,
+    out = {"bench": "throughput", "workload": workload, "label": w.label,
            "window": "from the end of the first update to the end of the run (start-up and first update excluded)",
-           "costs": dataclasses.asdict(w.costs), "runs": runs}
+           "costs": dataclasses.asdict(w.costs), "env_decision_s": w.env_decision_s, "bound": BOUND_FORMULA,
+           "seconds": seconds, "runs": runs}
     by = {r["mode"]: r for r in runs}
     if "sync" in by and "async" in by and by["sync"]["env_steps_per_s"]:
         out["async_over_sync"] = round(by["async"]["env_steps_per_s"] / by["sync"]["env_steps_per_s"], 3)

@@ -67,8 +67,13 @@ def _emulated(name: str, profile: str, infer: float, train: float, text: str) ->
 
 
 SPECS: dict[str, WorkloadSpec] = {s.name: s for s in [
-    _emulated("emulated-balanced", "balanced", 1.0, 1.0,
-              "env stepping, inference and training each take a third of a sync iteration"),
+    dataclasses.replace(
+        _emulated("emulated-balanced", "balanced", 1.0, 1.0,
+                  "env stepping, inference and training each take a third of a sync iteration"),
+        # Inference costs 10 ms per sample and 4 ms per batch: a batch of 8 (84 ms) outlasts an env
+        # decision, so large batches stall the envs; the best operating point is B* ~ 1.5
+        # (`bench.throughput.operating_point`), hence max_batch 2 (docs/benchmarks.md).
+        max_batch=2, max_wait_ms=2.0),
     _emulated("emulated-env-bound", "balanced", 0.25, 0.25,
               "simulation dominates (inference and training a quarter of env time each)"),
     _emulated("emulated-infer-bound", "balanced", 2.0, 0.5,
@@ -109,12 +114,33 @@ def train_config(spec: WorkloadSpec) -> TrainConfig:
     )
 
 
+def emulated_decision_s(env: EnvConfig, chunk: int) -> float:
+    """Mean wall time of one decision (chunk) of an `emulated/*` env, resets included.
+
+    step: the profile's mean, (1 - p) * step_mean_s + p * step_tail_factor * step_mean_s
+    (the jitter is symmetric); reset: reset_s once per episode of max_episode_steps (else
+    the profile's episode_len) steps. Episodes that end early on success reset more often,
+    so this is the fewest-resets (optimistic) case, as a bound needs.
+    """
+    from asyncvla.envs.emulated import PROFILES
+
+    task = env.id.split("/", 1)[1]
+    if task not in PROFILES:
+        raise ConfigError(f"env.id={env.id!r} is invalid: allowed: {', '.join('emulated/' + p for p in PROFILES)}")
+    e = dataclasses.replace(env.emulated, **PROFILES[task])
+    step_s = e.step_mean_s * ((1 - e.step_tail_prob) + e.step_tail_prob * e.step_tail_factor)
+    episode_steps = env.max_episode_steps or e.episode_len
+    return chunk * step_s + e.reset_s * chunk / episode_steps
+
+
 def emulated_costs(spec: WorkloadSpec) -> tuple[AcceleratorCosts, float]:
     """(accelerator costs, mean env decision seconds) of an emulated workload.
 
     env time per sync iteration E = rollout_steps * chunk * step_mean_s * LOCKSTEP_FACTOR;
     inference holds infer_share * E per iteration (a fixed overhead per batch plus a
-    per-sample part), training train_share * E per iteration's samples.
+    per-sample part), training train_share * E per iteration's samples. The shares are set
+    on the nominal step time (resets and tail steps left out); the decision time returned,
+    which the bound uses, includes them (`emulated_decision_s`).
     """
     env_decision_s = spec.chunk * spec.step_mean_s
     env_iter_s = spec.rollout_steps * env_decision_s * LOCKSTEP_FACTOR
@@ -122,7 +148,7 @@ def emulated_costs(spec: WorkloadSpec) -> tuple[AcceleratorCosts, float]:
     fixed = min(INFER_FIXED_S, per_batch / 2)
     costs = AcceleratorCosts(infer_fixed_s=fixed, infer_per_sample_s=(per_batch - fixed) / spec.num_envs,
                              train_per_sample_s=spec.train_share * env_iter_s / (spec.num_envs * spec.rollout_steps))
-    return costs, env_decision_s
+    return costs, emulated_decision_s(train_config(spec).env, spec.chunk)
 
 
 def build_workload(name: str, costs: AcceleratorCosts | None = None, env_decision_s: float | None = None) -> Workload:

@@ -154,7 +154,7 @@ def evaluate(w: Workers, cfg: TrainConfig, run_dir: Path, state: RunState, eval_
         eval_policy.load_state_dict(w.get(w.trainer.get_weights.remote()))
     env_cfg = dataclasses.replace(cfg.env, split="eval", seed=cfg.env.seed + 10_007)
     video = run_dir / "videos" / f"update_{state.update:06d}.mp4" if cfg.run.eval_video else None
-    res = evaluate_policy(eval_policy, env_cfg, cfg.run.eval_episodes, deterministic=True, video=video)
+    res = evaluate_policy(eval_policy, env_cfg, cfg.run.eval_episodes, deterministic=cfg.run.eval_deterministic, video=video)
     return {"eval/success": res["success_rate"], "eval/return": res["mean_return"], "eval/episode_len": res["mean_episode_len"]}
 
 

@@ -3,16 +3,18 @@
 `StreamingTrainer` feeds the sync `Trainer`'s update math (advantages, PPO/GRPO losses,
 epochs, checkpoints) from a stream of segments, in one of three modes:
 
-- `epoch` (decoupled_actor off): collect `global_batch` samples, run the full PPO epochs
-  (`update_epochs` x minibatches, plain PPO against the behaviour logprob), publish once.
-  With max_staleness=0 rollouts pause meanwhile: exactly the synchronous loop.
+- `epoch`: collect `global_batch` samples, run the full PPO epochs (`update_epochs` x
+  minibatches), publish once: the sync trainer's optimizer steps per sample. With
+  max_staleness=0 (decoupled_actor off) rollouts pause meanwhile and the loss is plain PPO
+  against the behaviour logprob: exactly the synchronous loop. With max_staleness > 0
+  rollouts go on under the previous weights and the loss is decoupled PPO.
 - `accumulate` (strict gradient accumulation): one optimizer step exactly every
   `global_batch` samples; a segment that straddles the boundary is split and its rest
   carried over to the next step.
 - `streaming`: one optimizer step on every micro-batch of `minibatch_size` samples as it
   arrives (same carry-over rule, finer grain).
 
-In `accumulate` and `streaming` the loss is decoupled PPO: the trainer recomputes the
+In `accumulate` and `streaming` (and `epoch` with staleness) the loss is decoupled PPO: the trainer recomputes the
 proximal logprob under its current weights right before the step, clips against it and
 reweights to the behaviour policy with the truncated importance weight. After every update
 the weights are published, versioned, to the `WeightStore` and the `StalenessController`
@@ -64,7 +66,7 @@ class StreamingTrainer:
         if mode != "epoch":
             # One minibatch = the whole update: exactly one optimizer step per batch_samples.
             trainer.algo = dataclasses.replace(algo, minibatch_size=self.batch_samples)
-        trainer.decoupled = mode != "epoch"
+        trainer.decoupled = mode != "epoch" or controller.max_staleness > 0
         self._buf: list[Segment] = []
         self._buf_n = 0
         self.consumed = 0

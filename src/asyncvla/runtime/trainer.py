@@ -183,13 +183,17 @@ class Trainer:
         logprob, entropy, values = self.policy.evaluate(b.obs.index(chunk), b.actions[idx])  # [M] each
         mask = torch.ones_like(logprob, dtype=torch.bool)
         adv = b.advantages[idx]
+        # token_mean: the ratios below become geometric means per action token.
+        per = float(b.actions.shape[1] * b.actions.shape[2]) if algo.ratio == "token_mean" else 1.0
+        behav = b.behav_logprob[idx] / per
         if b.prox_logprob is not None:
-            pg, stats = decoupled_ppo_loss(logprob, b.prox_logprob[idx], b.behav_logprob[idx], adv, mask,
+            pg, stats = decoupled_ppo_loss(logprob / per, b.prox_logprob[idx] / per, behav, adv, mask,
                                            algo.clip_eps, algo.dual_clip, algo.is_cap)
         else:
-            pg, stats = ppo_policy_loss(logprob, b.behav_logprob[idx], adv, mask, algo.clip_eps, algo.dual_clip)
+            pg, stats = ppo_policy_loss(logprob / per, behav, adv, mask, algo.clip_eps, algo.dual_clip)
         ent_loss, ent_stats = entropy_bonus(entropy, mask)
-        loss = pg + algo.entropy_coef * ent_loss
+        actor_on = float(self.num_updates >= algo.critic_warmup)  # critic warm-up: value loss only
+        loss = actor_on * (pg + algo.entropy_coef * ent_loss)
         stats = {**stats, **ent_stats, "policy": float(pg.detach())}
         if algo.name == "ppo":
             vl, v_stats = value_loss(values, b.old_values[idx], b.returns[idx], mask, algo.value_clip)

@@ -97,7 +97,7 @@ class TinyBase(Policy):
         # act and evaluate both use it: the trainer must score the distribution rollouts sampled from.
         self.temperature = cfg.temperature
         h = cfg.hidden_dim
-        self.processor = TinyProcessor(proprio_dim, action_dim, cfg.image_size)
+        self.processor = TinyProcessor(proprio_dim, action_dim, cfg.image_size, cfg.proprio_std_min)
         self.image_encoder = ImageEncoder(h)
         num_patches = self.image_encoder(torch.zeros(1, 3, cfg.image_size, cfg.image_size)).shape[1]
         self.text_proj = nn.Linear(text.DIM, h)
@@ -127,6 +127,8 @@ class TinyBase(Policy):
         ], dim=1) + self.pos
         out = self.norm(self.trunk(tokens))
         pooled = out[:, : self.num_obs_tokens].mean(1)  # [B, H]
+        if self.cfg.detach_value:
+            pooled = pooled.detach()
         return out[:, self.num_obs_tokens :], self.value_head(pooled).squeeze(-1)
 
     def _as_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
