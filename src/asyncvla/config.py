@@ -196,6 +196,10 @@ class PolicyConfig:
     """cpu or cuda[:n]; the same code runs on both."""
     init: str | None = None
     """Checkpoint directory to start from (e.g. an SFT checkpoint)."""
+    rl_spread: bool = False
+    """Let RL train the spread of the action distribution (tiny: each token's std and residual logits;
+    tiny-gaussian: log std). Off, RL moves the action means only and exploration stays at the SFT
+    level: with a few hundred episodes the spread grew faster than the means improved (measured)."""
     detach_value: bool = True
     """The value head reads the trunk through a stop-gradient: critic learning (large, noisy
     gradients while the value head is new) cannot move the policy outside PPO's clip."""
@@ -401,6 +405,8 @@ class WarmStartConfig:
     """Seed of the SFT; None: run.seed. Fix it (and demo_seed) to start every RL seed from one SFT checkpoint."""
     demo_seed: int | None = None
     """Env seed the demos are recorded with; None: env.seed."""
+    demo_action_noise: float = 0.3
+    """DART: std of noise on the actions the env executes while recording (labels stay the expert's); 0: clean demos."""
     cache_dir: str = "~/.cache/asyncvla/warm_start"
     """Demos and SFT checkpoints are cached here, keyed by everything that shapes them."""
 
@@ -409,6 +415,7 @@ class WarmStartConfig:
         _check(self.sft_steps >= 1, "warm_start.sft_steps", self.sft_steps, "must be >= 1")
         _check(self.sft_batch_size >= 1, "warm_start.sft_batch_size", self.sft_batch_size, "must be >= 1")
         _check(self.sft_lr > 0, "warm_start.sft_lr", self.sft_lr, "must be > 0")
+        _check(self.demo_action_noise >= 0, "warm_start.demo_action_noise", self.demo_action_noise, "must be >= 0")
 
 
 @dataclass

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -93,7 +95,9 @@ def _loss(trainer, batch):
 
 def test_one_ppo_update_lowers_loss_on_a_fixed_batch():
     torch.manual_seed(0)
-    trainer = Trainer(TINY, AlgoConfig(lr=1e-3, minibatch_size=16, value_clip=None), A, P, seed=0, trace=False)
+    # rl_spread: the whole head trains (a fresh policy's residual logits dominate its logprob).
+    trainer = Trainer(dataclasses.replace(TINY, rl_spread=True), AlgoConfig(lr=1e-3, minibatch_size=16, value_clip=None),
+                      A, P, seed=0, trace=False)
     batch = trainer.prepare([_fixed_rollout(trainer.policy)])
     before = _loss(trainer, batch)
     stats = trainer.update(batch, epochs=1)
@@ -152,8 +156,6 @@ def test_critic_warmup_moves_only_the_value_head():
 
 
 def test_value_gradient_reaches_the_trunk_only_without_detach():
-    import dataclasses
-
     for detach in (True, False):
         torch.manual_seed(0)
         policy = Trainer(dataclasses.replace(TINY, detach_value=detach), AlgoConfig(), A, P, seed=0, trace=False).policy
@@ -162,3 +164,21 @@ def test_value_gradient_reaches_the_trunk_only_without_detach():
         value.sum().backward()
         trunk_grad = sum(float(p.grad.abs().sum()) for n, p in policy.named_parameters() if n.startswith("trunk") and p.grad is not None)
         assert (trunk_grad == 0) == detach
+
+
+@pytest.mark.parametrize("ptype", ["tiny", "tiny-gaussian"])
+def test_rl_keeps_the_sft_spread_unless_rl_spread(ptype):
+    for rl_spread in (False, True):
+        torch.manual_seed(0)
+        cfg = dataclasses.replace(TINY, type=ptype, rl_spread=rl_spread)
+        trainer = Trainer(cfg, AlgoConfig(lr=1e-2, minibatch_size=16), A, P, seed=0, trace=False)
+        before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+        trainer.update(trainer.prepare([_fixed_rollout(trainer.policy)]), epochs=1)
+        after = trainer.policy.state_dict()
+        if ptype == "tiny":  # rows 1: of the head are each token's log std and residual logits
+            spread_moved = not torch.equal(before["action_head.weight"][1:], after["action_head.weight"][1:])
+            mean_moved = not torch.equal(before["action_head.weight"][0], after["action_head.weight"][0])
+        else:
+            spread_moved = not torch.equal(before["log_std"], after["log_std"])
+            mean_moved = not torch.equal(before["mean_head.weight"], after["mean_head.weight"])
+        assert mean_moved and spread_moved == rl_spread

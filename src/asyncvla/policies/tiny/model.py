@@ -54,7 +54,7 @@ def gaussian_logprob_entropy(mean: torch.Tensor, log_std: torch.Tensor, actions:
     return lp.sum((1, 2)), ent.sum((1, 2))
 
 
-def ordinal_logits(head_out: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+def ordinal_logits(head_out: torch.Tensor, centers: torch.Tensor, freeze_spread: bool = False) -> torch.Tensor:
     """[..., 2 + N] head outputs -> [..., N] bin logits.
 
     logit_i = -((c_i - tanh(m)) / exp(s))^2 / 2 + r_i: a discretized Gaussian (mean m, log
@@ -62,10 +62,12 @@ def ordinal_logits(head_out: torch.Tensor, centers: torch.Tensor) -> torch.Tenso
     tokens (exact logprobs, argmax, temperature), but neighbouring bins share evidence: with
     plain independent logits, BC on ~2k MetaWorld frames fit the demos and failed closed
     loop (measured: MLP + plain logits 37% reach success, + this parametrisation 97%).
+    freeze_spread: no gradient through s and r (RL fine-tuning moves the means only).
     """
     mean = torch.tanh(head_out[..., :1])
-    log_std = head_out[..., 1:2].clamp(-6.0, 1.0)
-    return -0.5 * ((centers - mean) * torch.exp(-log_std)).pow(2) + head_out[..., 2:]
+    spread = head_out[..., 1:].detach() if freeze_spread else head_out[..., 1:]
+    log_std = spread[..., :1].clamp(-6.0, 1.0)
+    return -0.5 * ((centers - mean) * torch.exp(-log_std)).pow(2) + spread[..., 1:]
 
 
 class ImageEncoder(nn.Module):
@@ -92,6 +94,8 @@ class TinyBase(Policy):
 
     def __init__(self, cfg: PolicyConfig, action_dim: int, proprio_dim: int, num_queries: int):
         super().__init__()
+        self.freeze_spread = False
+        """Set by the RL trainer from policy.rl_spread (SFT always trains the spread)."""
         self.cfg = cfg
         self.chunk, self.action_dim, self.proprio_dim = cfg.chunk, action_dim, proprio_dim
         # act and evaluate both use it: the trainer must score the distribution rollouts sampled from.
@@ -148,7 +152,7 @@ class TinyVLA(TinyBase):
     def logits(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, K, A, N] at temperature 1, value [B])."""
         q, value = self.features(obs)
-        logits = ordinal_logits(self.action_head(q), self.centers)  # [B, K*A, N]
+        logits = ordinal_logits(self.action_head(q), self.centers, self.freeze_spread)  # [B, K*A, N]
         return logits.view(-1, self.chunk, self.action_dim, self.num_bins), value
 
     @torch.no_grad()
@@ -188,7 +192,8 @@ class TinyGaussianVLA(TinyBase):
         q, value = self.features(obs)
         p = self.processor
         mean = p.action_mean + p.action_std * self.mean_head(q)  # [B, K, A]
-        log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX) + torch.log(p.action_std) + math.log(self.temperature)
+        log_std = self.log_std.detach() if self.freeze_spread else self.log_std
+        log_std = log_std.clamp(LOG_STD_MIN, LOG_STD_MAX) + torch.log(p.action_std) + math.log(self.temperature)
         return mean, log_std, value
 
     @torch.no_grad()
