@@ -91,3 +91,33 @@ def test_short_run_reports_every_field_and_balances_the_books():
     acc = r["accounting"]
     assert acc["produced"] == acc["trained"] + sum(acc["dropped"].values())
     assert 0 < r["env_steps_per_s"] <= r["bound_env_steps_per_s"] * 1.05
+
+
+def test_cli_writes_results_report_and_plots_to_out(tmp_path, monkeypatch, capsys):
+    import json
+
+    import asyncvla.bench.throughput as tp
+    from asyncvla.cli import BenchThroughput
+
+    w = emulated_balanced()
+    rows = [dict(tp._row(w, m, b), env_steps_per_s=v, trained_samples_per_s=v / 4,
+                 utilization={"env": 0.5, "rollout": 0.5, "trainer": 0.5}) for m, b, v in (("sync", 8.0, 120.0), ("async", 1.4, 290.0))]
+    canned = {"bench": "throughput", "workload": "emulated-balanced", "bound": tp.BOUND_FORMULA, "runs": rows,
+              "async_over_sync": 290.0 / 120.0}
+    seen = {}
+
+    def fake(workload, modes, seconds):
+        seen.update(workload=workload, modes=modes, seconds=seconds)
+        return canned
+
+    monkeypatch.setattr(tp, "throughput_bench", fake)
+    BenchThroughput(modes=("sync,async",), seconds=3.0, json=True, out=tmp_path).run()
+    assert seen == {"workload": "emulated-balanced", "modes": ["sync", "async"], "seconds": 3.0}
+    for name in ("results.json", "report.md", "throughput.png", "utilization.png"):
+        assert (tmp_path / name).exists(), name
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["runs"][1]["fraction_of_bound"] == pytest.approx(290.0 / operating_point(w).bound, abs=1e-3)
+    assert "load_avg" in saved["machine"]
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # --json: the whole result last
+    assert last["async_over_sync"] == pytest.approx(290.0 / 120.0)
+    assert "async reaches" in (tmp_path / "report.md").read_text()

@@ -87,3 +87,21 @@ def test_failed_episodes_are_recorded_as_failures(tmp_path):
     ds = load_dataset(tmp_path)
     assert summary["success_rate"] == 0.0 and not ds.episode_success.any()
     np.testing.assert_array_equal(ds.episode_length, [4, 4])
+
+
+@needs_metaworld
+def test_dart_demos_execute_noisy_actions_but_record_the_experts(tmp_path):
+    cfg = EnvConfig(id="metaworld/reach-v3", num_envs=1, image_size=16, max_episode_steps=200, seed=1)
+    record_demos(cfg, episodes=1, out=tmp_path / "clean", progress=False, action_noise=0.0)
+    summary = record_demos(cfg, episodes=1, out=tmp_path / "dart", progress=False, action_noise=0.3)
+    clean, dart = load_dataset(tmp_path / "clean"), load_dataset(tmp_path / "dart")
+    assert summary["success_rate"] == 1.0
+    np.testing.assert_array_equal(clean.proprio[0], dart.proprio[0])  # same initial state and goal ...
+    assert not np.allclose(clean.proprio[1:5], dart.proprio[1:5], atol=1e-4)  # ... then a different (noisy) path
+    expert = mw.expert_policy("reach-v3")
+    np.testing.assert_allclose(dart.actions, np.stack([expert(p) for p in dart.proprio]), atol=1e-6)  # clean labels
+
+
+def test_demos_reject_negative_action_noise(tmp_path):
+    with pytest.raises(ConfigError, match="action_noise"):
+        record_demos(EnvConfig(id="metaworld/reach-v3", num_envs=1), episodes=1, out=tmp_path, progress=False, action_noise=-0.1)

@@ -127,3 +127,16 @@ def test_ledger_counts_drops_by_reason_and_resume_accounts_for_lost_work():
     led2 = Ledger()
     led2.load_state_dict(json.loads(json.dumps(led.state_dict())))
     assert led2.balance == 0 and led2.dropped_env_steps["resume"] == 1
+
+
+def test_listeners_are_woken_whenever_admission_may_reopen():
+    c = StalenessController(max_staleness=0, samples_per_version=2)
+    calls = []
+    c.add_listener(lambda: calls.append(c.cap - c.admitted))  # runs after the lock is released
+    assert c.try_admit(2) == 2 and not calls  # admitting never wakes anyone
+    c.advance(version=1, consumed_samples=2)
+    assert calls == [2]  # published: room for one more version
+    c.refund(1)
+    assert calls == [2, 3]
+    c.close()
+    assert len(calls) == 3

@@ -65,9 +65,11 @@ def test_streaming_steps_on_every_micro_batch_and_epoch_mode_runs_all_epochs():
     st, _ = _streaming("streaming", eta=5)
     st.add(_seg(0, 5))
     assert st.trainer.sizes == [(2, 1), (2, 1)] and st.buffered_samples == 1
-    st, _ = _streaming("epoch", global_batch=4)
+    st, _ = _streaming("epoch", global_batch=4, eta=0)
     st.add(_seg(0, 4))
-    assert st.trainer.sizes == [(4, 3)] and not st.trainer.decoupled
+    assert st.trainer.sizes == [(4, 3)] and not st.trainer.decoupled  # the sync loop: plain PPO
+    st, _ = _streaming("epoch", global_batch=4, eta=1)
+    assert st.trainer.decoupled  # rollouts go on under older weights: decoupled PPO
 
 
 def test_stale_samples_are_dropped_counted_and_refunded():

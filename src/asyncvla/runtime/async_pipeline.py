@@ -139,7 +139,9 @@ def build_async(cfg: TrainConfig, policy_fn: Callable[[int, int], Policy] | None
     client = RolloutClient(transports, make_router(rt.router, len(servers)))
     queue = TrajectoryQueue(rt.queue_size)
     segment_len = rt.segment_len or rt.rollout_steps
-    managers = [EnvManager(m, w, client, controller, queue, ledger, segment_len, rt.async_env)
+    # A request is at most one server batch (1 without dynamic batching: each env on its own).
+    max_request = max_batch if rt.streaming_rollout else 1
+    managers = [EnvManager(m, w, client, controller, queue, ledger, segment_len, rt.async_env, max_request)
                 for m, w in enumerate(workers)]
     return AsyncRuntime(cfg, managers, servers, transports, queue, controller, ledger, store, learner, spec)
 

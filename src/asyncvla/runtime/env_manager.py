@@ -4,7 +4,8 @@ An env worker (shard) holds one or more managers of possibly different sizes; ea
 runs its own loop (a thread here), so a fast manager never waits for a slow one.
 
 - async_env on: every env is served on its own: whichever envs have finished their chunk
-  are sent to inference together (ready-first), the others keep stepping.
+  are sent to inference (ready-first; in requests of at most `max_request` envs, the
+  server's batch cap), the others keep stepping.
 - async_env off: lockstep inside the manager (all its envs step, then one inference call).
 
 Before an env starts a new segment it asks the `StalenessController` for admission
@@ -27,6 +28,19 @@ from asyncvla.runtime.env_worker import EnvWorker
 from asyncvla.runtime.queues import QueueClosed, TrajectoryQueue
 from asyncvla.runtime.rollout_server import Router
 from asyncvla.runtime.staleness import Ledger, StalenessController
+
+
+def split_request(ids: list[int], max_request: int | None) -> list[list[int]]:
+    """Cuts the envs that are ready together into requests of at most `max_request` envs.
+
+    The server never splits a request, so one request holding every ready env (all of them
+    at the start of each rollout epoch) would run as one oversize batch that every env in it
+    waits for; requests no larger than the server's batch cap let it pipeline them instead.
+    """
+    if not ids:
+        return []
+    step = max_request or len(ids)
+    return [ids[k:k + step] for k in range(0, len(ids), step)]
 
 
 class RolloutClient:
@@ -57,7 +71,9 @@ class EnvManager:
     """One manager's loop: env results in, requests out, segments into the queue."""
 
     def __init__(self, index: int, worker: EnvWorker, client: RolloutClient, controller: StalenessController,
-                 trajectories: TrajectoryQueue, ledger: Ledger, segment_len: int, async_env: bool):
+                 trajectories: TrajectoryQueue, ledger: Ledger, segment_len: int, async_env: bool,
+                 max_request: int | None = None):
+        """max_request: most envs per inference request in async_env mode (None: every ready env in one)."""
         self.index = index
         self.worker = worker
         self.vec = worker.vec
@@ -67,6 +83,7 @@ class EnvManager:
         self.ledger = ledger
         self.segment_len = segment_len
         self.async_env = async_env
+        self.max_request = max_request
         n = self.vec.num_envs
         self.obs = [None] * n
         self.remaining = [0] * n
@@ -78,6 +95,9 @@ class EnvManager:
         self.episodes: list[dict] = []
         self._lock = threading.Lock()
         self.error: BaseException | None = None
+        self._admission_wakes = hasattr(controller, "add_listener")
+        if self._admission_wakes:  # a remote (Ray) admission proxy has none: then paused envs poll
+            controller.add_listener(self.vec.wake)
 
     @property
     def num_envs(self) -> int:
@@ -102,8 +122,10 @@ class EnvManager:
         busy = set(range(self.vec.num_envs))  # envs stepping or resetting
         paused: list[int] = []  # envs with an observation, waiting for admission
         while not self.stop_event.is_set():
-            # Block until an env finishes or a reply wakes us; poll only while paused on admission.
-            for r in self.vec.recv(min_ready=1, timeout_s=0.01 if paused else 0.5):
+            # Block until an env finishes, a reply arrives or admission reopens (all three wake
+            # the recv); poll while paused only when the controller cannot wake us (remote).
+            poll = paused and not self._admission_wakes
+            for r in self.vec.recv(min_ready=1, timeout_s=0.01 if poll else 0.5):
                 busy.discard(r.env_id)
                 if self._on_result(r):
                     paused.append(r.env_id)
@@ -115,9 +137,9 @@ class EnvManager:
                 self.worker.send(ids, reply.result)
                 busy.update(ids)
             go, paused = self._admit(paused)
-            if go:
-                self.client.submit(self.index, ObsBatch.stack([self.obs[i] for i in go]),
-                                   lambda reply, ids=go: self._on_reply(ids, reply))
+            for ids in split_request(go, self.max_request):
+                self.client.submit(self.index, ObsBatch.stack([self.obs[i] for i in ids]),
+                                   lambda reply, ids=ids: self._on_reply(ids, reply))
         self._settle(busy)
 
     def _run_lockstep(self) -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
+from typing import Callable
+
 import numpy as np
 
 
@@ -46,6 +48,22 @@ class StalenessController:
         self.lag_hist: Counter[int] = Counter()
         self.num_waits = 0
         self._closed = False
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, wake: Callable[[], None]) -> None:
+        """Calls `wake()` whenever admission may have reopened (publish, refund, close).
+
+        An env manager blocks on its envs, not on this controller; without a wake-up it
+        would only notice reopened admission at its next poll, and every env paused on
+        admission (all of them, once per update, when max_staleness is 0) would idle meanwhile.
+        """
+        with self._cond:
+            self._listeners.append(wake)
+
+    def _notify(self) -> None:
+        # Called after the lock is released: a listener may take its own locks.
+        for wake in list(self._listeners):
+            wake()
 
     # -- rollout side ---------------------------------------------------------------------
     @property
@@ -74,6 +92,7 @@ class StalenessController:
         with self._cond:
             self.admitted -= n
             self._cond.notify_all()
+        self._notify()
 
     def _grant(self, want: int) -> int:
         if self._closed:
@@ -105,12 +124,14 @@ class StalenessController:
             self.version = version
             self.consumed = consumed_samples
             self._cond.notify_all()
+        self._notify()
 
     def close(self) -> None:
         """Stops admitting (shutdown) and wakes every waiter."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._notify()
 
     # -- metrics and resume -----------------------------------------------------------------
     def metrics(self) -> dict:

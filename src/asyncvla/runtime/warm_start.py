@@ -47,7 +47,7 @@ def ensure_warm_start(cfg: TrainConfig, progress: bool = True) -> str | None:
     root = Path(ws.cache_dir).expanduser() / f"{cfg.env.task}-{_key(cfg)}"
     demos, ckpt = root / "demos", root / "sft"
     if not (root / "demos.done").exists():
-        record_demos(_demo_env(cfg), episodes=ws.demo_episodes, out=demos, progress=progress)
+        record_demos(_demo_env(cfg), episodes=ws.demo_episodes, out=demos, progress=progress, action_noise=ws.demo_action_noise)
         (root / "demos.done").write_text("ok")
     if not (root / "sft.done").exists():
         policy_cfg = dataclasses.replace(cfg.policy, init=None, device=cfg.run.device)
