@@ -405,6 +405,8 @@ class WarmStartConfig:
     """Seed of the SFT; None: run.seed. Fix it (and demo_seed) to start every RL seed from one SFT checkpoint."""
     demo_seed: int | None = None
     """Env seed the demos are recorded with; None: env.seed."""
+    demo_expert_speed: float = 1.0
+    """Scale of the expert's arm actions while recording (< 1: slow, teleoperation-like demos)."""
     demo_action_noise: float = 0.3
     """DART: std of noise on the actions the env executes while recording (labels stay the expert's); 0: clean demos."""
     cache_dir: str = "~/.cache/asyncvla/warm_start"
@@ -415,6 +417,7 @@ class WarmStartConfig:
         _check(self.sft_steps >= 1, "warm_start.sft_steps", self.sft_steps, "must be >= 1")
         _check(self.sft_batch_size >= 1, "warm_start.sft_batch_size", self.sft_batch_size, "must be >= 1")
         _check(self.sft_lr > 0, "warm_start.sft_lr", self.sft_lr, "must be > 0")
+        _check(0 < self.demo_expert_speed <= 1, "warm_start.demo_expert_speed", self.demo_expert_speed, "must be in (0, 1]")
         _check(self.demo_action_noise >= 0, "warm_start.demo_action_noise", self.demo_action_noise, "must be >= 0")
 
 

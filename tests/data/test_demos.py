@@ -105,3 +105,15 @@ def test_dart_demos_execute_noisy_actions_but_record_the_experts(tmp_path):
 def test_demos_reject_negative_action_noise(tmp_path):
     with pytest.raises(ConfigError, match="action_noise"):
         record_demos(EnvConfig(id="metaworld/reach-v3", num_envs=1), episodes=1, out=tmp_path, progress=False, action_noise=-0.1)
+
+
+@needs_metaworld
+def test_slow_expert_demos_scale_the_arm_actions_and_take_longer(tmp_path):
+    cfg = EnvConfig(id="metaworld/reach-v3", num_envs=1, image_size=16, seed=0)
+    fast = record_demos(cfg, episodes=1, out=tmp_path / "fast", progress=False, action_noise=0.0)
+    slow = record_demos(cfg, episodes=1, out=tmp_path / "slow", progress=False, action_noise=0.0, expert_speed=0.5)
+    actions = np.asarray(load_dataset(tmp_path / "slow").actions)
+    assert np.abs(actions[:, :-1]).max() <= 0.5 + 1e-6
+    assert slow["successes"] == [True] and slow["frames"] > fast["frames"]
+    with pytest.raises(ConfigError, match="expert_speed"):
+        record_demos(cfg, episodes=1, out=tmp_path / "bad", progress=False, expert_speed=0.0)

@@ -22,7 +22,9 @@ def _seeds(cfg: TrainConfig) -> tuple[int, int]:
 
 
 def _demo_env(cfg: TrainConfig):
-    return dataclasses.replace(cfg.env, num_envs=1, split="train", seed=_seeds(cfg)[0])
+    # The backend's own time limit: a slow expert (demo_expert_speed < 1) must finish its demos
+    # even when RL episodes are cut shorter.
+    return dataclasses.replace(cfg.env, num_envs=1, split="train", seed=_seeds(cfg)[0], max_episode_steps=None)
 
 
 def _key(cfg: TrainConfig) -> str:
@@ -47,7 +49,8 @@ def ensure_warm_start(cfg: TrainConfig, progress: bool = True) -> str | None:
     root = Path(ws.cache_dir).expanduser() / f"{cfg.env.task}-{_key(cfg)}"
     demos, ckpt = root / "demos", root / "sft"
     if not (root / "demos.done").exists():
-        record_demos(_demo_env(cfg), episodes=ws.demo_episodes, out=demos, progress=progress, action_noise=ws.demo_action_noise)
+        record_demos(_demo_env(cfg), episodes=ws.demo_episodes, out=demos, progress=progress, action_noise=ws.demo_action_noise,
+                     expert_speed=ws.demo_expert_speed)
         (root / "demos.done").write_text("ok")
     if not (root / "sft.done").exists():
         policy_cfg = dataclasses.replace(cfg.policy, init=None, device=cfg.run.device)
