@@ -44,9 +44,9 @@ def normalisation_std(x: np.ndarray, std_min: float) -> np.ndarray:
     is for dims that barely move in the demos, which carry simulator jitter, not task
     information: MetaWorld reach's puck height (std 1e-4), puck quaternion (2e-6 .. 3e-4) and
     gripper opening (1e-3, drifting 1.0 -> 0.997 within an episode: a clock). Scaled to unit
-    variance they became the policy's largest inputs, and cloning latched onto them
-    (measured: 3 SFT seeds x 30 eval episodes, reach success 0.63-0.9 with a 0.01 floor vs
-    down to 0.47 without; see PolicyConfig.proprio_std_min).
+    variance they reach |z| = 5-6, more than any task dim. Measured on reach-v3 (40 clean
+    demos, default `asyncvla sft`, 30 held-out episodes): success 0.73 / 0.63 / 0.57 for SFT
+    seeds 0 / 1 / 2 without a floor, 0.83 / 0.90 / 0.67 with 0.01 (PolicyConfig.proprio_std_min).
     """
     s = x.std(0)
     return np.where(s < 1e-6, 1.0, np.maximum(s, std_min))
