@@ -142,3 +142,15 @@ def test_bad_task_and_too_long_episodes_are_one_line_config_errors():
         mw.BACKEND.make("reach-v3", _cfg(max_episode_steps=501), 0)
     with pytest.raises(ConfigError, match="no MetaWorld expert"):
         mw.expert_policy("reach-v9")
+
+
+def test_reset_some_restarts_a_group_from_one_shared_initial_state():
+    from asyncvla.envs import make_vector_env
+
+    with make_vector_env(EnvConfig(id="metaworld/reach-v3", num_envs=3, image_size=16, seed=0)) as vec:
+        first = {r.env_id: r.obs.proprio for r in vec.reset()}
+        assert not np.allclose(first[0][36:39], first[1][36:39])  # different goals by default
+        vec.reset_some([0, 1], [123, 123])
+        again = {r.env_id: r for r in vec.recv(min_ready=2)}
+        assert set(again) == {0, 1} and all(r.is_first for r in again.values())
+        np.testing.assert_allclose(again[0].obs.proprio, again[1].obs.proprio)

@@ -178,6 +178,17 @@ class VectorEnv:
         results = self.recv(min_ready=self.num_envs)
         return sorted(results, key=lambda r: r.env_id)
 
+    def reset_some(self, env_ids: Sequence[int], seeds: Sequence[int]) -> None:
+        """Restarts the episodes of `env_ids` from their new `seeds` (a GRPO group: one seed for all);
+        the first observations arrive through `recv` (is_first)."""
+        for i, s in zip(env_ids, seeds):
+            slot = self._slots[int(i)]
+            if slot.busy:
+                raise RuntimeError(f"reset_some: env {i} is still stepping; recv its result first")
+            slot.rng = np.random.default_rng(int(s))
+            slot.busy = True
+            self._submit(self._first_reset, int(i))
+
     def reseed(self, seeds: Sequence[int]) -> None:
         """Restarts env i's reset-seed stream from seeds[i] (GRPO: equal seeds, equal initial states)."""
         for slot, s in zip(self._slots, seeds):

@@ -41,6 +41,7 @@ from asyncvla.runtime.async_ray import RayParts, build_ray_parts
 from asyncvla.runtime.batcher import LocalTransport
 from asyncvla.runtime.env_manager import EnvManager, RolloutClient
 from asyncvla.runtime.env_worker import EnvWorker
+from asyncvla.runtime.groups import make_groups
 from asyncvla.runtime.pipeline import RunState, evaluate, load_checkpoint, prepare_run_dir, save_checkpoint, save_on_crash, summarize
 from asyncvla.runtime.placement import LocalHandle, Workers, local_get
 from asyncvla.runtime.queues import TrajectoryQueue
@@ -141,7 +142,9 @@ def build_async(cfg: TrainConfig, policy_fn: Callable[[int, int], Policy] | None
     segment_len = rt.segment_len or rt.rollout_steps
     # A request is at most one server batch (1 without dynamic batching: each env on its own).
     max_request = max_batch if rt.streaming_rollout else 1
-    managers = [EnvManager(m, w, client, controller, queue, ledger, segment_len, rt.async_env, max_request)
+    group_size = cfg.algo.group_size if cfg.algo.name == "grpo" else 0
+    managers = [EnvManager(m, w, client, controller, queue, ledger, segment_len, rt.async_env, max_request,
+                           groups=make_groups(w.vec.num_envs, group_size, m, cfg.env.seed), chunk=cfg.policy.chunk)
                 for m, w in enumerate(workers)]
     return AsyncRuntime(cfg, managers, servers, transports, queue, controller, ledger, store, learner, spec)
 

@@ -37,6 +37,7 @@ from asyncvla.runtime.batcher import Reply
 from asyncvla.runtime.data import Segment
 from asyncvla.runtime.env_manager import EnvManager, RolloutClient
 from asyncvla.runtime.env_worker import EnvWorker
+from asyncvla.runtime.groups import make_groups
 from asyncvla.runtime.queues import QueueClosed, TrajectoryQueue
 from asyncvla.runtime.rollout_server import make_ray_rollout_server, make_router
 from asyncvla.runtime.staleness import Ledger, StalenessController
@@ -256,12 +257,13 @@ class EnvManagerActor:
     """One env manager (its envs and its loop) in its own process."""
 
     def __init__(self, env_cfg: EnvConfig, worker_index: int, index: int, servers: list[Any], router: str, hub: Any,
-                 segment_len: int, async_env: bool):
+                 segment_len: int, async_env: bool, group_size: int = 0, chunk: int = 1, seed: int = 0):
         self.worker = EnvWorker(env_cfg, worker_index, trace=False)
         client = RolloutClient([RayServerTransport(s) for s in servers], make_router(router, len(servers)))
         self.ledger = Ledger()
         self.manager = EnvManager(index, self.worker, client, HubAdmission(hub), HubQueue(hub), self.ledger,
-                                  segment_len, async_env)
+                                  segment_len, async_env,
+                                  groups=make_groups(self.worker.vec.num_envs, group_size, index, seed), chunk=chunk)
         self._thread: threading.Thread | None = None
 
     def spec(self) -> dict:
@@ -416,7 +418,9 @@ def build_ray_parts(cfg: TrainConfig, env_cfgs: list[tuple[EnvConfig, int]], spe
     store = PushingWeightStore(actors, state, version)
     mgr_cls = ray.remote(EnvManagerActor).options(num_cpus=rt.env_cpus, num_gpus=rt.env_gpus, max_concurrency=4)
     segment_len = rt.segment_len or rt.rollout_steps
-    handles = [mgr_cls.remote(env_cfg, w, m, actors, rt.router, hub, segment_len, rt.async_env)
+    group_size = cfg.algo.group_size if cfg.algo.name == "grpo" else 0
+    handles = [mgr_cls.remote(env_cfg, w, m, actors, rt.router, hub, segment_len, rt.async_env, group_size,
+                              cfg.policy.chunk, cfg.env.seed)
                for m, (env_cfg, w) in enumerate(env_cfgs)]
     managers = [RemoteManager(h, m, env_cfg.num_envs, ledger) for m, (h, (env_cfg, _)) in enumerate(zip(handles, env_cfgs))]
     ray.get([h.spec.remote() for h in handles])  # envs built (fails here, not mid-run, on a bad env config)

@@ -51,6 +51,8 @@ class Segment:
     steps: list[Step]
     next_obs: Obs
     """Observation after the last step (already the reset observation if the episode ended)."""
+    group: tuple | None = None
+    """GRPO in the async runtime: id of the group of episodes this one is scored with."""
 
     def __len__(self) -> int:
         return len(self.steps)

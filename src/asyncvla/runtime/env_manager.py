@@ -20,11 +20,13 @@ import queue
 import threading
 from typing import Callable
 
+from asyncvla.config import ConfigError
 from asyncvla.envs.vector import EnvResult
 from asyncvla.policies.base import ActOut, ObsBatch
 from asyncvla.runtime.batcher import LocalTransport, Reply
 from asyncvla.runtime.data import Segment
 from asyncvla.runtime.env_worker import EnvWorker
+from asyncvla.runtime.groups import EnvGroups
 from asyncvla.runtime.queues import QueueClosed, TrajectoryQueue
 from asyncvla.runtime.rollout_server import Router
 from asyncvla.runtime.staleness import Ledger, StalenessController
@@ -72,8 +74,10 @@ class EnvManager:
 
     def __init__(self, index: int, worker: EnvWorker, client: RolloutClient, controller: StalenessController,
                  trajectories: TrajectoryQueue, ledger: Ledger, segment_len: int, async_env: bool,
-                 max_request: int | None = None):
-        """max_request: most envs per inference request in async_env mode (None: every ready env in one)."""
+                 max_request: int | None = None, groups: EnvGroups | None = None, chunk: int = 1):
+        """max_request: most envs per inference request in async_env mode (None: every ready env in one).
+        groups: GRPO (async_env only): whole-episode segments, emitted and restarted per group (runtime/groups.py);
+        chunk: actions per decision, so an episode's admission covers max_episode_steps."""
         self.index = index
         self.worker = worker
         self.vec = worker.vec
@@ -84,6 +88,11 @@ class EnvManager:
         self.segment_len = segment_len
         self.async_env = async_env
         self.max_request = max_request
+        self.groups = groups
+        if groups is not None and not async_env:
+            raise ConfigError("algo.name='grpo' is invalid with runtime.async_env=false in async mode: allowed: ppo "
+                              "(or turn async_env on)")
+        self.episode_decisions = -(-self.vec.max_episode_steps // chunk)
         n = self.vec.num_envs
         self.obs = [None] * n
         self.remaining = [0] * n
@@ -171,7 +180,14 @@ class EnvManager:
         go, wait = [], []
         for i in ids:
             if self.remaining[i] == 0:
-                self.remaining[i] = self.controller.try_admit(self.segment_len)
+                if self.groups is None:
+                    self.remaining[i] = self.controller.try_admit(self.segment_len)
+                else:  # a whole episode or nothing: a GRPO segment is never cut
+                    got = self.controller.try_admit(self.episode_decisions)
+                    if got < self.episode_decisions:
+                        self.controller.refund(got)
+                        got = 0
+                    self.remaining[i] = got
             (go if self.remaining[i] > 0 else wait).append(i)
         return go, wait
 
@@ -182,17 +198,45 @@ class EnvManager:
         self.env_busy_s += r.step_s
         self.obs[i] = r.obs
         self.worker.record(r)
-        if not r.is_first:
-            if r.error is not None:
-                self._cut_on_error(i)
-            else:
-                self.remaining[i] -= 1
-                if self.remaining[i] == 0:
-                    self._emit(self.worker.pop_segments([i])[0])
         if r.done or r.error is not None:
             with self._lock:
                 self.episodes += self.worker.pop_episodes()
+        if r.is_first:
+            return True
+        if self.groups is not None:
+            return self._on_group_result(r)
+        if r.error is not None:
+            self._cut_on_error(i)
+        else:
+            self.remaining[i] -= 1
+            if self.remaining[i] == 0:
+                self._emit(self.worker.pop_segments([i])[0])
         return True
+
+    def _on_group_result(self, r: EnvResult) -> bool:
+        """GRPO: an env's episode is one segment; it waits (False) for its group once it ends."""
+        i = r.env_id
+        if r.error is None and not r.done:
+            self.remaining[i] -= 1
+            return True
+        seg = self.worker.pop_segments([i])[0]
+        self.controller.refund(self.remaining[i] - (1 if r.error is None else 0))
+        self.remaining[i] = 0
+        if r.error is not None:  # the cut episode cannot be scored: it and its group are dropped
+            self.ledger.dropped("env_error", 1, seg.steps[-1].num_steps)
+            self._drop_segments([Segment(seg.env_id, seg.steps[:-1], seg.next_obs)], "group_spoiled")
+            seg = None
+        done = self.groups.finish(i, seg)
+        if done is not None:
+            g, segs, spoiled = done
+            if spoiled:
+                self._drop_segments(segs, "group_spoiled")
+            else:
+                for member_seg in segs:
+                    self._emit(member_seg)
+            members = self.groups.members(g)
+            self.vec.reset_some(members, [self.groups.round_seed(g)] * len(members))
+        return False
 
     def _cut_on_error(self, i: int) -> None:
         # The failed chunk (last step, invalid) is dropped; the decisions before it are kept
@@ -221,7 +265,16 @@ class EnvManager:
                 self.ledger.produced(r.num_steps)
                 self.worker.record(r)
 
+    def _drop_segments(self, segs: list[Segment], reason: str) -> None:
+        for seg in segs:
+            steps = [st for st in seg.steps if st.valid]
+            if steps:
+                self.ledger.dropped(reason, len(steps), sum(st.num_steps for st in steps))
+                self.controller.refund(len(steps))
+
     def _drop_buffers(self, reason: str) -> None:
+        if self.groups is not None:
+            self._drop_segments(self.groups.held(), reason)
         for seg in self.worker.pop_segments():
             steps = [st for st in seg.steps if st.valid]
             if steps:

@@ -29,6 +29,7 @@ from typing import Sequence
 
 from asyncvla.config import ConfigError
 from asyncvla.runtime.data import Segment, stack_segments
+from asyncvla.runtime.groups import GroupBuffer
 from asyncvla.runtime.staleness import Ledger, StalenessController
 from asyncvla.runtime.trainer import Trainer
 from asyncvla.runtime.weight_store import WeightStore
@@ -67,6 +68,11 @@ class StreamingTrainer:
             # One minibatch = the whole update: exactly one optimizer step per batch_samples.
             trainer.algo = dataclasses.replace(algo, minibatch_size=self.batch_samples)
         trainer.decoupled = mode != "epoch" or controller.max_staleness > 0
+        self.groups = GroupBuffer(algo.group_size) if algo.name == "grpo" else None
+        """GRPO: whole groups of whole-episode segments only (runtime/groups.py)."""
+        if self.groups is not None and mode != "epoch":
+            raise ConfigError(f"runtime.trainer_mode={mode!r} is invalid with algo.name='grpo': allowed: epoch "
+                              "(a GRPO group is scored as a whole, never split into micro-batches)")
         self._buf: list[Segment] = []
         self._buf_n = 0
         self.consumed = 0
@@ -80,12 +86,16 @@ class StreamingTrainer:
     @property
     def buffered_samples(self) -> int:
         """Samples received but not trained yet (the carried-over remainder)."""
+        if self.groups is not None:
+            return self.groups.samples + sum(len(x) for m in self.groups._pending.values() for x in m)
         return self._buf_n
 
     def add(self, seg: Segment) -> list[dict]:
         """Buffers one segment; runs as many updates as full batches are buffered; returns their stats."""
         if not all(st.valid for st in seg.steps):
             raise ValueError(f"segment of env {seg.env_id} holds invalid steps; cut them before queueing")
+        if self.groups is not None:
+            return self._add_grouped(seg)
         if len(seg):
             self._buf.append(seg)
             self._buf_n += len(seg)
@@ -98,6 +108,9 @@ class StreamingTrainer:
 
     def drop_buffered(self, reason: str) -> int:
         """Drops the carried-over remainder (shutdown), counting it; returns the samples dropped."""
+        if self.groups is not None:
+            self._buf += self.groups.drain()
+            self._buf_n = sum(map(len, self._buf))
         n = self._buf_n
         for seg in self._buf:
             self.ledger.dropped(reason, len(seg), segment_env_steps(seg))
@@ -105,6 +118,28 @@ class StreamingTrainer:
         return n
 
     # -- internals ------------------------------------------------------------------------
+    def _add_grouped(self, seg: Segment) -> list[dict]:
+        if len(seg):
+            self.groups.add(seg)
+        out = []
+        while True:
+            self._drop_stale_groups()
+            if self.groups.samples < self.batch_samples:
+                return out
+            out.append(self._update(self.groups.take(self.batch_samples)))
+
+    def _drop_stale_groups(self) -> None:
+        # A group is scored as a whole: one stale member drops (and counts) all of it.
+        kept = []
+        for group in self.groups.groups:
+            if any(self.controller.is_stale(st.version) for seg in group for st in seg.steps):
+                for seg in group:
+                    self.ledger.dropped("stale", len(seg), segment_env_steps(seg))
+                    self.controller.refund(len(seg))
+            else:
+                kept.append(group)
+        self.groups.groups = kept
+
     def _drop_stale(self) -> None:
         # Pacing keeps lag within bounds; this is the safety net (e.g. inference a batch
         # behind the trainer). A segment is contiguous, so its stale prefix is cut.
