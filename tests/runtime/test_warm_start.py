@@ -22,3 +22,13 @@ def test_default_warm_start_follows_env_and_run_seeds():
     assert _seeds(_cfg(2, 5, ws_seed=None)) == (5, 2)
     assert len({_key(_cfg(s, 0, ws_seed=None)) for s in range(3)}) == 3
     assert _key(_cfg(0, 0, ws_seed=None)) != _key(_cfg(0, 1, ws_seed=None))
+
+
+def test_a_change_to_the_model_code_rebuilds_the_cache(monkeypatch):
+    from asyncvla.runtime import warm_start
+
+    digest = warm_start.code_digest()
+    assert digest == warm_start.code_digest() and len(digest) == 16
+    before = _key(_cfg(0, 0, ws_seed=0))
+    monkeypatch.setattr(warm_start, "code_digest", lambda: "another-version")
+    assert _key(_cfg(0, 0, ws_seed=0)) != before

@@ -1,7 +1,8 @@
 """SFT warm start made by the run itself: record expert demos, behaviour-clone, start RL from it.
 
 Both steps are cached under `warm_start.cache_dir`, keyed by a hash of everything that
-shapes them (env, policy architecture, demo count, SFT hyper-parameters, seed), so the
+shapes them (env, policy architecture, demo count, SFT hyper-parameters, seed, and the source
+of the model, SFT, recording and env code), so the
 second run of a preset starts RL at once.
 """
 
@@ -27,11 +28,26 @@ def _demo_env(cfg: TrainConfig):
     return dataclasses.replace(cfg.env, num_envs=1, split="train", seed=_seeds(cfg)[0], max_episode_steps=None)
 
 
+CODE = ("policies", "algos/sft.py", "data/demos.py", "envs")
+"""Package paths whose source shapes the demos and the SFT checkpoint (part of the cache key)."""
+
+
+def code_digest() -> str:
+    """Hash of the source in CODE: a change to the model, SFT or recording code rebuilds the cache."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for rel in CODE:
+        for f in sorted((root / rel).rglob("*.py")) if (root / rel).is_dir() else [root / rel]:
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _key(cfg: TrainConfig) -> str:
     env = _demo_env(cfg)
     policy = dataclasses.replace(cfg.policy, init=None, device="cpu", temperature=1.0)
     blob = json.dumps({"env": to_dict(env), "policy": to_dict(policy), "warm": to_dict(cfg.warm_start),
-                       "seed": _seeds(cfg)[1]}, sort_keys=True, default=str)
+                       "seed": _seeds(cfg)[1], "code": code_digest()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
