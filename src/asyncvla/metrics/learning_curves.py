@@ -97,6 +97,14 @@ def summarize_run(run_dir: str | Path, mode: str) -> RunSummary:
                       state.get("success_after"), state.get("env_steps"), state.get("wall_s"))
 
 
+def _eval_deterministic(run_dir: str | Path) -> bool:
+    import yaml
+
+    cfg_path = Path(run_dir) / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
+    return bool(cfg.get("run", {}).get("eval_deterministic", True))
+
+
 def markdown_table(rows: list[RunSummary]) -> str:
     """One line per run, then the mean lift per mode."""
     f = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
@@ -123,8 +131,10 @@ def plot_learning_curves(groups: dict[str, list[str | Path]], out_png: str | Pat
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    det = {_eval_deterministic(r) for runs in groups.values() for r in runs}
+    how = "deterministic" if det == {True} else "sampled" if det == {False} else "mixed"
     panels = (("rollout/success", f"training episodes (sampled), trailing mean over {smooth:g} env steps", smooth),
-              ("eval/success", "eval split (deterministic)", None))
+              ("eval/success", f"eval split ({how} actions)", None))
     for ax, (key, name, window) in zip(axes, panels):
         for label, runs in groups.items():
             curves = []
