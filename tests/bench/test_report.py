@@ -47,7 +47,7 @@ def test_markdown_table_formats_nested_keys_and_missing_values():
     table = markdown_table(rows, THROUGHPUT_COLUMNS).splitlines()
     assert table[0].startswith("| mode | env steps/s |")
     assert table[1].count("|") == len(THROUGHPUT_COLUMNS) + 1
-    assert "| async | 250.0 | 62.5 | 2.50 | 400.0 | rollout | 62% | 70% | 90% | 80% |" == table[3]
+    assert "| async | 250.0 | 62.5 | 2.50 | 400.0 | rollout | 62% | 70% | 90% | 80% | – |" == table[3]  # no cpu_utilization: a dash
     assert "| sync | 100.0 | 25.0 | 1.00 | – |" in table[2]
     assert Column("x", "x", "{:.1f}").cell({"x": "n/a"}) == "n/a"
 

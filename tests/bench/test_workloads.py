@@ -107,3 +107,12 @@ def test_placement_costs_and_shared_device_term():
     b, k = w.cfg.runtime.max_batch, w.cfg.policy.chunk
     assert shared["shared_device"] == pytest.approx(k / (w.costs.infer_s(b) / b + w.costs.train_per_sample_s))
     assert "shared_device" not in placement_terms(w, shared=False)
+
+
+def test_real_workloads_run_one_env_manager_process_per_core():
+    from asyncvla.bench.workloads import get_spec, train_config, workload_names
+
+    for name in workload_names("real"):
+        rt = train_config(get_spec(name)).runtime
+        assert rt.env_managers == (2, 2) and sum(rt.env_managers) == get_spec(name).num_envs
+        assert rt.env_cpus * len(rt.env_managers) + rt.rollout_cpus <= 2  # fits the 2-core machine's Ray

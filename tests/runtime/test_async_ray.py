@@ -39,6 +39,16 @@ def ray_local(tmp_path):
     ray.shutdown()
 
 
+def test_local_ray_workers_are_not_niced(ray_local):
+    # Ray's default niceness (15) lets every nice-0 process of the machine pre-empt the workers
+    # that step the envs and run inference; they run at the driver's niceness instead.
+    import os
+
+    ray = ray_local
+    niceness = ray.get(ray.remote(num_cpus=0)(lambda: os.nice(0)).remote())
+    assert niceness == os.nice(0)
+
+
 @pytest.mark.slow
 def test_dynamic_batching_through_a_ray_server(ray_local):
     from asyncvla.runtime.rollout import build_policy

@@ -9,3 +9,57 @@ def test_ready_envs_are_cut_into_requests_of_at_most_the_server_batch():
     assert split_request([0, 1, 2], None) == [[0, 1, 2]]  # no cap: one request
     assert split_request([0, 1], 8) == [[0, 1]]
     assert split_request([], 2) == []
+
+
+class _AdmitAll:
+    def try_admit(self, want: int) -> int:
+        return want
+
+
+class _ImmediateClient:
+    """Answers every request at once (inside submit) and logs it; stops the manager after `limit` requests."""
+
+    def __init__(self, events: list, limit: int, chunk: int, action_dim: int):
+        self.events, self.limit, self.chunk, self.action_dim = events, limit, chunk, action_dim
+        self.manager = None
+
+    def submit(self, client, obs, on_reply):
+        import numpy as np
+
+        from asyncvla.policies.base import ActOut
+        from asyncvla.runtime.batcher import Reply
+
+        n = len(obs)
+        self.events.append(("request", n))
+        if sum(e[0] == "request" for e in self.events) >= self.limit:
+            self.manager.stop()
+        out = ActOut(np.zeros((n, self.chunk, self.action_dim), np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32), 0)
+        on_reply(Reply(-1, client, out, 0))
+
+
+def test_inline_envs_send_their_request_before_the_next_env_steps():
+    # Inline executor: each `send` runs a whole chunk. With two replies pending, env 0's next
+    # request must leave before env 1's chunk runs (its inference then overlaps that chunk).
+    from asyncvla.config import EnvConfig
+    from asyncvla.runtime.env_manager import EnvManager
+    from asyncvla.runtime.env_worker import EnvWorker
+    from asyncvla.runtime.queues import TrajectoryQueue
+    from asyncvla.runtime.staleness import Ledger
+
+    cfg = EnvConfig(id="emulated/balanced", num_envs=2, image_size=8, executor="inline", seed=0)
+    worker = EnvWorker(cfg, 0, trace=False)
+    events: list = []
+    client = _ImmediateClient(events, limit=6, chunk=2, action_dim=worker.vec.action_dim)
+    manager = EnvManager(0, worker, client, _AdmitAll(), TrajectoryQueue(64), Ledger(), segment_len=100, async_env=True,
+                         max_request=1)
+    client.manager = manager
+    real_send = worker.send
+    worker.send = lambda ids, act: (events.append(("chunk", list(ids))), real_send(ids, act))[1]
+    manager.run()
+    worker.close()
+    assert manager.error is None
+    chunks = [i for i, e in enumerate(events) if e[0] == "chunk"]
+    assert len(chunks) >= 3
+    # Between two chunks there is always the request of the env whose chunk just ran.
+    for a, b in zip(chunks, chunks[1:]):
+        assert ("request", 1) in events[a + 1:b], events

@@ -49,6 +49,7 @@ THROUGHPUT_COLUMNS = (
     Column("utilization.env", "util env", "{:.0%}"),
     Column("utilization.rollout", "util rollout", "{:.0%}"),
     Column("utilization.trainer", "util trainer", "{:.0%}"),
+    Column("cpu_utilization", "CPU util", "{:.0%}"),
 )
 
 

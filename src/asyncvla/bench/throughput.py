@@ -19,9 +19,11 @@ Modes: `sync` is the real RLinf-style baseline, pipeline.py's loop (lockstep rol
 epoch, train, weight sync; 1 pipeline stage) with the same emulated accelerator costs;
 `async_env`, `streaming_rollout` and `async` are rungs of the async runtime. Throughput
 is counted from the end of the first update to the end of the run; `cpu_utilization` is
-the CPU seconds of this process and all its descendants (Ray's workers included) over
-cores x wall time in the same window. The bound (`operating_point`, BOUND_FORMULA) is a
-property of the workload, the same for every row.
+the CPU seconds of this process and all its descendants (Ray's workers and its own
+processes included, each counted by pid even if it exits) over cores x wall time, from
+the end of the first update to the end of the last (`bench/cpu.py`); `cpu_cores_by_process`
+splits it (cores used by the driver, each actor class, Ray itself). The bound
+(`operating_point`, BOUND_FORMULA) is a property of the workload, the same for every row.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from asyncvla.bench.cpu import CpuMeter
 from asyncvla.config import ConfigError, RunConfig, TrainConfig
 from asyncvla.policies.base import Policy
 from asyncvla.runtime.rollout import build_policy
@@ -197,37 +200,6 @@ def bound_env_steps_per_s(w: Workload) -> tuple[float, dict]:
     return op.bound, op.terms
 
 
-class CpuMeter:
-    """CPU seconds of this process and every descendant (Ray's workers), sampled at marks."""
-
-    def __init__(self):
-        import psutil
-
-        self.me = psutil.Process()
-        self.cores = psutil.cpu_count() or 1
-        self.marks: list[tuple[float, float]] = []
-
-    def cpu_s(self) -> float:
-        total = 0.0
-        for p in [self.me, *self.me.children(recursive=True)]:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except Exception:  # a process that exited between listing and reading
-                pass
-        return total
-
-    def mark(self) -> None:
-        self.marks.append((time.time(), self.cpu_s()))
-
-    def utilization(self) -> float | None:
-        """CPU seconds / (cores x wall) between the second mark (end of update 1) and the last."""
-        if len(self.marks) < 3:
-            return None
-        (t0, c0), (t1, c1) = self.marks[1], self.marks[-1]
-        return (c1 - c0) / (self.cores * max(t1 - t0, 1e-9))
-
-
 def _row(w: Workload, mode: str, mean_batch: float) -> dict:
     """The bound columns, the same for every mode (what full async can reach on this workload)."""
     op = operating_point(w)
@@ -282,6 +254,7 @@ def run_sync_baseline(w: Workload, seconds: float, remote: bool = False) -> dict
                                        / max(sum(r["time/update_wall_s"] for r in window), 1e-9), 2),
         "utilization": {k: round(sum(r.get(f"util/{k}", 0.0) for r in window) / len(window), 3) for k in ("env", "rollout", "trainer")},
         "cpu_utilization": _round(meter.utilization()),
+        "cpu_cores_by_process": meter.by_group(),
         "window_s": round(state.window_s, 2),
         "updates": state.update,
         "lag_max": 0,
@@ -295,11 +268,7 @@ def run_async_mode(w: Workload, mode: str, seconds: float, remote: bool = False)
     """One rung of the async runtime (threads; Ray actors with remote=True)."""
     from asyncvla.runtime.async_pipeline import build_async, run_async
 
-    rt = dataclasses.replace(w.cfg.runtime, **MODES[mode])
-    if remote and cfg_splittable(w.cfg):
-        # One env manager (process) per core: a rendering simulator holds its process's GIL.
-        half = w.cfg.env.num_envs // 2
-        rt = dataclasses.replace(rt, env_managers=(half, half), env_cpus=0.5)
+    rt = dataclasses.replace(w.cfg.runtime, **MODES[mode])  # env_managers etc. come with the workload
     cfg = dataclasses.replace(w.cfg, runtime=rt)
     # Real workloads (remote) run the policy and the update as they are; their costs only feed the bound.
     policy_fn = None if remote else functools.partial(_emulated_policy, cfg, w.costs)
@@ -315,6 +284,7 @@ def run_async_mode(w: Workload, mode: str, seconds: float, remote: bool = False)
         "trained_samples_per_s": round(s.get("perf/trained_samples_per_s", 0.0), 2),
         "utilization": {k: round(s.get(f"util/{k}", 0.0), 3) for k in ("env", "rollout", "trainer")},
         "cpu_utilization": _round(meter.utilization()),
+        "cpu_cores_by_process": meter.by_group(),
         "window_s": round(s.get("time/window_s", 0.0), 2),
         "updates": s["train/updates"],
         "lag_max": s["lag/max"],
@@ -330,10 +300,6 @@ def run_mode(w: Workload, mode: str, seconds: float, remote: bool = False) -> di
     if mode not in MODES:
         raise ConfigError(f"modes={mode!r} is invalid: allowed: {', '.join(MODES)}")
     return run_sync_baseline(w, seconds, remote) if mode == "sync" else run_async_mode(w, mode, seconds, remote)
-
-
-def cfg_splittable(cfg: TrainConfig) -> bool:
-    return cfg.env.num_envs % 2 == 0 and not cfg.runtime.env_managers
 
 
 def _round(x: float | None, nd: int = 3) -> float | None:

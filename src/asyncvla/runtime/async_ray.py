@@ -43,8 +43,10 @@ from asyncvla.runtime.rollout_server import make_ray_rollout_server, make_router
 from asyncvla.runtime.staleness import Ledger, StalenessController
 from asyncvla.runtime.weight_store import WeightStore
 
-POLL_S = 0.1
-"""Driver-side views refresh their counters at most this often."""
+POLL_S = 0.5
+"""Driver-side views refresh their counters at most this often (every update refreshes them
+too): each refresh is a round trip to every actor, which on a CPU-only box competes with
+the envs for the same cores; errors still surface within half a second."""
 
 
 # -- the hub: queue + admission -------------------------------------------------------------
@@ -148,10 +150,16 @@ class RemoteQueue:
 
         ray.get(self.hub.close.remote())
 
+    def request(self) -> Any:
+        return self.hub.queue_stats.remote()
+
+    def take(self, stats: dict) -> None:
+        self._stats = stats
+
     def poll(self) -> None:
         import ray
 
-        self._stats = ray.get(self.hub.queue_stats.remote())
+        self.take(ray.get(self.request()))
 
     def __len__(self) -> int:
         return self._stats["depth"]
@@ -235,11 +243,16 @@ class RemoteServer:
         self.busy_s, self.num_samples, self.num_batches = 0.0, 0, 0
         self._spans: list[Span] = []
 
+    def request(self) -> Any:
+        return self.actor.stats.remote()
+
+    def take(self, s: dict) -> None:
+        self.busy_s, self.num_samples, self.num_batches = s["time/infer_s"], int(s["infer/samples"]), int(s["infer/batches"])
+
     def poll(self) -> None:
         import ray
 
-        s = ray.get(self.actor.stats.remote())
-        self.busy_s, self.num_samples, self.num_batches = s["time/infer_s"], int(s["infer/samples"]), int(s["infer/batches"])
+        self.take(ray.get(self.request()))
 
     def fetch_spans(self) -> None:
         """Keeps the server's spans before the actor goes away (`kill`)."""
@@ -297,7 +310,10 @@ class RemoteManager:
         self._episodes: list[dict] = []
         self._seen = Ledger().state_dict()
 
-    def _take(self, s: dict) -> None:
+    def request(self) -> Any:
+        return self.actor.stats.remote()
+
+    def take(self, s: dict) -> None:
         self.env_busy_s = s["env_busy_s"]
         self._episodes += s["episodes"]
         if s["error"] is not None and self.error is None:
@@ -308,12 +324,12 @@ class RemoteManager:
     def poll(self) -> None:
         import ray
 
-        self._take(ray.get(self.actor.stats.remote()))
+        self.take(ray.get(self.request()))
 
     def stop(self) -> None:
         import ray
 
-        self._take(ray.get(self.actor.stop.remote()))
+        self.take(ray.get(self.actor.stop.remote()))
 
     def pop_episodes(self) -> list[dict]:
         out, self._episodes = self._episodes, []
@@ -356,8 +372,12 @@ class RayParts:
         if not force and now - self._last_poll < POLL_S:
             return
         self._last_poll = now
-        for v in [*self.managers, *self.servers, self.queue]:
-            v.poll()
+        import ray
+
+        # All actors answer at once (one wait, not one round trip after another).
+        views = [*self.managers, *self.servers, self.queue]
+        for v, stats in zip(views, ray.get([v.request() for v in views])):
+            v.take(stats)
 
     def stop_managers(self) -> None:
         """Stops the managers; their final counts land in the run's ledger."""

@@ -134,22 +134,29 @@ class EnvManager:
             # Block until an env finishes, a reply arrives or admission reopens (all three wake
             # the recv); poll while paused only when the controller cannot wake us (remote).
             poll = paused and not self._admission_wakes
-            for r in self.vec.recv(min_ready=1, timeout_s=0.01 if poll else 0.5):
-                busy.discard(r.env_id)
-                if self._on_result(r):
-                    paused.append(r.env_id)
-            while True:
-                try:
-                    ids, reply = self._replies.get_nowait()
-                except queue.Empty:
-                    break
+            paused = self._dispatch(self.vec.recv(min_ready=1, timeout_s=0.01 if poll else 0.5), busy, paused)
+            # Only the replies already here: with an inline executor each send takes a chunk, and
+            # replies that arrive meanwhile must not keep this loop from seeing stop or new results.
+            for _ in range(self._replies.qsize()):
+                ids, reply = self._replies.get_nowait()
                 self.worker.send(ids, reply.result)
                 busy.update(ids)
-            go, paused = self._admit(paused)
-            for ids in split_request(go, self.max_request):
-                self.client.submit(self.index, ObsBatch.stack([self.obs[i] for i in ids]),
-                                   lambda reply, ids=ids: self._on_reply(ids, reply))
+                # An inline executor ran the chunk inside `send`: the envs that finished send their
+                # requests now, so their inference overlaps the next env's chunk instead of following it.
+                paused = self._dispatch(self.vec.recv(min_ready=0, timeout_s=0), busy, paused)
         self._settle(busy)
+
+    def _dispatch(self, results: list[EnvResult], busy: set[int], paused: list[int]) -> list[int]:
+        """Records results, submits the requests of every admitted env; returns the envs still paused."""
+        for r in results:
+            busy.discard(r.env_id)
+            if self._on_result(r):
+                paused.append(r.env_id)
+        go, paused = self._admit(paused)
+        for ids in split_request(go, self.max_request):
+            self.client.submit(self.index, ObsBatch.stack([self.obs[i] for i in ids]),
+                               lambda reply, ids=ids: self._on_reply(ids, reply))
+        return paused
 
     def _run_lockstep(self) -> None:
         for r in self.vec.reset():
