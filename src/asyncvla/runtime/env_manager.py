@@ -272,20 +272,24 @@ class EnvManager:
                 self.ledger.produced(r.num_steps)
                 self.worker.record(r)
 
-    def _drop_segments(self, segs: list[Segment], reason: str) -> None:
+    def _count_dropped(self, segs: list[Segment], reason: str) -> int:
+        """Counts the valid steps of `segs` as dropped for `reason`; returns how many decisions."""
+        n = 0
         for seg in segs:
             steps = [st for st in seg.steps if st.valid]
             if steps:
                 self.ledger.dropped(reason, len(steps), sum(st.num_steps for st in steps))
-                self.controller.refund(len(steps))
+                n += len(steps)
+        return n
+
+    def _drop_segments(self, segs: list[Segment], reason: str) -> None:
+        # Admitted work that will never reach the trainer goes back to the staleness budget.
+        self.controller.refund(self._count_dropped(segs, reason))
 
     def _drop_buffers(self, reason: str) -> None:
         if self.groups is not None:
             self._drop_segments(self.groups.held(), reason)
-        for seg in self.worker.pop_segments():
-            steps = [st for st in seg.steps if st.valid]
-            if steps:
-                self.ledger.dropped(reason, len(steps), sum(st.num_steps for st in steps))
+        self._count_dropped(self.worker.pop_segments(), reason)
 
     def pop_episodes(self) -> list[dict]:
         with self._lock:

@@ -102,6 +102,11 @@ class GroupBuffer:
         """Decisions in complete groups."""
         return sum(len(s) for g in self.groups for s in g)
 
+    @property
+    def pending_samples(self) -> int:
+        """Decisions in groups still waiting for members."""
+        return sum(len(s) for m in self._pending.values() for s in m)
+
     def take(self, n: int) -> list[Segment]:
         """Whole groups, oldest first, until at least `n` decisions (never splits a group)."""
         out: list[Segment] = []

@@ -87,7 +87,7 @@ class StreamingTrainer:
     def buffered_samples(self) -> int:
         """Samples received but not trained yet (the carried-over remainder)."""
         if self.groups is not None:
-            return self.groups.samples + sum(len(x) for m in self.groups._pending.values() for x in m)
+            return self.groups.samples + self.groups.pending_samples
         return self._buf_n
 
     def add(self, seg: Segment) -> list[dict]:
