@@ -32,3 +32,36 @@ def test_a_change_to_the_model_code_rebuilds_the_cache(monkeypatch):
     before = _key(_cfg(0, 0, ws_seed=0))
     monkeypatch.setattr(warm_start, "code_digest", lambda: "another-version")
     assert _key(_cfg(0, 0, ws_seed=0)) != before
+
+
+def test_runs_started_together_build_the_cache_once(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from asyncvla.algos import sft
+    from asyncvla.data import demos
+    from asyncvla.runtime import warm_start
+
+    calls = {"demos": 0, "sft": 0}
+
+    def fake_demos(*args, out, **kwargs):
+        calls["demos"] += 1
+        out.mkdir(parents=True)  # fails if a second run writes the same demos
+        time.sleep(0.2)  # wide enough for the other runs to reach the cache meanwhile
+
+    def fake_sft(env_id, demo_dir, out, **kwargs):
+        calls["sft"] += 1
+
+    monkeypatch.setattr(demos, "record_demos", fake_demos)
+    monkeypatch.setattr(sft, "train_sft", fake_sft)
+    cfg = _cfg(0, 0, ws_seed=0)
+    cfg.warm_start.cache_dir = str(tmp_path)
+    got = []
+    runs = [threading.Thread(target=lambda: got.append(warm_start.ensure_warm_start(cfg, progress=False)))
+            for _ in range(3)]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    assert calls == {"demos": 1, "sft": 1}
+    assert len(set(got)) == 1 and got[0].endswith("sft")

@@ -13,6 +13,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from filelock import FileLock
+
 from asyncvla.config import TrainConfig, to_dict
 
 
@@ -64,13 +66,17 @@ def ensure_warm_start(cfg: TrainConfig, progress: bool = True) -> str | None:
 
     root = Path(ws.cache_dir).expanduser() / f"{cfg.env.task}-{_key(cfg)}"
     demos, ckpt = root / "demos", root / "sft"
-    if not (root / "demos.done").exists():
-        record_demos(_demo_env(cfg), episodes=ws.demo_episodes, out=demos, progress=progress, action_noise=ws.demo_action_noise,
-                     expert_speed=ws.demo_expert_speed)
-        (root / "demos.done").write_text("ok")
-    if not (root / "sft.done").exists():
-        policy_cfg = dataclasses.replace(cfg.policy, init=None, device=cfg.run.device)
-        train_sft(cfg.env.id, demos, ckpt, steps=ws.sft_steps, batch_size=ws.sft_batch_size, lr=ws.sft_lr,
-                  policy_cfg=policy_cfg, seed=_seeds(cfg)[1], progress=progress)
-        (root / "sft.done").write_text("ok")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Seeds of one preset are often started side by side: the first run builds the cache, the
+    # others wait for it instead of writing the same demos and checkpoint at once.
+    with FileLock(str(root) + ".lock"):
+        if not (root / "demos.done").exists():
+            record_demos(_demo_env(cfg), episodes=ws.demo_episodes, out=demos, progress=progress,
+                         action_noise=ws.demo_action_noise, expert_speed=ws.demo_expert_speed)
+            (root / "demos.done").write_text("ok")
+        if not (root / "sft.done").exists():
+            policy_cfg = dataclasses.replace(cfg.policy, init=None, device=cfg.run.device)
+            train_sft(cfg.env.id, demos, ckpt, steps=ws.sft_steps, batch_size=ws.sft_batch_size, lr=ws.sft_lr,
+                      policy_cfg=policy_cfg, seed=_seeds(cfg)[1], progress=progress)
+            (root / "sft.done").write_text("ok")
     return str(ckpt)
