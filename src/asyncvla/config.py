@@ -236,6 +236,10 @@ class AlgoConfig:
     """Truncation of the importance weight pi_prox / pi_behav in decoupled PPO."""
     group_size: int = 8
     """GRPO: rollouts per initial state."""
+    grpo_credit: Literal["episode", "reward_to_go"] = "episode"
+    """GRPO: episode = every decision of an episode gets its group-normalised score; reward_to_go =
+    each decision gets the rewards that followed it, against the group's mean from the same
+    decision on (a per-step baseline for dense rewards and time-aligned groups)."""
     ratio: Literal["chunk", "token_mean"] = "chunk"
     """Importance ratio of a decision: chunk = pi/pi_old of the whole action chunk (product over its K*A
     tokens); token_mean = its geometric mean per token (GSPO-style length normalisation), so the clip
@@ -264,6 +268,8 @@ class AlgoConfig:
         _check(self.value_clip is None or self.value_clip > 0, "algo.value_clip", self.value_clip, "must be > 0 or null")
         _check(self.is_cap >= 1, "algo.is_cap", self.is_cap, "must be >= 1")
         _check(self.group_size >= 2, "algo.group_size", self.group_size, "must be >= 2")
+        _check(self.grpo_credit in ("episode", "reward_to_go"), "algo.grpo_credit", self.grpo_credit,
+               "allowed: episode, reward_to_go")
         _check(self.ratio in ("chunk", "token_mean"), "algo.ratio", self.ratio, "allowed: chunk, token_mean")
         _check(self.reward_scale > 0, "algo.reward_scale", self.reward_scale, "must be > 0")
         _check(self.lr > 0, "algo.lr", self.lr, "must be > 0")

@@ -11,6 +11,7 @@ from asyncvla.algos import (
     compute_gae_reference,
     episode_scores,
     grpo_advantages,
+    grpo_step_advantages,
     normalize_advantages,
 )
 
@@ -233,3 +234,66 @@ def test_normalize_advantages_degenerate_masks():
     assert torch.equal(one, torch.zeros(3, dtype=F64))
     with pytest.raises(ValueError, match="shape mismatch"):
         normalize_advantages(adv, torch.ones(3, 1, dtype=torch.bool))
+
+
+def _step_reference(rewards, dones, mask, group_size):
+    """Reward-to-go per decision minus the mean of the group members still running, by loops."""
+    T, B = rewards.shape
+    running = [[False] * B for _ in range(T)]
+    to_go = [[0.0] * B for _ in range(T)]
+    for b in range(B):
+        ended = False
+        for t in range(T):
+            running[t][b] = bool(mask[t, b]) and not ended
+            ended = ended or (bool(mask[t, b]) and bool(dones[t, b]))
+        acc = 0.0
+        for t in reversed(range(T)):
+            acc += float(rewards[t, b]) if running[t][b] else 0.0
+            to_go[t][b] = acc
+    out = torch.zeros(T, B, dtype=F64)
+    for t in range(T):
+        for g in range(B // group_size):
+            members = [b for b in range(g * group_size, (g + 1) * group_size) if running[t][b]]
+            if len(members) < 2:
+                continue
+            mean = statistics.mean(to_go[t][b] for b in members)
+            for b in members:
+                out[t, b] = to_go[t][b] - mean
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_grpo_step_matches_reference(seed):
+    rewards, _, _, terminated, truncated, mask = _random_batch(seed, num_steps=9, num_envs=8)
+    adv = grpo_step_advantages(rewards, terminated | truncated, mask, group_size=4)
+    torch.testing.assert_close(adv, _step_reference(rewards, terminated | truncated, mask, 4), atol=1e-9, rtol=0)
+
+
+def test_grpo_step_hand_values():
+    # One group of 2, three decisions, no dones: member 0 earns early, member 1 late.
+    rewards = torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 2.0]], dtype=F64)
+    none = torch.zeros_like(rewards, dtype=torch.bool)
+    adv = grpo_step_advantages(rewards, none, ~none, group_size=2)
+    # reward-to-go: member 0 = 1, 0, 0; member 1 = 2, 2, 2; means 1.5, 1, 1
+    torch.testing.assert_close(adv, torch.tensor([[-0.5, 0.5], [-1.0, 1.0], [-1.0, 1.0]], dtype=F64))
+    # At t = 0, without ends, it is the episode score minus the group mean.
+    scores = episode_scores(rewards, none, ~none)
+    torch.testing.assert_close(adv[0], scores - scores.mean())
+
+
+def test_grpo_step_tied_scores_keep_their_timing_and_ended_members_leave_the_baseline():
+    # Equal episode scores (episode credit would give 0): the later earner is still credited at t = 1.
+    rewards = torch.tensor([[1.0, 0.0, 5.0], [0.0, 1.0, 5.0]], dtype=F64)
+    dones = torch.tensor([[False, False, True], [False, False, False]])
+    adv = grpo_step_advantages(rewards[:, :2], dones[:, :2], torch.ones(2, 2, dtype=torch.bool), 2)
+    torch.testing.assert_close(adv, torch.tensor([[0.0, 0.0], [-0.5, 0.5]], dtype=F64))
+    # Group of 3 where member 2 ends at t = 0: at t = 1 only members 0 and 1 form the baseline.
+    pad = torch.zeros(2, 3, dtype=F64)
+    adv3 = grpo_step_advantages(torch.cat([rewards, pad], 1)[:, :3], dones, torch.ones(2, 3, dtype=torch.bool), 3)
+    assert adv3[1, 2] == 0
+    torch.testing.assert_close(adv3[1, :2], torch.tensor([-0.5, 0.5], dtype=F64))
+
+
+def test_grpo_step_bad_sizes_raise():
+    with pytest.raises(ValueError, match="group_size"):
+        grpo_step_advantages(torch.zeros(3, 10), torch.zeros(3, 10), torch.ones(3, 10), group_size=4)

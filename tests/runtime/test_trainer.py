@@ -70,6 +70,16 @@ def test_grpo_masks_steps_after_first_done():
     assert adv[0, 0] < 0 < adv[0, 1] and adv[1, 0] == 0
 
 
+def test_grpo_reward_to_go_credits_each_decision_with_what_followed():
+    algo = AlgoConfig(name="grpo", group_size=2, grpo_credit="reward_to_go", reward_scale=0.5)
+    r = stack_segments([seg(0, [1, 2, 3], term_at=0), seg(1, [1, 2, 3])])
+    adv, _, mask = rollout_advantages(ValueIsProprio(), r, algo)
+    assert mask[:, 0].tolist() == [True, False, False] and mask[:, 1].all()
+    # reward 1 per step, x 0.5: env 0's reward-to-go is 0.5 (then it ended), env 1's 1.5, 1.0, 0.5;
+    # from t = 1 env 1 runs alone, with no baseline to compare against
+    assert adv[:, 0].tolist() == [-0.5, 0.0, 0.0] and adv[:, 1].tolist() == [0.5, 0.0, 0.0]
+
+
 def _fixed_rollout(policy, T=4, B=4, seed=0):
     rng = np.random.default_rng(seed)
     segments = []

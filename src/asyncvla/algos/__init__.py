@@ -5,6 +5,7 @@ from asyncvla.algos.advantages import (
     compute_gae_reference,
     episode_scores,
     grpo_advantages,
+    grpo_step_advantages,
     normalize_advantages,
 )
 from asyncvla.algos.losses import (
@@ -23,6 +24,7 @@ __all__ = [
     "entropy_bonus",
     "episode_scores",
     "grpo_advantages",
+    "grpo_step_advantages",
     "kl_estimate",
     "normalize_advantages",
     "ppo_policy_loss",

@@ -137,6 +137,39 @@ def grpo_advantages(scores: torch.Tensor, group_size: int, eps: float = 1e-6) ->
     return (centred / (std + eps)).reshape(-1)
 
 
+def grpo_step_advantages(
+    rewards: torch.Tensor, dones: torch.Tensor, mask: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """GRPO with a baseline per decision: the reward-to-go of decision t minus the mean
+    reward-to-go at t of the group members still in their episode.
+
+    A decision is credited only with the rewards that came after it, against what the
+    same group collected from the same point in time, so under a dense reward the early
+    decisions that set up an episode and the late ones stop sharing one score. There is no
+    division by the group's std (as in Dr. GRPO): members that tie on the episode score can
+    still differ per step, and a std of ~0 would blow those differences up. Whiten the batch
+    afterwards (`normalize_advantages`). Compare time-aligned groups (same initial state,
+    episodes that do not end early); a decision with no other group member still running
+    gets 0.
+
+    rewards, dones, mask: `[T, B]`, B = num_groups * group_size, groups contiguous.
+    Returns `[T, B]`, 0 after each env's first done and where mask is off.
+    """
+    _check_same_shape(rewards=rewards, dones=dones, mask=mask)
+    T, B = rewards.shape
+    if group_size < 2 or B % group_size:
+        raise ValueError(f"rewards{list(rewards.shape)}: B must be divisible by group_size={group_size} (>= 2)")
+    done = _valid(dones) & _valid(mask)
+    keep = _valid(mask) & ~((done.cumsum(dim=0) - done.long()) > 0)  # [T, B]
+    r = torch.where(keep, rewards, torch.zeros_like(rewards))
+    to_go = r.flip(0).cumsum(0).flip(0).reshape(T, -1, group_size)  # [T, G, group_size]
+    g_keep = keep.reshape(T, -1, group_size)
+    count = g_keep.sum(-1, keepdim=True)
+    baseline = torch.where(g_keep, to_go, torch.zeros_like(to_go)).sum(-1, keepdim=True) / count.clamp(min=1)
+    adv = torch.where(g_keep & (count > 1), to_go - baseline, torch.zeros_like(to_go))
+    return adv.reshape(T, B)
+
+
 def normalize_advantages(adv: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Whiten advantages with the mean and sample std of the valid entries only.
 

@@ -18,7 +18,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from asyncvla.algos.advantages import compute_gae, episode_scores, grpo_advantages, normalize_advantages
+from asyncvla.algos.advantages import (compute_gae, episode_scores, grpo_advantages, grpo_step_advantages,
+                                      normalize_advantages)
 from asyncvla.algos.losses import decoupled_ppo_loss, entropy_bonus, kl_estimate, ppo_policy_loss, value_loss
 from asyncvla.config import AlgoConfig, PolicyConfig
 from asyncvla.metrics.spans import Span, SpanRecorder
@@ -73,9 +74,13 @@ def rollout_advantages(policy: Policy, r: Rollout, algo: AlgoConfig) -> tuple[to
         # RLinf semantics: score = reward sum up to the first done; the decisions after it
         # belong to another episode and are not trained on.
         done = t(r.terminated | r.truncated)
+        after = (done.long().cumsum(0) - done.long()) > 0  # [T, B]
+        if algo.grpo_credit == "reward_to_go":
+            adv = grpo_step_advantages(t(r.reward) * algo.reward_scale, done, mask, algo.group_size)
+            mask = mask & ~after
+            return adv, adv.clone(), mask
         scores = episode_scores(t(r.reward), done, mask)  # [B]
         adv_b = grpo_advantages(scores, algo.group_size)  # [B]
-        after = (done.long().cumsum(0) - done.long()) > 0  # [T, B]
         mask = mask & ~after
         adv = torch.where(mask, adv_b[None, :].expand_as(mask), torch.zeros(()))
         return adv, adv.clone(), mask
@@ -144,7 +149,8 @@ class Trainer:
             parts["ret"].append(ret.reshape(-1)[idx])
         cat = {k: torch.cat(v).to(self.device) for k, v in parts.items()}
         adv = cat["adv"].float()
-        if self.algo.normalize_advantages and self.algo.name == "ppo":
+        # GRPO's episode credit is already normalised per group; its reward_to_go credit is not.
+        if self.algo.normalize_advantages and (self.algo.name == "ppo" or self.algo.grpo_credit == "reward_to_go"):
             adv = normalize_advantages(adv, torch.ones_like(adv, dtype=torch.bool))
         batch = Batch(ObsBatch.concat(obs_parts), cat["actions"].float(), cat["logprob"].float(), cat["value"].float(),
                       adv, cat["ret"].float(), cat["version"])
