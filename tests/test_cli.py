@@ -59,3 +59,33 @@ def test_bad_input_is_one_line_error(args, needle):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.stderr
+
+
+def _parse_train(*args: str):
+    """`asyncvla train ARGS` parsed exactly as main() parses it, without running the job."""
+    import tyro
+
+    from asyncvla.cli import _command
+
+    argv = ["train", *args]
+    return tyro.cli(_command(argv), args=argv, prog="asyncvla")
+
+
+def test_train_shorthands_set_the_runtime_fields():
+    cmd = _parse_train("--preset", "emulated-e2e", "--mode", "async", "--ray-address", "10.0.0.1:6379")
+    cfg = cmd.resolved_config()
+    assert cfg.runtime.ray_address == "10.0.0.1:6379"
+    assert cfg.runtime.mode == "async" and cfg.runtime.async_env and cfg.runtime.streaming_rollout
+    plain = _parse_train("--preset", "emulated-e2e").resolved_config()
+    assert plain.runtime.ray_address is None and plain.runtime.mode == "sync"
+
+
+def test_ray_address_shorthand_also_applies_on_resume(tmp_path):
+    import yaml
+
+    from asyncvla.config import TrainConfig, load_preset, to_dict
+
+    saved = load_preset(TrainConfig, "emulated-e2e")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(saved), sort_keys=False))
+    cfg = _parse_train("--resume", str(tmp_path), "--ray-address", "auto").resolved_config()
+    assert cfg.runtime.ray_address == "auto" and cfg.run.resume == str(tmp_path)

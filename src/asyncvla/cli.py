@@ -416,14 +416,16 @@ class Train:
     """Preset in configs/ (or a path to a YAML file); read before the other options apply."""
     mode: Literal["sync", "async"] | None = None
     """Shorthand for --runtime.mode; `async` also turns on all three levels of asynchrony unless one was set."""
+    ray_address: str | None = None
+    """Shorthand for --runtime.ray-address: join this Ray cluster (HEAD_IP:6379, or auto for the
+    one `ray start` made on this node) instead of starting a local Ray; also applies on --resume."""
     resume: str | None = None
     """Continue the run in this directory from its last checkpoint, with its saved config."""
     json: bool = False
     """Print a JSON summary (success_before, success_after, env_steps, wall_s, env_steps_per_s) as the last line."""
 
-    def run(self) -> None:
-        from asyncvla.metrics.progress import TrainProgress
-
+    def resolved_config(self) -> TrainConfig:
+        """The config the run uses: preset + overrides (or the saved one on --resume), then the shorthands."""
         cfg = self.cfg
         if self.resume:
             from asyncvla.runtime.pipeline import load_run_config
@@ -435,6 +437,15 @@ class Train:
             if self.mode == "async" and not (rt.async_env or rt.streaming_rollout or rt.decoupled_actor):
                 levels = dict(async_env=True, streaming_rollout=True, decoupled_actor=True)  # the full RL-VLA³ pipeline
             cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(rt, mode=self.mode, **levels))
+        if self.ray_address is not None:
+            # A resumed run may continue on another cluster than the one that saved it.
+            cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, ray_address=self.ray_address))
+        return cfg
+
+    def run(self) -> None:
+        from asyncvla.metrics.progress import TrainProgress
+
+        cfg = self.resolved_config()
         if cfg.runtime.mode == "async":
             from asyncvla.runtime.async_pipeline import train_async as train_fn
         else:
