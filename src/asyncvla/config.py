@@ -376,8 +376,8 @@ class RunConfig:
     """Episodes per evaluation, on the eval split."""
     eval_deterministic: bool = True
     """Evaluate the argmax/mean action; false samples at policy.temperature (the policy RL optimises)."""
-    eval_video: bool = False
-    """Save an mp4 of the first evaluation episode of each evaluation under videos/."""
+    eval_video: bool = True
+    """Save an mp4 of the first evaluation episode of each evaluation under videos/ (what the policy saw, one frame per decision)."""
     checkpoint_every: int = 10
     """Save a resumable checkpoint every N updates (plus the last and the best by eval success); 0: only last and best."""
     seed: int = 0

@@ -36,6 +36,8 @@ def check_run_dir(run_dir, updates):
     assert {"env", "rollout", "trainer"} <= roles
     assert (run_dir / "checkpoints" / "last" / "run_state.json").exists()
     assert (run_dir / "config.yaml").exists() and list((run_dir / "tb").glob("events.*"))
+    videos = sorted(p.name for p in (run_dir / "videos").glob("update_*.mp4"))  # before and after training
+    assert videos[0] == "update_000000.mp4" and videos[-1] == f"update_{updates:06d}.mp4", videos
 
 
 def test_local_mode_end_to_end_and_resume(tmp_path):
