@@ -62,13 +62,10 @@ def test_bad_input_is_one_line_error(args, needle):
 
 
 def _parse_train(*args: str):
-    """`asyncvla train ARGS` parsed exactly as main() parses it, without running the job."""
-    import tyro
+    """`asyncvla train ARGS` parsed as main() parses it, without running the job."""
+    from asyncvla.cli import parse
 
-    from asyncvla.cli import _command
-
-    argv = ["train", *args]
-    return tyro.cli(_command(argv), args=argv, prog="asyncvla")
+    return parse(["train", *args])
 
 
 def test_train_shorthands_set_the_runtime_fields():

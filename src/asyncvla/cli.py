@@ -485,6 +485,11 @@ Command = Union[
 ]
 
 
+def parse(argv: list[str]):
+    """The command `asyncvla ARGV` names, parsed, not yet run."""
+    return tyro.cli(_command(argv), args=argv, prog="asyncvla", description=__doc__.splitlines()[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -493,8 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     # when other processes share the cores (env workers, Ray actors, other users).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        cmd = tyro.cli(_command(argv), args=argv, prog="asyncvla", description=__doc__.splitlines()[0])
-        cmd.run()
+        parse(argv).run()
     except ConfigError as e:
         print(f"asyncvla: error: {e}", file=sys.stderr)
         return 2

@@ -4,7 +4,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,18 +12,14 @@ from pathlib import Path
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from asyncvla.runtime.weight_sync import free_port
 
 
 @pytest.fixture
 def ray_head():
     """A one-node cluster on the loopback address, in its own session so the test can stop it all."""
     ray = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
-    port = _free_port()
+    port = free_port()
     tmp = tempfile.mkdtemp(prefix="rayh_", dir="/tmp")  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     head = subprocess.Popen([ray, "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
