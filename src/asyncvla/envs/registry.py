@@ -91,10 +91,16 @@ def make_env(cfg: EnvConfig, index: int = 0, backend: Backend | None = None) -> 
     return wrap(backend.make(cfg.task, cfg, index), cfg.wrappers, seed=cfg.seed * 1_000_003 + index, index=index)
 
 
-def env_fns(cfg: EnvConfig, worker_index: int = 0) -> list[Callable[[], Env]]:
+def env_fns(cfg: EnvConfig, worker_index: int = 0, first_env: int | None = None) -> list[Callable[[], Env]]:
+    """Builders of envs `first_env .. first_env + num_envs - 1` (default: worker_index * num_envs)."""
     backend = validate_env_id(cfg)
-    base = worker_index * cfg.num_envs
+    base = worker_index * cfg.num_envs if first_env is None else first_env
     return [lambda i=i: make_env(cfg, base + i, backend) for i in range(cfg.num_envs)]
+
+
+def env_seed(cfg: EnvConfig, env_id: int) -> int:
+    """Reset-seed stream of global env `env_id`: a function of env.seed and the id only."""
+    return (cfg.seed * 1_000_003 + env_id) * 7919 + 17
 
 
 def make_vector_env(cfg: EnvConfig, worker_index: int = 0):

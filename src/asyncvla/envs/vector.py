@@ -88,12 +88,19 @@ class VectorEnv:
     def __init__(
         self,
         env_fns: Sequence[Callable[[], Env]],
-        seed: int = 0,
+        seed: int | Sequence[int] = 0,
         max_episode_steps: int | None = None,
         end_on_success: bool = True,
         executor: str = "inline",
     ):
-        seqs = np.random.SeedSequence(seed).spawn(len(env_fns))
+        # One seed per env (e.g. from its global id) keeps an env's episodes the same however
+        # the envs are split into workers and managers; one int spawns a stream per env.
+        if isinstance(seed, int):
+            seqs = np.random.SeedSequence(seed).spawn(len(env_fns))
+        else:
+            if len(seed) != len(env_fns):
+                raise ValueError(f"VectorEnv: {len(seed)} seeds for {len(env_fns)} envs")
+            seqs = [np.random.SeedSequence(int(s)) for s in seed]
         self._slots = [_Slot(fn, s) for fn, s in zip(env_fns, seqs)]
         self.num_envs = len(self._slots)
         first = self._slots[0].env

@@ -27,31 +27,55 @@ class ObsBatch:
     proprio: np.ndarray
     """[B, P] float32."""
     instructions: list[str]
+    sample_keys: np.ndarray | None = None
+    """[B] int64 or None: a seed per row for `act`'s sampling noise (set by the env side from
+    (env seed, global env id, decision index)), so an action never depends on which batch,
+    thread or server served it; None samples from the global torch RNG."""
 
     @staticmethod
-    def stack(obs: Sequence[Obs]) -> "ObsBatch":
+    def stack(obs: Sequence[Obs], sample_keys: Sequence[int] | None = None) -> "ObsBatch":
         return ObsBatch(
             images=np.stack([o.image for o in obs]),
             proprio=np.stack([o.proprio for o in obs]).astype(np.float32),
             instructions=[o.instruction for o in obs],
+            sample_keys=None if sample_keys is None else np.asarray(sample_keys, np.int64),
         )
 
     @staticmethod
     def concat(batches: Sequence["ObsBatch"]) -> "ObsBatch":
+        keyed = all(b.sample_keys is not None for b in batches)
         return ObsBatch(
             images=np.concatenate([b.images for b in batches]),
             proprio=np.concatenate([b.proprio for b in batches]),
             instructions=[s for b in batches for s in b.instructions],
+            sample_keys=np.concatenate([b.sample_keys for b in batches]) if keyed else None,
         )
 
     def __len__(self) -> int:
         return len(self.instructions)
 
     def slice(self, start: int, stop: int) -> "ObsBatch":
-        return ObsBatch(self.images[start:stop], self.proprio[start:stop], self.instructions[start:stop])
+        keys = None if self.sample_keys is None else self.sample_keys[start:stop]
+        return ObsBatch(self.images[start:stop], self.proprio[start:stop], self.instructions[start:stop], keys)
 
     def index(self, idx: np.ndarray) -> "ObsBatch":
-        return ObsBatch(self.images[idx], self.proprio[idx], [self.instructions[i] for i in idx])
+        keys = None if self.sample_keys is None else self.sample_keys[idx]
+        return ObsBatch(self.images[idx], self.proprio[idx], [self.instructions[i] for i in idx], keys)
+
+
+def sample_key(seed: int, env_id: int, decision: int) -> int:
+    """The sampling seed of decision `decision` of global env `env_id` (a pure function of the three)."""
+    return int(np.random.SeedSequence([seed, env_id, decision]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def row_noise(keys: np.ndarray | None, shape: tuple[int, ...], kind: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[B, *shape] noise (`kind`: uniform or normal), row b from its own generator seeded with
+    keys[b]; from the global torch RNG when keys is None (e.g. evaluation)."""
+    draw = torch.rand if kind == "uniform" else torch.randn
+    if keys is None:
+        return draw(shape, device=device)
+    rows = [draw(shape, generator=torch.Generator().manual_seed(int(k))) for k in keys]
+    return torch.stack(rows).to(device)
 
 
 @dataclass
@@ -90,6 +114,13 @@ class Policy(nn.Module):
     def evaluate(self, obs: ObsBatch, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logprob [B], entropy [B], value [B]) of actions [B, K, A], with grad."""
         raise NotImplementedError
+
+    def _noise(self, obs: ObsBatch, shape: torch.Size, kind: str) -> torch.Tensor:
+        """Sampling noise of `shape` ([B, ...]) for `act`: per row from obs.sample_keys when set."""
+        device = next(self.parameters()).device
+        if obs.sample_keys is None:
+            return row_noise(None, tuple(shape), kind, device)
+        return row_noise(obs.sample_keys, tuple(shape[1:]), kind, device)
 
     # -- LeRobot-compatible names ---------------------------------------------------------
     def predict_action_chunk(self, obs: ObsBatch) -> np.ndarray:

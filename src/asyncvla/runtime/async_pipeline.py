@@ -103,14 +103,14 @@ def build_async(cfg: TrainConfig, policy_fn: Callable[[int, int], Policy] | None
     """
     rt = cfg.runtime
     sizes = rt.env_managers or (cfg.env.num_envs,)
-    env_cfgs = [(dataclasses.replace(cfg.env, num_envs=size), w * len(sizes) + j)
+    env_cfgs = [(dataclasses.replace(cfg.env, num_envs=size), w * len(sizes) + j, w * cfg.env.num_envs + sum(sizes[:j]))
                 for w in range(rt.num_env_workers) for j, size in enumerate(sizes)]
     if remote:
         probe = EnvWorker(dataclasses.replace(cfg.env, num_envs=1), 0, trace=False)
         spec, workers = probe.spec(), []
         probe.close()
     else:
-        workers = [EnvWorker(env_cfg, index, trace=False) for env_cfg, index in env_cfgs]
+        workers = [EnvWorker(env_cfg, index, trace=False, first_env=first) for env_cfg, index, first in env_cfgs]
         spec = workers[0].spec()
     a, p = spec["action_dim"], spec["proprio_dim"]
     trainer = trainer_cls(cfg.policy, cfg.algo, a, p, seed=cfg.run.seed, trace=rt.trace)
@@ -144,7 +144,7 @@ def build_async(cfg: TrainConfig, policy_fn: Callable[[int, int], Policy] | None
     max_request = max_batch if rt.streaming_rollout else 1
     group_size = cfg.algo.group_size if cfg.algo.name == "grpo" else 0
     managers = [EnvManager(m, w, client, controller, queue, ledger, segment_len, rt.async_env, max_request,
-                           groups=make_groups(w.vec.num_envs, group_size, m, cfg.env.seed), chunk=cfg.policy.chunk)
+                           groups=make_groups(w.vec.num_envs, group_size, m, cfg.env.seed, w.first_env), chunk=cfg.policy.chunk)
                 for m, w in enumerate(workers)]
     return AsyncRuntime(cfg, managers, servers, transports, queue, controller, ledger, store, learner, spec)
 

@@ -270,13 +270,15 @@ class EnvManagerActor:
     """One env manager (its envs and its loop) in its own process."""
 
     def __init__(self, env_cfg: EnvConfig, worker_index: int, index: int, servers: list[Any], router: str, hub: Any,
-                 segment_len: int, async_env: bool, group_size: int = 0, chunk: int = 1, seed: int = 0):
-        self.worker = EnvWorker(env_cfg, worker_index, trace=False)
+                 segment_len: int, async_env: bool, group_size: int = 0, chunk: int = 1, seed: int = 0,
+                 first_env: int | None = None, max_request: int | None = None):
+        self.worker = EnvWorker(env_cfg, worker_index, trace=False, first_env=first_env)
         client = RolloutClient([RayServerTransport(s) for s in servers], make_router(router, len(servers)))
         self.ledger = Ledger()
         self.manager = EnvManager(index, self.worker, client, HubAdmission(hub), HubQueue(hub), self.ledger,
-                                  segment_len, async_env,
-                                  groups=make_groups(self.worker.vec.num_envs, group_size, index, seed), chunk=chunk)
+                                  segment_len, async_env, max_request,
+                                  groups=make_groups(self.worker.vec.num_envs, group_size, index, seed, self.worker.first_env),
+                                  chunk=chunk)
         self._thread: threading.Thread | None = None
 
     def spec(self) -> dict:
@@ -420,11 +422,12 @@ def _server_policy(policy_fn: Callable[[int, int], Policy], a: int, p: int, stat
     return policy.eval()
 
 
-def build_ray_parts(cfg: TrainConfig, env_cfgs: list[tuple[EnvConfig, int]], spec: dict, policy_fn: Callable[[int, int], Policy],
+def build_ray_parts(cfg: TrainConfig, env_cfgs: list[tuple[EnvConfig, int, int]], spec: dict, policy_fn: Callable[[int, int], Policy],
                     state, version: int, samples_per_version: int, max_staleness: int, ledger: Ledger,
                     max_batch: int, max_wait_s: float) -> tuple[RayParts, MirroredController, PushingWeightStore]:
-    """env_cfgs: (env config, env worker index) per manager; state/version: the trainer's weights."""
-    """Starts the Hub, the server actors (weights of `version`) and one actor per env manager."""
+    """Starts the Hub, the server actors (weights of `version`) and one actor per env manager.
+
+    env_cfgs: (env config, index, first global env id) per manager; state/version: the trainer's weights."""
     import ray
 
     check_cpus(cfg)
@@ -439,10 +442,11 @@ def build_ray_parts(cfg: TrainConfig, env_cfgs: list[tuple[EnvConfig, int]], spe
     mgr_cls = ray.remote(EnvManagerActor).options(num_cpus=rt.env_cpus, num_gpus=rt.env_gpus, max_concurrency=4)
     segment_len = rt.segment_len or rt.rollout_steps
     group_size = cfg.algo.group_size if cfg.algo.name == "grpo" else 0
+    max_request = max_batch if rt.streaming_rollout else 1
     handles = [mgr_cls.remote(env_cfg, w, m, actors, rt.router, hub, segment_len, rt.async_env, group_size,
-                              cfg.policy.chunk, cfg.env.seed)
-               for m, (env_cfg, w) in enumerate(env_cfgs)]
-    managers = [RemoteManager(h, m, env_cfg.num_envs, ledger) for m, (h, (env_cfg, _)) in enumerate(zip(handles, env_cfgs))]
+                              cfg.policy.chunk, cfg.env.seed, first, max_request)
+               for m, (env_cfg, w, first) in enumerate(env_cfgs)]
+    managers = [RemoteManager(h, m, env_cfg.num_envs, ledger) for m, (h, (env_cfg, _, _)) in enumerate(zip(handles, env_cfgs))]
     ray.get([h.spec.remote() for h in handles])  # envs built (fails here, not mid-run, on a bad env config)
     parts = RayParts(hub, managers, [RemoteServer(s, i) for i, s in enumerate(actors)], RemoteQueue(hub))
     return parts, MirroredController(hub, max_staleness, samples_per_version), store

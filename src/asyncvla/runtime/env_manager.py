@@ -94,7 +94,6 @@ class EnvManager:
                               "(or turn async_env on)")
         self.episode_decisions = -(-self.vec.max_episode_steps // chunk)
         n = self.vec.num_envs
-        self.obs = [None] * n
         self.remaining = [0] * n
         """Admitted decisions left in each env's current segment (0: needs admission)."""
         self._replies: queue.SimpleQueue[tuple[list[int], Reply]] = queue.SimpleQueue()
@@ -126,8 +125,17 @@ class EnvManager:
         self.stop_event.set()
         self.vec.wake()
 
+    def _reset_all(self) -> None:
+        # GRPO: every group's first round starts its members from one shared state too.
+        if self.groups is None:
+            self.vec.reset_all()
+            return
+        for g in range(self.vec.num_envs // self.groups.group_size):
+            members = self.groups.members(g)
+            self.vec.reset_some(members, [self.groups.round_seed(g)] * len(members))
+
     def _run_async(self) -> None:
-        self.vec.reset_all()
+        self._reset_all()
         busy = set(range(self.vec.num_envs))  # envs stepping or resetting
         paused: list[int] = []  # envs with an observation, waiting for admission
         while not self.stop_event.is_set():
@@ -154,7 +162,7 @@ class EnvManager:
                 paused.append(r.env_id)
         go, paused = self._admit(paused)
         for ids in split_request(go, self.max_request):
-            self.client.submit(self.index, ObsBatch.stack([self.obs[i] for i in ids]),
+            self.client.submit(self.index, self.worker.batch(ids),
                                lambda reply, ids=ids: self._on_reply(ids, reply))
         return paused
 
@@ -167,7 +175,7 @@ class EnvManager:
             if not go:
                 self.controller.admit(0, timeout_s=0.05)  # sleeps until admission may reopen
                 continue
-            act = self.client.act(self.index, ObsBatch.stack([self.obs[i] for i in go]))
+            act = self.client.act(self.index, self.worker.batch(go))
             self.worker.send(go, act)
             results: list[EnvResult] = []
             while len(results) < len(go):
@@ -203,7 +211,6 @@ class EnvManager:
         i = r.env_id
         self.ledger.produced(r.num_steps)
         self.env_busy_s += r.step_s
-        self.obs[i] = r.obs
         self.worker.record(r)
         if r.done or r.error is not None:
             with self._lock:

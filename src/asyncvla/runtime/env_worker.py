@@ -14,23 +14,29 @@ from typing import Sequence
 
 from asyncvla.config import EnvConfig
 from asyncvla.envs.base import Obs
-from asyncvla.envs.registry import env_fns
+from asyncvla.envs.registry import env_fns, env_seed
 from asyncvla.envs.vector import EnvResult, VectorEnv
 from asyncvla.metrics.spans import Span, SpanRecorder
-from asyncvla.policies.base import ActOut, ObsBatch
+from asyncvla.policies.base import ActOut, ObsBatch, sample_key
 from asyncvla.runtime.data import Rollout, Segment, Step, stack_segments
+from asyncvla.runtime.groups import group_seed
 
 
 class EnvWorker:
-    """Envs `worker_index * num_envs + i` for i < env.num_envs, split into `num_stages` stages.
+    """Global envs `first_env + i` for i < env.num_envs (default first_env: worker_index * num_envs),
+    split into `num_stages` stages.
 
+    Each env's reset seeds and each decision's sampling key are functions of env.seed, the
+    global env id and the env's own counters, so an env plays the same episodes however the
+    envs are split into workers, stages and managers, and whichever thread serves it.
     reset_each_epoch: start every rollout epoch from fresh episodes (GRPO), with the reset
     seeds shared by each group of `group_size` consecutive envs so a group starts from the
     same initial state.
     """
 
     def __init__(self, env_cfg: EnvConfig, worker_index: int = 0, num_stages: int = 1,
-                 reset_each_epoch: bool = False, group_size: int = 1, trace: bool = True):
+                 reset_each_epoch: bool = False, group_size: int = 1, trace: bool = True,
+                 first_env: int | None = None):
         if env_cfg.num_envs % num_stages:
             raise ValueError(f"num_envs={env_cfg.num_envs} is not divisible by num_stages={num_stages}")
         self.cfg = env_cfg
@@ -38,11 +44,15 @@ class EnvWorker:
         self.num_stages = num_stages
         self.reset_each_epoch = reset_each_epoch
         self.group_size = group_size
+        self.first_env = worker_index * env_cfg.num_envs if first_env is None else first_env
         self.rec = SpanRecorder("env", worker_index, enabled=trace)
-        self.vec = VectorEnv(env_fns(env_cfg, worker_index), seed=env_cfg.seed * 7919 + worker_index,
+        ids = [self.first_env + i for i in range(env_cfg.num_envs)]
+        self.vec = VectorEnv(env_fns(env_cfg, first_env=self.first_env), seed=[env_seed(env_cfg, g) for g in ids],
                              max_episode_steps=env_cfg.max_episode_steps, end_on_success=env_cfg.end_on_success,
                              executor=env_cfg.executor)
         n = self.vec.num_envs
+        self._decisions = [0] * n
+        """Decisions each env has been sent (the sampling key's counter)."""
         self._obs: list[Obs | None] = [None] * n
         self._buffers: list[list[Step]] = [[] for _ in range(n)]
         self._in_flight: dict[int, Step] = {}  # env -> the step whose chunk is executing
@@ -63,7 +73,12 @@ class EnvWorker:
         return list(range(stage * per, (stage + 1) * per))
 
     def global_id(self, local: int) -> int:
-        return self.worker_index * self.vec.num_envs + local
+        return self.first_env + local
+
+    def batch(self, env_ids: Sequence[int]) -> ObsBatch:
+        """Current observations of `env_ids`, with the sampling key of each env's next decision."""
+        keys = [sample_key(self.cfg.seed, self.global_id(i), self._decisions[i]) for i in env_ids]
+        return ObsBatch.stack([self._obs[i] for i in env_ids], keys)
 
     # -- sync protocol --------------------------------------------------------------------
     def start_epoch(self) -> list[ObsBatch]:
@@ -74,8 +89,8 @@ class EnvWorker:
         """
         if self._obs[0] is None or self.reset_each_epoch:
             if self.reset_each_epoch:
-                base = (self.cfg.seed * 1_000_003 + self.worker_index) * 100_003 + self._epoch
-                self.vec.reseed([base * 1009 + i // self.group_size for i in range(self.vec.num_envs)])
+                self.vec.reseed([group_seed(self.cfg.seed, self.global_id(i) // self.group_size, self._epoch)
+                                 for i in range(self.vec.num_envs)])
             with self.rec.span("env_reset"):
                 for r in self.vec.reset():
                     self._obs[r.env_id] = r.obs
@@ -84,7 +99,7 @@ class EnvWorker:
 
     def observe(self, stage: int) -> ObsBatch:
         """Current observations of a stage's envs, in env order."""
-        return ObsBatch.stack([self._obs[i] for i in self.stage_ids(stage)])
+        return self.batch(self.stage_ids(stage))
 
     def step(self, stage: int, act: ActOut) -> ObsBatch:
         """Executes one chunk on every env of `stage` (lockstep), records it, returns the next obs."""
@@ -110,6 +125,7 @@ class EnvWorker:
         for row, i in enumerate(env_ids):
             self._in_flight[i] = Step(obs=self._obs[i], action=act.actions[row], logprob=float(act.logprob[row]),
                                       value=float(act.value[row]), version=int(act.version))
+            self._decisions[i] += 1
         self.vec.send(env_ids, act.actions)
 
     def record(self, r: EnvResult) -> None:
@@ -148,12 +164,13 @@ class EnvWorker:
 
     # -- plumbing -------------------------------------------------------------------------
     def counters(self) -> dict:
-        return {"env_steps": self.env_steps, "epoch": self._epoch}
+        return {"env_steps": self.env_steps, "epoch": self._epoch, "decisions": list(self._decisions)}
 
     def set_counters(self, counters: dict) -> None:
         """Restores counters after a resume (env state itself restarts from fresh episodes)."""
         self.env_steps = int(counters.get("env_steps", 0))
         self._epoch = int(counters.get("epoch", 0))
+        self._decisions = [int(d) for d in counters.get("decisions", self._decisions)]
 
     def drain_spans(self) -> list[Span]:
         return self.rec.drain()

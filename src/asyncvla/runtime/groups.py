@@ -19,21 +19,28 @@ from asyncvla.config import ConfigError
 from asyncvla.runtime.data import Segment
 
 
-def make_groups(num_envs: int, group_size: int, manager_index: int, seed: int) -> "EnvGroups | None":
+def group_seed(env_seed: int, group: int, round: int) -> int:
+    """Reset seed of every member of global GRPO group `group` (envs group*size .. group*size+size-1)
+    in its round `round`: the one formula of both modes, so their groups start from the same states."""
+    return ((env_seed * 1_000_003 + group) * 100_003 + round) % (2**63)
+
+
+def make_groups(num_envs: int, group_size: int, manager_index: int, seed: int, first_env: int = 0) -> "EnvGroups | None":
     """The manager's GRPO groups, or None when group_size is 0 (PPO)."""
-    return EnvGroups(num_envs, group_size, manager_index, seed) if group_size else None
+    return EnvGroups(num_envs, group_size, manager_index, seed, first_env) if group_size else None
 
 
 class EnvGroups:
     """Book-keeping of one manager's groups: who has finished this round, and the next shared seed."""
 
-    def __init__(self, num_envs: int, group_size: int, manager_index: int, seed: int):
-        if group_size < 2 or num_envs % group_size:
+    def __init__(self, num_envs: int, group_size: int, manager_index: int, seed: int, first_env: int = 0):
+        if group_size < 2 or num_envs % group_size or first_env % group_size:
             raise ConfigError(f"algo.group_size={group_size!r} is invalid: must be >= 2 and divide the envs of each "
                               f"env manager ({num_envs})")
         self.group_size = group_size
         self.manager_index = manager_index
         self.seed = seed
+        self.first_group = first_env // group_size
         n = num_envs // group_size
         self.round = [0] * n
         self._finished: list[dict[int, Segment | None]] = [{} for _ in range(n)]
@@ -49,8 +56,8 @@ class EnvGroups:
         return (self.manager_index, group, self.round[group])
 
     def round_seed(self, group: int) -> int:
-        """Seed of the group's current round (a pure function of the ids, so runs repeat)."""
-        return ((self.seed * 1_000_003 + self.manager_index) * 10_007 + group) * 100_003 + self.round[group]
+        """Seed of the group's current round (`group_seed` of its global group id)."""
+        return group_seed(self.seed, self.first_group + group, self.round[group])
 
     def finish(self, env: int, seg: Segment | None) -> tuple[int, list[Segment], bool] | None:
         """Records `env`'s finished episode (None: cut by an env error).

@@ -161,7 +161,9 @@ class TinyVLA(TinyBase):
         if deterministic:
             bins = logits.argmax(-1)  # [B, K, A]
         else:
-            bins = torch.distributions.Categorical(logits=logits / self.temperature).sample()
+            # Gumbel-max: a Categorical sample whose noise comes from each row's own key.
+            u = self._noise(obs, logits.shape, "uniform").clamp_(1e-20, 1.0)
+            bins = (logits / self.temperature - torch.log(-torch.log(u))).argmax(-1)
         logprob, _ = discrete_logprob_entropy(logits, bins, self.temperature)
         return ActOut(
             actions=bins_to_actions(bins, self.num_bins).cpu().numpy(),
@@ -199,7 +201,7 @@ class TinyGaussianVLA(TinyBase):
     @torch.no_grad()
     def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOut:
         mean, log_std, value = self.dist_params(obs)
-        actions = mean if deterministic else mean + torch.randn_like(mean) * log_std.exp()
+        actions = mean if deterministic else mean + self._noise(obs, mean.shape, "normal") * log_std.exp()
         logprob, _ = gaussian_logprob_entropy(mean, log_std, actions)
         return ActOut(actions.float().cpu().numpy(), logprob.float().cpu().numpy(), value.float().cpu().numpy(), self.version)
 

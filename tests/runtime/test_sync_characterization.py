@@ -1,0 +1,99 @@
+"""Characterization of the synchronous loop: the same config must train on exactly the same data.
+
+Recorded from the sync loop as it was before the runtimes were merged (the RLinf baseline:
+lockstep rollout epoch over 2 env workers x 2 pipeline stages, then PPO/GRPO epochs, then
+weight sync), on the emulated env with per-env sampling keys, so thread order cannot change
+a sample. Each update's training batch (obs, actions, behaviour logprob, values, advantages,
+returns, versions, in batch order), its loss stats and the final weights must match the
+recording to 1e-6. Regenerate (only when a change is *meant* to alter sync training) with
+ASYNCVLA_RECORD=1 python -m pytest tests/runtime/test_sync_characterization.py.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from asyncvla.config import AlgoConfig, EmulatedConfig, EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
+from asyncvla.metrics.writer import read_metrics
+from asyncvla.runtime.trainer import Trainer
+
+RECORDING = Path(__file__).parent / "data" / "sync_characterization.json"
+BATCH_FIELDS = ("behav_logprob", "old_values", "advantages", "returns", "version", "actions")
+
+
+def characterization_cfg(out_dir: Path, algo: str) -> TrainConfig:
+    return TrainConfig(
+        # One whole episode per env per update (12 steps = 6 decisions of 2), so GRPO's groups are whole episodes.
+        env=EnvConfig(id="emulated/fast", num_envs=4, image_size=16, end_on_success=False, seed=3,
+                      emulated=EmulatedConfig(episode_len=12)),
+        policy=PolicyConfig(chunk=2, hidden_dim=32, num_layers=1),
+        algo=AlgoConfig(name=algo, group_size=2, minibatch_size=16, update_epochs=2),
+        runtime=RuntimeConfig(mode="sync", num_env_workers=2, rollout_steps=6, pipeline_stages=2, local=True, trace=False),
+        run=RunConfig(out_dir=str(out_dir), total_env_steps=None, total_updates=3, eval_episodes=0, checkpoint_every=0,
+                      eval_video=False, seed=5),
+    )
+
+
+def _digest(x) -> list[float]:
+    """Order-sensitive summary of an array: its sum and the sum of its rows weighted by position."""
+    a = np.asarray(x, np.float64).reshape(len(x), -1)
+    return [float(a.sum()), float((a.sum(1) * np.arange(1, len(a) + 1)).sum())]
+
+
+def _batch_digest(batch) -> dict:
+    out = {k: _digest(getattr(batch, k).detach().cpu().numpy()) for k in BATCH_FIELDS}
+    out["images"] = _digest(batch.obs.images)
+    out["proprio"] = _digest(batch.obs.proprio)
+    out["n"] = len(batch)
+    return out
+
+
+def run_and_record(tmp_path: Path, algo: str, monkeypatch) -> dict:
+    from asyncvla.runtime.pipeline import train
+
+    batches: list[dict] = []
+    real_prepare = Trainer.prepare
+
+    def prepare(self, rollouts):
+        batch = real_prepare(self, rollouts)
+        batches.append(_batch_digest(batch))
+        return batch
+
+    monkeypatch.setattr(Trainer, "prepare", prepare)
+    run_dir = tmp_path / algo
+    train(characterization_cfg(run_dir, algo))
+    losses = [{k: v for k, v in r.items() if k.startswith("loss/")} for r in read_metrics(run_dir / "metrics.jsonl")
+              if "loss/policy" in r]
+    weights = load_file(str(run_dir / "checkpoints" / "last" / "model.safetensors"))
+    return {"batches": batches, "losses": losses,
+            "weights": {k: _digest(v.reshape(1, -1)) for k, v in sorted(weights.items())}}
+
+
+def _close(got, want, path: str) -> None:
+    if isinstance(want, dict):
+        assert got.keys() == want.keys(), path
+        for k in want:
+            _close(got[k], want[k], f"{path}.{k}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want)):
+            _close(g, w, f"{path}[{i}]")
+    else:
+        assert got == pytest.approx(want, rel=1e-6, abs=1e-6), path
+
+
+@pytest.mark.parametrize("algo", ["ppo", "grpo"])
+def test_sync_mode_reproduces_the_recorded_baseline(tmp_path, algo, monkeypatch):
+    got = run_and_record(tmp_path, algo, monkeypatch)
+    if os.environ.get("ASYNCVLA_RECORD"):
+        data = json.loads(RECORDING.read_text()) if RECORDING.exists() else {}
+        data[algo] = got
+        RECORDING.parent.mkdir(exist_ok=True)
+        RECORDING.write_text(json.dumps(data, indent=1))
+    want = json.loads(RECORDING.read_text())[algo]
+    assert len(got["batches"]) == 3 and got["batches"][0]["n"] == 2 * 4 * 6
+    _close(got, want, algo)
