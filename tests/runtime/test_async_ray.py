@@ -9,8 +9,8 @@ import pytest
 
 from asyncvla.config import PolicyConfig
 from asyncvla.policies.base import ObsBatch
-from asyncvla.runtime.async_ray import add_ledger_increment
-from asyncvla.runtime.staleness import Ledger
+from asyncvla.runtime.backends.ray import add_ledger_increment
+from asyncvla.runtime.learner.staleness import Ledger
 
 
 def test_ledger_increments_add_up_to_the_parts():
@@ -52,7 +52,7 @@ def test_local_ray_workers_are_not_niced(ray_local):
 @pytest.mark.slow
 def test_dynamic_batching_through_a_ray_server(ray_local):
     from asyncvla.runtime.rollout import build_policy
-    from asyncvla.runtime.rollout_server import make_ray_rollout_server
+    from asyncvla.runtime.inference.server import make_ray_rollout_server
 
     ray = ray_local
     # A library function, not one of this module's: the actor process cannot import test modules.

@@ -2,8 +2,8 @@
 
 import pytest
 
-from asyncvla.runtime.batcher import DynamicBatcher, FakeClock, LocalTransport, Reply, Request, ScriptedTransport
-from asyncvla.runtime.rollout_server import RolloutServer
+from asyncvla.runtime.inference.batcher import DynamicBatcher, FakeClock, LocalTransport, Reply, Request, ScriptedTransport
+from asyncvla.runtime.inference.server import RolloutServer
 
 
 def req(n, t, client=0):

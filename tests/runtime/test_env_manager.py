@@ -1,6 +1,6 @@
 """EnvManager helpers: how ready envs are cut into inference requests."""
 
-from asyncvla.runtime.env_manager import split_request
+from asyncvla.runtime.env.manager import split_request
 
 
 def test_ready_envs_are_cut_into_requests_of_at_most_the_server_batch():
@@ -27,7 +27,7 @@ class _ImmediateClient:
         import numpy as np
 
         from asyncvla.policies.base import ActOut
-        from asyncvla.runtime.batcher import Reply
+        from asyncvla.runtime.inference.batcher import Reply
 
         n = len(obs)
         self.events.append(("request", n))
@@ -41,10 +41,10 @@ def test_inline_envs_send_their_request_before_the_next_env_steps():
     # Inline executor: each `send` runs a whole chunk. With two replies pending, env 0's next
     # request must leave before env 1's chunk runs (its inference then overlaps that chunk).
     from asyncvla.config import EnvConfig
-    from asyncvla.runtime.env_manager import EnvManager
-    from asyncvla.runtime.env_worker import EnvWorker
+    from asyncvla.runtime.env.manager import EnvManager
+    from asyncvla.runtime.env.worker import EnvWorker
     from asyncvla.runtime.queues import TrajectoryQueue
-    from asyncvla.runtime.staleness import Ledger
+    from asyncvla.runtime.learner.staleness import Ledger
 
     cfg = EnvConfig(id="emulated/balanced", num_envs=2, image_size=8, executor="inline", seed=0)
     worker = EnvWorker(cfg, 0, trace=False)

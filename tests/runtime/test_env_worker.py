@@ -3,7 +3,7 @@ import pytest
 
 from asyncvla.config import ConfigError, EmulatedConfig, EnvConfig, RuntimeConfig
 from asyncvla.policies.base import ActOut
-from asyncvla.runtime.env_worker import EnvWorker
+from asyncvla.runtime.env.worker import EnvWorker
 
 CFG = EnvConfig(id="emulated/fast", num_envs=4, image_size=16, emulated=EmulatedConfig(episode_len=3))
 

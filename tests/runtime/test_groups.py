@@ -7,7 +7,7 @@ from asyncvla.config import AlgoConfig, ConfigError, EnvConfig, PolicyConfig, Ru
 from asyncvla.envs.base import Obs
 from asyncvla.runtime.async_pipeline import build_async, run_async
 from asyncvla.runtime.data import Segment, Step
-from asyncvla.runtime.groups import EnvGroups, GroupBuffer
+from asyncvla.runtime.env.groups import EnvGroups, GroupBuffer
 
 
 def _seg(env_id: int, n: int = 3) -> Segment:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from asyncvla.config import ConfigError
-from asyncvla.runtime.batcher import LocalTransport, Request
-from asyncvla.runtime.rollout_server import GreedyRouter, RolloutServer, make_router
-from asyncvla.runtime.weight_store import WeightStore
+from asyncvla.runtime.inference.batcher import LocalTransport, Request
+from asyncvla.runtime.inference.server import GreedyRouter, RolloutServer, make_router
+from asyncvla.runtime.inference.weight_store import WeightStore
 
 
 def test_weights_published_mid_batch_wait_for_the_next_batch(fake_policy, obs_of):

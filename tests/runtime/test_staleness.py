@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from asyncvla.runtime.staleness import Ledger, StalenessController
+from asyncvla.runtime.learner.staleness import Ledger, StalenessController
 
 
 def test_admission_respects_the_bound_and_grants_partially():

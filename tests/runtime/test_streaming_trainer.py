@@ -9,9 +9,9 @@ from asyncvla.config import AlgoConfig, EnvConfig, PolicyConfig
 from asyncvla.envs.base import Obs
 from asyncvla.metrics.spans import SpanRecorder
 from asyncvla.runtime.data import Segment, Step, stack_segments
-from asyncvla.runtime.staleness import Ledger, StalenessController
-from asyncvla.runtime.streaming_trainer import StreamingTrainer, split_segment
-from asyncvla.runtime.weight_store import WeightStore
+from asyncvla.runtime.learner.staleness import Ledger, StalenessController
+from asyncvla.runtime.learner.streaming import StreamingTrainer, split_segment
+from asyncvla.runtime.inference.weight_store import WeightStore
 
 
 def _seg(env_id, n, version=0, steps_each=2):
@@ -107,9 +107,9 @@ def test_async_update_at_zero_staleness_equals_sync(algo_name):
     Segments are not split here: a split bootstraps at the cut (a shorter GAE horizon), which
     is a valid but different estimate; the pipeline sizes global_batch as a multiple of
     segment_len so full segments never need splitting."""
-    from asyncvla.runtime.env_worker import EnvWorker
+    from asyncvla.runtime.env.worker import EnvWorker
     from asyncvla.runtime.rollout import build_policy
-    from asyncvla.runtime.trainer import Trainer
+    from asyncvla.runtime.learner.trainer import Trainer
 
     env_cfg = EnvConfig(id="emulated/fast", num_envs=3, image_size=16, seed=3)
     pol_cfg = PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2, image_size=16)

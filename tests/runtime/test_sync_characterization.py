@@ -19,7 +19,7 @@ from safetensors.numpy import load_file
 
 from asyncvla.config import AlgoConfig, EmulatedConfig, EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
 from asyncvla.metrics.writer import read_metrics
-from asyncvla.runtime.trainer import Trainer
+from asyncvla.runtime.learner.trainer import Trainer
 
 RECORDING = Path(__file__).parent / "data" / "sync_characterization.json"
 BATCH_FIELDS = ("behav_logprob", "old_values", "advantages", "returns", "version", "actions")

@@ -9,7 +9,7 @@ from asyncvla.config import AlgoConfig, PolicyConfig
 from asyncvla.envs.base import Obs
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
 from asyncvla.runtime.data import Segment, Step, stack_segments
-from asyncvla.runtime.trainer import Trainer, next_values, rollout_advantages
+from asyncvla.runtime.learner.trainer import Trainer, next_values, rollout_advantages
 
 A, P, S = 2, 4, 16  # action dim, proprio dim, image size
 TINY = PolicyConfig(type="tiny", chunk=2, hidden_dim=32, num_layers=1, image_size=S)

@@ -7,7 +7,7 @@ from torch import nn
 from asyncvla.config import AlgoConfig, PolicyConfig
 from asyncvla.runtime.placement import LocalHandle, local_get
 from asyncvla.runtime.rollout import RolloutWorker
-from asyncvla.runtime.trainer import Trainer, state_equal
+from asyncvla.runtime.learner.trainer import Trainer, state_equal
 from asyncvla.runtime.weight_sync import NcclWeightSync, ObjectStoreWeightSync, broadcast_module, free_port, init_group, make_weight_sync
 
 A, P = 2, 4

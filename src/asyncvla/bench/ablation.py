@@ -31,7 +31,7 @@ from asyncvla.bench.workloads import build_workload, calibrate, get_spec
 from asyncvla.config import ConfigError, TrainConfig
 from asyncvla.metrics.spans import Span
 from asyncvla.runtime.rollout import build_policy
-from asyncvla.runtime.trainer import Trainer
+from asyncvla.runtime.learner.trainer import Trainer
 
 ABLATION_COLUMNS = (*THROUGHPUT_COLUMNS, Column("compared_with", "compared with", "{}"),
                     Column("vs_best_previous", "× best previous", "{:.2f}"))

@@ -57,8 +57,8 @@ def offline_samples_per_s(policy: Policy, batch: int, seconds: float, image_size
 def serve_under_load(policy: Policy, max_batch: int, max_wait_ms: float, clients: int, seconds: float,
                      image_size: int, proprio_dim: int, think_ms: float = 0.0, warmup_s: float = 0.3) -> dict:
     """Runs a RolloutServer with `clients` closed-loop clients; measures after `warmup_s`."""
-    from asyncvla.runtime.batcher import LocalTransport
-    from asyncvla.runtime.rollout_server import RolloutServer
+    from asyncvla.runtime.inference.batcher import LocalTransport
+    from asyncvla.runtime.inference.server import RolloutServer
 
     transport = LocalTransport()
     server = RolloutServer(policy, max_batch, max_wait_ms / 1000, trace=False)

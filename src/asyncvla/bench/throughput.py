@@ -40,7 +40,7 @@ from asyncvla.bench.cpu import CpuMeter
 from asyncvla.config import ConfigError, RunConfig, TrainConfig
 from asyncvla.policies.base import Policy
 from asyncvla.runtime.rollout import build_policy
-from asyncvla.runtime.trainer import Trainer
+from asyncvla.runtime.learner.trainer import Trainer
 
 
 def _hold(seconds: float) -> None:

@@ -37,20 +37,20 @@ from asyncvla.config import TrainConfig
 from asyncvla.metrics.spans import load_chrome_trace, write_chrome_trace
 from asyncvla.metrics.writer import MetricsWriter
 from asyncvla.policies.base import Policy
-from asyncvla.runtime.async_ray import RayParts, build_ray_parts
-from asyncvla.runtime.batcher import LocalTransport
-from asyncvla.runtime.env_manager import EnvManager, RolloutClient
-from asyncvla.runtime.env_worker import EnvWorker
-from asyncvla.runtime.groups import make_groups
+from asyncvla.runtime.backends.ray import RayParts, build_ray_parts
+from asyncvla.runtime.inference.batcher import LocalTransport
+from asyncvla.runtime.env.manager import EnvManager, RolloutClient
+from asyncvla.runtime.env.worker import EnvWorker
+from asyncvla.runtime.env.groups import make_groups
 from asyncvla.runtime.pipeline import RunState, evaluate, load_checkpoint, prepare_run_dir, save_checkpoint, save_on_crash, summarize
 from asyncvla.runtime.placement import LocalHandle, Workers, local_get
 from asyncvla.runtime.queues import TrajectoryQueue
 from asyncvla.runtime.rollout import build_policy
-from asyncvla.runtime.rollout_server import RolloutServer, make_router
-from asyncvla.runtime.staleness import Ledger, StalenessController
-from asyncvla.runtime.streaming_trainer import StreamingTrainer
-from asyncvla.runtime.trainer import Trainer
-from asyncvla.runtime.weight_store import WeightStore
+from asyncvla.runtime.inference.server import RolloutServer, make_router
+from asyncvla.runtime.learner.staleness import Ledger, StalenessController
+from asyncvla.runtime.learner.streaming import StreamingTrainer
+from asyncvla.runtime.learner.trainer import Trainer
+from asyncvla.runtime.inference.weight_store import WeightStore
 
 
 @dataclass
@@ -395,7 +395,7 @@ def _start_ray(cfg: TrainConfig) -> bool:
         return False
     import ray
 
-    from asyncvla.runtime.async_ray import required_cpus
+    from asyncvla.runtime.backends.ray import required_cpus
     from asyncvla.runtime.placement import init_ray
 
     if ray.is_initialized():

@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 from asyncvla.config import TrainConfig
 from asyncvla.metrics.spans import Span
-from asyncvla.runtime.env_worker import EnvWorker
+from asyncvla.runtime.env.worker import EnvWorker
 from asyncvla.runtime.rollout import RolloutWorker
-from asyncvla.runtime.trainer import Trainer
+from asyncvla.runtime.learner.trainer import Trainer
 
 
 # -- handles -------------------------------------------------------------------------------

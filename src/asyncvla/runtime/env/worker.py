@@ -19,7 +19,7 @@ from asyncvla.envs.vector import EnvResult, VectorEnv
 from asyncvla.metrics.spans import Span, SpanRecorder
 from asyncvla.policies.base import ActOut, ObsBatch, sample_key
 from asyncvla.runtime.data import Rollout, Segment, Step, stack_segments
-from asyncvla.runtime.groups import group_seed
+from asyncvla.runtime.env.groups import group_seed
 
 
 class EnvWorker:

@@ -33,15 +33,15 @@ from typing import Any, Callable, Hashable
 from asyncvla.config import ConfigError, EnvConfig, TrainConfig
 from asyncvla.metrics.spans import Span
 from asyncvla.policies.base import ObsBatch, Policy
-from asyncvla.runtime.batcher import Reply
+from asyncvla.runtime.inference.batcher import Reply
 from asyncvla.runtime.data import Segment
-from asyncvla.runtime.env_manager import EnvManager, RolloutClient
-from asyncvla.runtime.env_worker import EnvWorker
-from asyncvla.runtime.groups import make_groups
+from asyncvla.runtime.env.manager import EnvManager, RolloutClient
+from asyncvla.runtime.env.worker import EnvWorker
+from asyncvla.runtime.env.groups import make_groups
 from asyncvla.runtime.queues import QueueClosed, TrajectoryQueue
-from asyncvla.runtime.rollout_server import make_ray_rollout_server, make_router
-from asyncvla.runtime.staleness import Ledger, StalenessController
-from asyncvla.runtime.weight_store import WeightStore
+from asyncvla.runtime.inference.server import make_ray_rollout_server, make_router
+from asyncvla.runtime.learner.staleness import Ledger, StalenessController
+from asyncvla.runtime.inference.weight_store import WeightStore
 
 POLL_S = 0.5
 """Driver-side views refresh their counters at most this often (every update refreshes them

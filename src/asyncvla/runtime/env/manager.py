@@ -23,13 +23,13 @@ from typing import Callable
 from asyncvla.config import ConfigError
 from asyncvla.envs.vector import EnvResult
 from asyncvla.policies.base import ActOut, ObsBatch
-from asyncvla.runtime.batcher import LocalTransport, Reply
+from asyncvla.runtime.inference.batcher import LocalTransport, Reply
 from asyncvla.runtime.data import Segment
-from asyncvla.runtime.env_worker import EnvWorker
-from asyncvla.runtime.groups import EnvGroups
+from asyncvla.runtime.env.worker import EnvWorker
+from asyncvla.runtime.env.groups import EnvGroups
 from asyncvla.runtime.queues import QueueClosed, TrajectoryQueue
-from asyncvla.runtime.rollout_server import Router
-from asyncvla.runtime.staleness import Ledger, StalenessController
+from asyncvla.runtime.inference.server import Router
+from asyncvla.runtime.learner.staleness import Ledger, StalenessController
 
 
 def split_request(ids: list[int], max_request: int | None) -> list[list[int]]:

@@ -29,10 +29,10 @@ from typing import Sequence
 
 from asyncvla.config import ConfigError
 from asyncvla.runtime.data import Segment, stack_segments
-from asyncvla.runtime.groups import GroupBuffer
-from asyncvla.runtime.staleness import Ledger, StalenessController
-from asyncvla.runtime.trainer import Trainer
-from asyncvla.runtime.weight_store import WeightStore
+from asyncvla.runtime.env.groups import GroupBuffer
+from asyncvla.runtime.learner.staleness import Ledger, StalenessController
+from asyncvla.runtime.learner.trainer import Trainer
+from asyncvla.runtime.inference.weight_store import WeightStore
 
 TRAINER_MODES = ("epoch", "accumulate", "streaming")
 

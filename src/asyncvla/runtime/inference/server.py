@@ -23,8 +23,8 @@ import torch
 from asyncvla.config import ConfigError
 from asyncvla.metrics.spans import SpanRecorder
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
-from asyncvla.runtime.batcher import DynamicBatcher, LocalTransport, Reply, Request, Transport
-from asyncvla.runtime.weight_store import WeightStore
+from asyncvla.runtime.inference.batcher import DynamicBatcher, LocalTransport, Reply, Request, Transport
+from asyncvla.runtime.inference.weight_store import WeightStore
 
 
 def split_act(out: ActOut, sizes: list[int]) -> list[ActOut]:
