@@ -9,7 +9,8 @@ from asyncvla.config import AlgoConfig, PolicyConfig
 from asyncvla.envs.base import Obs
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
 from asyncvla.runtime.data import Segment, Step, stack_segments
-from asyncvla.runtime.learner.trainer import Trainer, next_values, rollout_advantages
+from asyncvla.algos.registry import make_algorithm
+from asyncvla.runtime.learner.trainer import Trainer, next_values
 
 A, P, S = 2, 4, 16  # action dim, proprio dim, image size
 TINY = PolicyConfig(type="tiny", chunk=2, hidden_dim=32, num_layers=1, image_size=S)
@@ -42,6 +43,10 @@ def seg(env_id, xs, truncate_at=None, final=None, term_at=None, next_x=9.0):
     return Segment(env_id, steps, obs(next_x))
 
 
+def rollout_advantages(policy, r, algo):
+    return make_algorithm(algo).advantages(r, lambda: torch.as_tensor(next_values(policy, r)))
+
+
 def test_next_values_bootstrap_wiring():
     r = stack_segments([seg(0, [1, 2, 3], truncate_at=1, final=7.0), seg(1, [4, 5, 6], term_at=0, next_x=8.0)])
     nv = next_values(ValueIsProprio(), r)
@@ -49,6 +54,18 @@ def test_next_values_bootstrap_wiring():
     assert nv[0, 0] == 2 and nv[0, 1] == 5  # the next step's value
     assert nv[1, 0] == 7  # truncated: V(final obs), not V(the reset obs that follows)
     assert nv[2, 0] == 9 and nv[2, 1] == 8  # after the last step: V(next_obs)
+
+
+def test_a_segment_shorter_than_the_batch_bootstraps_from_its_own_next_obs():
+    # Env 1's segment was cut after 2 decisions; rows 2.. are padding (value 0, mask False).
+    r = stack_segments([seg(0, [1, 2, 3, 4]), seg(1, [5, 6], next_x=8.0)])
+    nv = next_values(ValueIsProprio(), r)
+    assert nv[1, 1] == 8  # V(next_obs) at its own last valid row, not the padding's 0
+    assert nv[3, 0] == 9
+    algo = AlgoConfig(gamma=0.5, lam=1.0)
+    adv, _, mask = rollout_advantages(ValueIsProprio(), r, algo)
+    assert mask[:, 1].tolist() == [True, True, False, False]
+    assert adv[1, 1].item() == pytest.approx(1 + 0.5 * 8 - 6)  # reward + gamma * V(next_obs) - V(s)
 
 
 def test_gae_through_trainer_matches_hand_computation():

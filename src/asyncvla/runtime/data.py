@@ -88,6 +88,8 @@ class Rollout:
     """[B] observation after each env's last step (bootstrap of the cut)."""
     env_ids: np.ndarray
     """[B] global env ids."""
+    lengths: np.ndarray
+    """[B] int: decisions of each column's segment (rows past it are padding)."""
     env_steps: int = 0
     """Simulator steps behind these samples."""
     episodes: list[dict] = field(default_factory=list)
@@ -142,5 +144,6 @@ def stack_segments(segments: Sequence[Segment]) -> Rollout:
         final_index=np.asarray(final_index, np.int64).reshape(-1, 2),
         next_obs=ObsBatch.stack([s.next_obs for s in segments]),
         env_ids=np.asarray([s.env_id for s in segments], np.int64),
+        lengths=np.asarray([max(len(s), 1) for s in segments], np.int64),
         env_steps=sum(st.num_steps for s in segments for st in s.steps),
     )

@@ -18,8 +18,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from asyncvla.algos.advantages import (compute_gae, episode_scores, grpo_advantages, grpo_step_advantages,
-                                      normalize_advantages)
+from asyncvla.algos.advantages import normalize_advantages
+from asyncvla.algos.registry import make_algorithm
 from asyncvla.algos.losses import decoupled_ppo_loss, entropy_bonus, kl_estimate, ppo_policy_loss, value_loss
 from asyncvla.config import AlgoConfig, PolicyConfig
 from asyncvla.metrics.spans import Span, SpanRecorder
@@ -54,40 +54,17 @@ def _values(policy: Policy, obs: ObsBatch, chunk: int = 256) -> np.ndarray:
 
 
 def next_values(policy: Policy, r: Rollout) -> np.ndarray:
-    """V(s_{t+1}) [T, B] for GAE: the next step's value, V(next_obs) after the last step, and
-    V(final obs) where an episode was truncated (terminated entries are ignored by GAE)."""
+    """V(s_{t+1}) [T, B] for GAE: the next step's value, V(next_obs) after each column's own last
+    step (a segment shorter than the batch's longest ends before its padding), and V(final obs)
+    where an episode was truncated (terminated entries are ignored by GAE)."""
     T, B = r.shape
     nv = np.zeros((T, B), np.float32)
     nv[:-1] = r.value[1:]
-    nv[-1] = _values(policy, r.next_obs)
+    nv[r.lengths - 1, np.arange(B)] = _values(policy, r.next_obs)
     if r.final_obs is not None and len(r.final_index):
         t, b = r.final_index[:, 0], r.final_index[:, 1]
         nv[t, b] = _values(policy, r.final_obs)
     return nv
-
-
-def rollout_advantages(policy: Policy, r: Rollout, algo: AlgoConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(advantages [T, B], returns [T, B], mask [T, B]) of one rollout, before normalisation."""
-    t = lambda x: torch.as_tensor(x)  # noqa: E731
-    mask = t(r.mask)
-    if algo.name == "grpo":
-        # RLinf semantics: score = reward sum up to the first done; the decisions after it
-        # belong to another episode and are not trained on.
-        done = t(r.terminated | r.truncated)
-        after = (done.long().cumsum(0) - done.long()) > 0  # [T, B]
-        if algo.grpo_credit == "reward_to_go":
-            adv = grpo_step_advantages(t(r.reward) * algo.reward_scale, done, mask, algo.group_size)
-            mask = mask & ~after
-            return adv, adv.clone(), mask
-        scores = episode_scores(t(r.reward), done, mask)  # [B]
-        adv_b = grpo_advantages(scores, algo.group_size)  # [B]
-        mask = mask & ~after
-        adv = torch.where(mask, adv_b[None, :].expand_as(mask), torch.zeros(()))
-        return adv, adv.clone(), mask
-    rewards = t(r.reward) * algo.reward_scale
-    adv, ret = compute_gae(rewards, t(r.value), t(next_values(policy, r)), t(r.terminated), t(r.truncated),
-                           algo.gamma, algo.lam, mask)
-    return adv, ret, mask
 
 
 class Trainer:
@@ -96,6 +73,7 @@ class Trainer:
     def __init__(self, policy_cfg: PolicyConfig, algo_cfg: AlgoConfig, action_dim: int, proprio_dim: int,
                  seed: int = 0, trace: bool = True, decoupled: bool = False, policy: Policy | None = None):
         self.algo = algo_cfg
+        self.algorithm = make_algorithm(algo_cfg)
         self.decoupled = decoupled
         self.seed = seed
         self.policy = policy if policy is not None else build_policy(policy_cfg, action_dim, proprio_dim, seed)
@@ -138,7 +116,7 @@ class Trainer:
         self.policy.eval()
         obs_parts, parts = [], {k: [] for k in ("actions", "logprob", "value", "adv", "ret", "version")}
         for r in rollouts:
-            adv, ret, mask = rollout_advantages(self.policy, r, self.algo)
+            adv, ret, mask = self.algorithm.advantages(r, lambda r=r: torch.as_tensor(next_values(self.policy, r)))
             flat = mask.reshape(-1).numpy()  # index t * B + b, as in r.obs
             idx = np.flatnonzero(flat)
             obs_parts.append(r.obs.index(idx))
@@ -149,8 +127,7 @@ class Trainer:
             parts["ret"].append(ret.reshape(-1)[idx])
         cat = {k: torch.cat(v).to(self.device) for k, v in parts.items()}
         adv = cat["adv"].float()
-        # GRPO's episode credit is already normalised per group; its reward_to_go credit is not.
-        if self.algo.normalize_advantages and (self.algo.name == "ppo" or self.algo.grpo_credit == "reward_to_go"):
+        if self.algorithm.normalize:
             adv = normalize_advantages(adv, torch.ones_like(adv, dtype=torch.bool))
         batch = Batch(ObsBatch.concat(obs_parts), cat["actions"].float(), cat["logprob"].float(), cat["value"].float(),
                       adv, cat["ret"].float(), cat["version"])
@@ -203,7 +180,7 @@ class Trainer:
         actor_on = float(self.num_updates >= algo.critic_warmup)  # critic warm-up: value loss only
         loss = actor_on * (pg + algo.entropy_coef * ent_loss)
         stats = {**stats, **ent_stats, "policy": float(pg.detach())}
-        if algo.name == "ppo":
+        if self.algorithm.uses_critic:
             vl, v_stats = value_loss(values, b.old_values[idx], b.returns[idx], mask, algo.value_clip)
             loss = loss + algo.value_coef * vl
             stats.update(v_stats, value=float(vl.detach()))
