@@ -428,14 +428,15 @@ class Train:
         """The config the run uses: preset + overrides (or the saved one on --resume), then the shorthands."""
         cfg = self.cfg
         if self.resume:
-            from asyncvla.runtime.pipeline import load_run_config
+            from asyncvla.runtime.checkpoints import load_run_config
 
             cfg = load_run_config(self.resume)
         elif self.mode is not None:
             rt = cfg.runtime
             levels = {}
             if self.mode == "async" and not (rt.async_env or rt.streaming_rollout or rt.decoupled_actor):
-                levels = dict(async_env=True, streaming_rollout=True, decoupled_actor=True)  # the full RL-VLA³ pipeline
+                # The full RL-VLA³ pipeline; every env steps on its own, so RLinf's stages go.
+                levels = dict(async_env=True, streaming_rollout=True, decoupled_actor=True, pipeline_stages=1)
             cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(rt, mode=self.mode, **levels))
         if self.ray_address is not None:
             # A resumed run may continue on another cluster than the one that saved it.
@@ -445,13 +446,11 @@ class Train:
     def run(self) -> None:
         from asyncvla.metrics.progress import TrainProgress
 
+        from asyncvla.runtime.driver import train
+
         cfg = self.resolved_config()
-        if cfg.runtime.mode == "async":
-            from asyncvla.runtime.async_pipeline import train_async as train_fn
-        else:
-            from asyncvla.runtime.pipeline import train as train_fn
         with TrainProgress(cfg.run.total_env_steps, cfg.run.total_updates) as progress:
-            summary = train_fn(cfg, progress=progress)
+            summary = train(cfg, progress=progress)
         _report(summary, self.json)
 
 

@@ -279,6 +279,30 @@ class AlgoConfig:
 
 
 @dataclass
+class EmulatedAcceleratorConfig:
+    """An emulated accelerator (benchmarks): after the real call, inference and training hold the
+    device for calibrated wall time without CPU, as a GPU would. All zero: off."""
+
+    infer_fixed_s: float = 0.0
+    """Seconds per inference batch (kernel launches, host-device copies)."""
+    infer_per_sample_s: float = 0.0
+    """Seconds per sample of an inference batch."""
+    train_per_sample_s: float = 0.0
+    """Seconds per sample and epoch of an update."""
+
+    def __post_init__(self) -> None:
+        for name in ("infer_fixed_s", "infer_per_sample_s", "train_per_sample_s"):
+            _check(getattr(self, name) >= 0, f"runtime.emulated_accelerator.{name}", getattr(self, name), "must be >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.infer_fixed_s > 0 or self.infer_per_sample_s > 0 or self.train_per_sample_s > 0
+
+    def infer_s(self, batch: int) -> float:
+        return self.infer_fixed_s + self.infer_per_sample_s * batch
+
+
+@dataclass
 class RuntimeConfig:
     """How the workers are laid out and scheduled (sync = the RLinf-style baseline)."""
 
@@ -291,7 +315,8 @@ class RuntimeConfig:
     rollout_steps: int = 32
     """Decisions (action chunks) per env per rollout epoch."""
     placement: Literal["colocated", "disaggregated"] = "colocated"
-    """colocated: inference and trainer share one process/device (offload between phases); disaggregated: separate actors."""
+    """colocated: inference and training share one device, so their calls never overlap (with the threads
+    backend on CUDA or an emulated accelerator; a CPU has nothing to share); disaggregated: each role has its own."""
     env_cpus: float = 1.0
     """CPUs reserved per env worker actor."""
     env_gpus: float = 0.0
@@ -300,16 +325,13 @@ class RuntimeConfig:
     """CPUs reserved per inference (rollout) actor; with colocated placement, for the shared actor."""
     rollout_gpus: float = 0.0
     """GPUs reserved per inference actor; with colocated placement, for the shared actor."""
-    trainer_cpus: float = 1.0
-    """CPUs reserved for the trainer actor (disaggregated placement)."""
-    trainer_gpus: float = 0.0
-    """GPUs reserved for the trainer actor (disaggregated placement)."""
     ray_address: str | None = None
     """Join this Ray cluster (e.g. 10.0.0.1:6379 or auto); null starts a local Ray sized to the machine."""
     local: bool = False
-    """Run the same worker classes in this one process, without Ray (debugging, fastest tests)."""
+    """Backend: true runs every role as threads of this one process (debugging, fastest tests, emulated
+    workloads); false runs env managers and rollout servers as Ray actors, the trainer in the driver."""
     weight_sync: Literal["object_store", "nccl"] = "object_store"
-    """How new weights reach inference: object_store (CPU state_dict via Ray) or nccl (torch.distributed broadcast on CUDA)."""
+    """How new weights reach Ray rollout servers: object_store (CPU state_dict via Ray) or nccl (torch.distributed broadcast on CUDA)."""
     trace: bool = True
     """Record spans of every worker into trace.json (Chrome trace; opens in Perfetto)."""
     async_env: bool = False
@@ -334,6 +356,8 @@ class RuntimeConfig:
     """Async: sizes of the env managers of each env worker (sum = env.num_envs), each with its own loop; () = one manager."""
     segment_len: int | None = None
     """Async: decisions per trajectory segment sent to the trainer; null = rollout_steps."""
+    emulated_accelerator: EmulatedAcceleratorConfig = field(default_factory=EmulatedAcceleratorConfig)
+    """Benchmarks: hold calibrated device time in inference and training (threads backend)."""
     trainer_mode: Literal["epoch", "accumulate", "streaming"] = "accumulate"
     """Async with decoupled_actor: epoch (every samples_per_update samples, sync's update_epochs x minibatches of decoupled PPO, one publish; rollouts go on meanwhile),
     accumulate (one optimizer step every samples_per_update samples, remainder carried over) or streaming (a step per minibatch_size samples as they arrive)."""
@@ -344,11 +368,9 @@ class RuntimeConfig:
         _check(self.pipeline_stages in (1, 2, 4), "runtime.pipeline_stages", self.pipeline_stages, "allowed: 1, 2, 4")
         _check(self.rollout_steps >= 1, "runtime.rollout_steps", self.rollout_steps, "must be >= 1")
         _check(self.placement in ("colocated", "disaggregated"), "runtime.placement", self.placement, "allowed: colocated, disaggregated")
-        for name in ("env_cpus", "env_gpus", "rollout_cpus", "rollout_gpus", "trainer_cpus", "trainer_gpus"):
+        for name in ("env_cpus", "env_gpus", "rollout_cpus", "rollout_gpus"):
             _check(getattr(self, name) >= 0, f"runtime.{name}", getattr(self, name), "must be >= 0")
         _check(self.weight_sync in ("object_store", "nccl"), "runtime.weight_sync", self.weight_sync, "allowed: object_store, nccl")
-        for name in ("async_env", "streaming_rollout", "decoupled_actor"):
-            _check(self.mode == "async" or not getattr(self, name), f"runtime.{name}", getattr(self, name), "needs runtime.mode=async")
         _check(self.max_staleness >= 0, "runtime.max_staleness", self.max_staleness, "must be >= 0")
         _check(self.max_batch >= 1, "runtime.max_batch", self.max_batch, "must be >= 1")
         _check(self.max_wait_ms >= 0, "runtime.max_wait_ms", self.max_wait_ms, "must be >= 0")
@@ -443,11 +465,6 @@ class TrainConfig:
         self.policy.image_size = self.env.image_size
         self.policy.device = self.run.device
         rt, env = self.runtime, self.env
-        _check(env.num_envs % rt.pipeline_stages == 0, "env.num_envs", env.num_envs, f"must be divisible by runtime.pipeline_stages={rt.pipeline_stages}")
-        if self.algo.name == "grpo":
-            per_stage = env.num_envs // rt.pipeline_stages
-            _check(per_stage % self.algo.group_size == 0, "env.num_envs", env.num_envs,
-                   f"GRPO needs envs per pipeline stage ({per_stage}) divisible by algo.group_size={self.algo.group_size}")
         _check(not rt.env_managers or sum(rt.env_managers) == env.num_envs, "runtime.env_managers", rt.env_managers,
                f"sizes must add up to env.num_envs={env.num_envs}")
         _check(rt.weight_sync != "nccl" or self.run.device.startswith("cuda"), "runtime.weight_sync", rt.weight_sync, "nccl needs run.device=cuda; use object_store on CPU")

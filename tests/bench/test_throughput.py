@@ -5,10 +5,10 @@ import time
 import numpy as np
 import pytest
 
-from asyncvla.bench.throughput import (AcceleratorCosts, best_batch, bound_env_steps_per_s, emulate_inference, emulated_balanced,
-                                       operating_point, stage_capacities, throughput_bench)
+from asyncvla.bench.throughput import (AcceleratorCosts, best_batch, bound_env_steps_per_s, emulated_balanced, operating_point,
+                                       stage_capacities, throughput_bench)
 from asyncvla.config import ConfigError
-from asyncvla.policies.base import ActOut, ObsBatch, Policy
+from asyncvla.runtime.device import DeviceGate
 
 
 def test_balanced_workload_splits_a_sync_iteration_in_thirds():
@@ -63,17 +63,59 @@ def test_tied_bottleneck_is_named_after_the_longer_part_of_the_env_cycle():
     assert operating_point(build_workload("emulated-train-bound")).stage == "trainer"
 
 
-def test_emulated_inference_holds_wall_time():
-    class P(Policy):
-        def act(self, obs, deterministic=False):
-            n = len(obs)
-            return ActOut(np.zeros((n, 1, 1), np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32), 0)
+def test_emulated_accelerator_holds_wall_time_and_a_shared_device_serialises_the_roles():
+    import threading
 
-    p = emulate_inference(P(), AcceleratorCosts(0.01, 0.01, 0.0))
-    obs = ObsBatch(np.zeros((3, 8, 8, 3), np.uint8), np.zeros((3, 2), np.float32), ["x"] * 3)
+    gate = DeviceGate(AcceleratorCosts(0.01, 0.01, 0.0))
     t0 = time.perf_counter()
-    p.act(obs)
+    with gate.infer(3):
+        pass
     assert time.perf_counter() - t0 >= 0.04
+    shared, inside, overlap = DeviceGate(AcceleratorCosts(0.0, 0.0, 0.02), shared=True), [], []
+
+    def train():
+        with shared.train(1):
+            inside.append(1)
+            overlap.append(len(inside) > 1)
+            time.sleep(0.01)
+            inside.pop()
+
+    threads = [threading.Thread(target=train) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert overlap == [False, False, False]
+
+
+def test_train_sync_and_the_benches_sync_rows_run_the_same_code_path(tmp_path, monkeypatch):
+    """`train --mode sync`, `bench throughput`'s sync row and `bench ablation`'s sync rows all run
+    `runtime.loop.run` on a plan with every switch off: there is no second loop."""
+    from asyncvla.bench import ablation, throughput
+    from asyncvla.runtime import loop
+    from asyncvla.config import EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
+    from asyncvla.runtime.driver import train
+
+    plans, real_run = [], loop.run
+
+    def spy(rt, *args, **kwargs):
+        plans.append(rt.plan)
+        return real_run(rt, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run", spy)
+    train(TrainConfig(env=EnvConfig(id="emulated/fast", num_envs=4, image_size=16),
+                      policy=PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
+                      runtime=RuntimeConfig(mode="sync", num_env_workers=2, pipeline_stages=2, rollout_steps=8, local=True),
+                      run=RunConfig(out_dir=str(tmp_path / "train"), total_env_steps=None, total_updates=1, eval_episodes=0)))
+    w = emulated_balanced()
+    throughput.run_mode(w, "sync", seconds=0.5)
+    for rung in ("sync", "sync-2stage"):
+        ablation.run_row(ablation.rung_config(w.config(), ablation.RUNGS[rung]), 0.5, rung)
+    assert len(plans) == 4
+    for plan in plans:
+        assert plan.mode == "sync" and not (plan.async_env or plan.streaming_rollout or plan.decoupled_actor)
+        assert plan.trainer_mode == "epoch" and plan.max_staleness == 0 and plan.max_batch == 1
+    assert [len(p.managers) for p in plans] == [4, 1, 1, 2]  # 2 workers x 2 stages; 1; 1; 2 stages
 
 
 def test_rejects_unknown_workload_and_mode():
@@ -100,7 +142,7 @@ def test_cli_writes_results_report_and_plots_to_out(tmp_path, monkeypatch, capsy
     from asyncvla.cli import BenchThroughput
 
     w = emulated_balanced()
-    rows = [dict(tp._row(w, m, b), env_steps_per_s=v, trained_samples_per_s=v / 4,
+    rows = [dict(tp.bound_columns(w), mode=m, mean_batch=b, env_steps_per_s=v, trained_samples_per_s=v / 4,
                  utilization={"env": 0.5, "rollout": 0.5, "trainer": 0.5}) for m, b, v in (("sync", 8.0, 120.0), ("async", 1.4, 290.0))]
     canned = {"bench": "throughput", "workload": "emulated-balanced", "bound": tp.BOUND_FORMULA, "runs": rows,
               "async_over_sync": 290.0 / 120.0}

@@ -55,10 +55,14 @@ def test_emulated_stage_shares_of_a_sync_iteration():
 
 def test_rung_config_makes_stages_equal_lockstep_managers():
     cfg = train_config(get_spec("emulated-balanced"))
-    rt = rung_config(cfg, LADDER[2]).runtime
-    assert rt.env_managers == (2, 2, 2, 2) and rt.pipeline_stages == 4 and not rt.async_env
-    full = rung_config(cfg, LADDER[-1]).runtime
-    assert full.async_env and full.streaming_rollout and full.decoupled_actor and full.env_managers == ()
+    from asyncvla.runtime.plan import make_plan
+
+    staged = rung_config(cfg, LADDER[2])
+    assert staged.runtime.pipeline_stages == 4 and staged.runtime.mode == "sync" and not staged.runtime.async_env
+    assert [m.num_envs for m in make_plan(staged).managers] == [2, 2, 2, 2]
+    full = rung_config(cfg, LADDER[-1])
+    assert full.runtime.async_env and full.runtime.streaming_rollout and full.runtime.decoupled_actor
+    assert full.runtime.pipeline_stages == 1 and len(make_plan(full).managers) == 1
 
 
 def test_ladder_violations():

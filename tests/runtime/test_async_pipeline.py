@@ -3,7 +3,7 @@
 import pytest
 
 from asyncvla.config import AlgoConfig, EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
-from asyncvla.runtime.async_pipeline import build_async, run_async
+from asyncvla.runtime import loop
 
 LADDER = {
     "sync": dict(),
@@ -15,7 +15,7 @@ LADDER = {
 
 def _cfg(env_id="emulated/fast", **rt):
     rt = {"mode": "async", "rollout_steps": 4, "env_managers": (3, 1), "num_rollout_servers": 2,
-          "router": "greedy", "max_batch": 4, "max_wait_ms": 2.0, "queue_size": 2, "trace": False, **rt}
+          "router": "greedy", "max_batch": 4, "max_wait_ms": 2.0, "queue_size": 2, "trace": False, "local": True, **rt}
     return TrainConfig(
         env=EnvConfig(id=env_id, num_envs=4, image_size=16, seed=1),
         policy=PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
@@ -28,9 +28,9 @@ def _cfg(env_id="emulated/fast", **rt):
 @pytest.mark.parametrize("rung", list(LADDER))
 def test_every_rung_trains_and_accounts_for_every_env_step(rung):
     cfg = _cfg(**LADDER[rung])
-    run = build_async(cfg)
+    run = loop.build_runtime(cfg)
     seen = []
-    summary = run_async(run, total_updates=3, on_update=lambda i, m: seen.append(m))
+    summary = loop.run(run, total_updates=3, on_update=lambda i, m: seen.append(m))
     led = run.ledger
     assert summary["train/updates"] == 3 and len(seen) == 3
     assert led.trained_samples == 3 * cfg.samples_per_update
@@ -45,8 +45,8 @@ def test_every_rung_trains_and_accounts_for_every_env_step(rung):
 def test_env_crashes_are_dropped_with_a_reason_and_totals_still_balance():
     cfg = _cfg(**LADDER["full"])
     cfg.env.wrappers.fault_prob = 0.05
-    run = build_async(cfg)
-    run_async(run, total_updates=3)
+    run = loop.build_runtime(cfg)
+    loop.run(run, total_updates=3)
     led = run.ledger
     assert led.dropped_samples["env_error"] > 0
     assert led.produced_env_steps == led.trained_env_steps + sum(led.dropped_env_steps.values())
@@ -55,12 +55,11 @@ def test_env_crashes_are_dropped_with_a_reason_and_totals_still_balance():
 def test_async_env_managers_are_woken_by_admission_instead_of_polling():
     from asyncvla.envs.vector import _WAKE
 
-    run = build_async(_cfg(**LADDER["async_env"]))  # nothing started: the envs' ready queues are empty
+    run = loop.build_runtime(_cfg(**LADDER["async_env"]))  # nothing started: the envs' ready queues are empty
     try:
         assert all(m._admission_wakes for m in run.managers)
         run.controller.advance(version=1, consumed_samples=8)  # the trainer publishes
         for m in run.managers:  # every manager's blocking recv would return now
             assert m.vec._ready.get_nowait() is _WAKE
     finally:
-        for m in run.managers:
-            m.worker.close()
+        run.backend.close()

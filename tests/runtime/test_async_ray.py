@@ -1,4 +1,4 @@
-"""The async runtime on Ray: env managers and rollout servers as actors (runtime.local=false)."""
+"""The ray backend: env managers and rollout servers as actors (runtime.local=false)."""
 
 import functools
 import json
@@ -9,7 +9,7 @@ import pytest
 
 from asyncvla.config import PolicyConfig
 from asyncvla.policies.base import ObsBatch
-from asyncvla.runtime.backends.ray import add_ledger_increment
+from asyncvla.runtime.backends.ray_proxies import add_ledger_increment
 from asyncvla.runtime.learner.staleness import Ledger
 
 
@@ -32,7 +32,7 @@ def test_ledger_increments_add_up_to_the_parts():
 @pytest.fixture
 def ray_local(tmp_path):
     ray = pytest.importorskip("ray")
-    from asyncvla.runtime.placement import init_ray
+    from asyncvla.runtime.backends.ray import init_ray
 
     init_ray(None, min_cpus=2)
     yield ray
@@ -51,7 +51,7 @@ def test_local_ray_workers_are_not_niced(ray_local):
 
 @pytest.mark.slow
 def test_dynamic_batching_through_a_ray_server(ray_local):
-    from asyncvla.runtime.rollout import build_policy
+    from asyncvla.policies.registry import build_policy
     from asyncvla.runtime.inference.server import make_ray_rollout_server
 
     ray = ray_local
@@ -74,7 +74,7 @@ def test_dynamic_batching_through_a_ray_server(ray_local):
 
 @pytest.mark.slow
 def test_train_async_on_ray_balances_the_books(tmp_path):
-    from asyncvla.runtime.async_pipeline import train_async
+    from asyncvla.runtime.driver import train as train_async
     from test_async_train import async_cfg
 
     cfg = async_cfg(tmp_path, updates=3)
@@ -87,3 +87,19 @@ def test_train_async_on_ray_balances_the_books(tmp_path):
     led = st["ledger"]
     assert led["produced"] == summary["env_steps"] == led["trained_env_steps"] + sum(led["dropped_env_steps"].values())
     assert led["trained_samples"] == 48 and max(int(k) for k in st["staleness"]["lag_hist"]) <= 1
+
+
+@pytest.mark.slow
+def test_sync_grpo_on_ray_matches_the_threads_backend(tmp_path):
+    """The same plan on both backends: lockstep GRPO trains on the same batches (sampling keys, env seeds)."""
+    from asyncvla.runtime.driver import train
+    from asyncvla.metrics.writer import read_metrics
+    from test_sync_characterization import characterization_cfg
+
+    losses = {}
+    for local in (True, False):
+        cfg = characterization_cfg(tmp_path / str(local), "grpo")
+        cfg.runtime.local, cfg.runtime.env_cpus, cfg.run.total_updates = local, 0.25, 2
+        train(cfg)
+        losses[local] = [r["loss/policy"] for r in read_metrics(tmp_path / str(local) / "metrics.jsonl") if "loss/policy" in r]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)

@@ -4,8 +4,8 @@ import json
 
 from asyncvla.config import AlgoConfig, EmulatedConfig, EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
 from asyncvla.metrics.writer import read_metrics
-from asyncvla.runtime.async_pipeline import train_async
-from asyncvla.runtime.pipeline import load_run_config
+from asyncvla.runtime.checkpoints import load_run_config
+from asyncvla.runtime.driver import train as train_async
 
 FULL = dict(async_env=True, streaming_rollout=True, decoupled_actor=True)
 

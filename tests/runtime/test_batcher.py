@@ -2,7 +2,8 @@
 
 import pytest
 
-from asyncvla.runtime.inference.batcher import DynamicBatcher, FakeClock, LocalTransport, Reply, Request, ScriptedTransport
+from asyncvla.runtime.inference.batcher import DynamicBatcher, LocalTransport, Reply, Request
+from fake_transport import FakeClock, ScriptedTransport
 from asyncvla.runtime.inference.server import RolloutServer
 
 

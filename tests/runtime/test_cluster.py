@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from asyncvla.runtime.weight_sync import free_port
+from asyncvla.runtime.inference.broadcast import free_port
 
 
 @pytest.fixture

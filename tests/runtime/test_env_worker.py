@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from asyncvla.config import ConfigError, EmulatedConfig, EnvConfig, RuntimeConfig
+from asyncvla.config import ConfigError, EmulatedConfig, EnvConfig, RuntimeConfig, TrainConfig
 from asyncvla.policies.base import ActOut
 from asyncvla.runtime.env.worker import EnvWorker
+from asyncvla.runtime.plan import make_plan
 
 CFG = EnvConfig(id="emulated/fast", num_envs=4, image_size=16, emulated=EmulatedConfig(episode_len=3))
 
@@ -12,40 +13,53 @@ def act(n, version=0, value=0.5):
     return ActOut(np.full((n, 2, 4), 0.1, np.float32), np.full(n, -1.0, np.float32), np.full(n, value, np.float32), version)
 
 
-def test_stages_step_in_lockstep_and_collect_time_major():
-    w = EnvWorker(CFG, worker_index=1, num_stages=2)
-    obs = w.start_epoch()
-    assert [len(o) for o in obs] == [2, 2] and w.stage_ids(1) == [2, 3]
+def _step(w, ids, version=0):
+    w.send(ids, act(len(ids), version))
+    results = []
+    while len(results) < len(ids):
+        results += w.vec.recv(min_ready=len(ids) - len(results))
+    for r in sorted(results, key=lambda r: r.env_id):
+        w.record(r)
+
+
+def test_steps_are_assembled_per_env_into_segments_with_global_ids():
+    w = EnvWorker(CFG, worker_index=1)
+    for r in w.vec.reset():
+        w.record(r)
     for t in range(3):
-        for s in range(2):
-            w.step(s, act(2, version=t))
-    r = w.collect()
-    assert r.shape == (3, 4) and r.actions.shape == (3, 4, 2, 4)
-    assert r.env_ids.tolist() == [4, 5, 6, 7]  # global ids of worker 1
-    assert r.version[:, 0].tolist() == [0, 1, 2] and r.mask.all()
-    # chunks of 2 in episodes of 3 steps: the 2nd decision truncates after 1 step
-    assert r.truncated[1].all() and not r.truncated[0].any()
-    assert r.env_steps == 4 * (2 + 1 + 2) and len(r.episodes) == 4
-    assert r.final_index.shape == (4, 2) and len(r.final_obs) == 4
-    assert len(r.obs) == 12 and len(r.next_obs) == 4
-    # The next epoch continues the running episodes and starts empty buffers.
-    w.start_epoch()
-    w.step(0, act(2))
-    assert w.pop_segments([0])[0].steps[0].obs is not None
-    assert [s.kind for s in w.drain_spans()].count("env_step") == 7
-
-
-def test_reset_each_epoch_gives_groups_equal_initial_states():
-    w = EnvWorker(CFG, num_stages=1, reset_each_epoch=True, group_size=2)
-    for _ in range(2):
-        p = w.start_epoch()[0].proprio
-        assert np.array_equal(p[0], p[1]) and np.array_equal(p[2], p[3]) and not np.array_equal(p[0], p[2])
+        _step(w, [0, 1, 2, 3], version=t)
+    segs = w.pop_segments()
+    assert [s.env_id for s in segs] == [4, 5, 6, 7]  # global ids of worker 1
+    seg = segs[0]
+    assert [st.version for st in seg.steps] == [0, 1, 2] and all(st.valid for st in seg.steps)
+    # chunks of 2 in episodes of 3 steps: the 2nd decision truncates after 1 step, with its final obs
+    assert [st.truncated for st in seg.steps] == [False, True, False] and seg.steps[1].final_obs is not None
+    assert w.env_steps == 4 * (2 + 1 + 2) and len(w.pop_episodes()) == 4
+    assert w.pop_segments()[0].steps == []  # buffers emptied
     w.close()
+
+
+def test_an_env_plays_the_same_episodes_and_samples_however_the_envs_are_split():
+    whole = EnvWorker(CFG)
+    half = EnvWorker(EnvConfig(**{**vars(CFG), "num_envs": 2}), first_env=2)  # envs 2, 3 of the same run
+    for w in (whole, half):
+        for r in w.vec.reset():
+            w.record(r)
+    a, b = whole.batch([2, 3]), half.batch([0, 1])
+    assert np.array_equal(a.proprio, b.proprio) and np.array_equal(a.sample_keys, b.sample_keys)
+    _step(whole, [2, 3])
+    _step(half, [0, 1])
+    assert not np.array_equal(whole.batch([2]).sample_keys, a.sample_keys[:1])  # a new key per decision
+    assert np.array_equal(whole.batch([2, 3]).sample_keys, half.batch([0, 1]).sample_keys)
+    whole.close()
+    half.close()
 
 
 def test_runtime_config_validation():
     with pytest.raises(ConfigError, match="runtime.pipeline_stages"):
         RuntimeConfig(pipeline_stages=3)
     with pytest.raises(ConfigError, match="runtime.async_env.*mode=async"):
-        RuntimeConfig(async_env=True)
-    RuntimeConfig(mode="async", async_env=True)
+        make_plan(TrainConfig(runtime=RuntimeConfig(async_env=True)))
+    with pytest.raises(ConfigError, match="runtime.pipeline_stages=2 is invalid with runtime.async_env"):
+        make_plan(TrainConfig(runtime=RuntimeConfig(mode="async", async_env=True, pipeline_stages=2)))
+    make_plan(TrainConfig(runtime=RuntimeConfig(mode="async", async_env=True)))

@@ -5,7 +5,7 @@ import pytest
 
 from asyncvla.config import AlgoConfig, ConfigError, EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
 from asyncvla.envs.base import Obs
-from asyncvla.runtime.async_pipeline import build_async, run_async
+from asyncvla.runtime import loop
 from asyncvla.runtime.data import Segment, Step
 from asyncvla.runtime.env.groups import EnvGroups, GroupBuffer
 
@@ -55,7 +55,7 @@ def test_group_buffer_hands_out_whole_groups_only():
 def _cfg(**rt):
     rt = {"mode": "async", "rollout_steps": 5, "async_env": True, "streaming_rollout": True, "decoupled_actor": True,
           "trainer_mode": "epoch", "max_staleness": 1, "env_managers": (4, 2), "max_batch": 4, "max_wait_ms": 2.0,
-          "queue_size": 4, "trace": False, **rt}
+          "queue_size": 4, "trace": False, "local": True, **rt}
     return TrainConfig(
         env=EnvConfig(id="emulated/fast", num_envs=6, image_size=16, seed=1, max_episode_steps=10, end_on_success=False),
         policy=PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
@@ -66,11 +66,11 @@ def _cfg(**rt):
 
 
 def test_async_grpo_trains_whole_groups_and_accounts_for_every_env_step():
-    run = build_async(_cfg())
+    run = loop.build_runtime(_cfg())
     trained = []
     orig = run.learner._update
     run.learner._update = lambda segs: (trained.append([(s.group, len(s)) for s in segs]), orig(segs))[1]
-    summary = run_async(run, total_updates=3)
+    summary = loop.run(run, total_updates=3)
     led = run.ledger
     assert summary["train/updates"] == 3 and len(trained) == 3
     for batch in trained:
@@ -82,4 +82,25 @@ def test_async_grpo_trains_whole_groups_and_accounts_for_every_env_step():
 
 def test_async_grpo_rejects_micro_batch_trainer_modes():
     with pytest.raises(ConfigError, match="trainer_mode"):
-        build_async(_cfg(trainer_mode="streaming"))
+        loop.build_runtime(_cfg(trainer_mode="streaming"))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_every_round_of_a_group_starts_its_members_from_one_state(mode):
+    rt = {"mode": "sync", "async_env": False, "streaming_rollout": False, "decoupled_actor": False} if mode == "sync" else {}
+    run = loop.build_runtime(_cfg(**rt))
+    firsts: dict[tuple, list] = {}
+    orig = run.learner._update
+
+    def record(segs):
+        for s in segs:
+            firsts.setdefault(s.group, []).append(s.steps[0].obs.proprio)
+        return orig(segs)
+
+    run.learner._update = record
+    loop.run(run, total_updates=2)
+    assert len(firsts) >= 6  # 3 groups of 2 per round, 2 rounds
+    for members in firsts.values():
+        assert len(members) == 2 and np.array_equal(members[0], members[1])
+    starts = {tuple(m[0].round(5)) for m in firsts.values()}
+    assert len(starts) == len(firsts)  # every group and round from a state of its own

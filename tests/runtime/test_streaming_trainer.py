@@ -99,45 +99,63 @@ def test_rejects_unknown_mode():
         _streaming("sometimes")
 
 
-@pytest.mark.parametrize("algo_name", ["ppo"])
+def _play(worker, actor, decisions: int, group: int = 0):
+    """Every env of `worker` plays `decisions` lockstep decisions; returns their segments (GRPO: tagged)."""
+    for r in worker.vec.reset():
+        worker.record(r)
+    ids = list(range(worker.vec.num_envs))
+    for _ in range(decisions):
+        worker.send(ids, actor.act(worker.batch(ids)))
+        results = []
+        while len(results) < len(ids):
+            results += worker.vec.recv(min_ready=len(ids) - len(results))
+        for r in results:
+            worker.record(r)
+    segments = worker.pop_segments()
+    for s in segments:
+        s.group = (0, s.env_id // group, 0) if group else None
+    return segments
+
+
+@pytest.mark.parametrize("algo_name", ["ppo", "grpo"])
 def test_async_update_at_zero_staleness_equals_sync(algo_name):
-    """Same rollout, same initial weights: sync `Trainer.train` vs the segments streamed (out of
-    order) into a decoupled, accumulating StreamingTrainer at max_staleness=0.
+    """Same rollout, same initial weights: the sync plan's learner (epoch mode, plain PPO loss against
+    the behaviour logprob) vs the async one (segments streamed out of order, decoupled loss with the
+    proximal logprob recomputed; PPO accumulating, GRPO in whole groups) at max_staleness=0.
 
     Segments are not split here: a split bootstraps at the cut (a shorter GAE horizon), which
-    is a valid but different estimate; the pipeline sizes global_batch as a multiple of
-    segment_len so full segments never need splitting."""
+    is a valid but different estimate; the plan sizes the batch as a multiple of the segment
+    length so full segments never need splitting."""
+    from asyncvla.policies.registry import build_policy
     from asyncvla.runtime.env.worker import EnvWorker
-    from asyncvla.runtime.rollout import build_policy
     from asyncvla.runtime.learner.trainer import Trainer
 
-    env_cfg = EnvConfig(id="emulated/fast", num_envs=3, image_size=16, seed=3)
+    grpo = algo_name == "grpo"
+    env_cfg = EnvConfig(id="emulated/fast", num_envs=4, image_size=16, seed=3, end_on_success=False,
+                        max_episode_steps=12 if grpo else None)
     pol_cfg = PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2, image_size=16)
     T = 6
     n = env_cfg.num_envs * T
-    algo = AlgoConfig(name=algo_name, update_epochs=1, minibatch_size=n, dual_clip=None)
+    algo = AlgoConfig(name=algo_name, group_size=2, update_epochs=1, minibatch_size=n, dual_clip=None)
     worker = EnvWorker(env_cfg, trace=False)
     spec = worker.spec()
     actor = build_policy(pol_cfg, spec["action_dim"], spec["proprio_dim"], seed=0)
-    (obs,) = worker.start_epoch()
-    torch.manual_seed(5)
-    for _ in range(T):
-        obs = worker.step(0, actor.act(obs))
-    segments = worker.pop_segments()
+    segments = _play(worker, actor, T, group=2 if grpo else 0)
     worker.close()
 
-    sync = Trainer(pol_cfg, algo, spec["action_dim"], spec["proprio_dim"], seed=0, trace=False)
-    sync_stats = sync.train(stack_segments(segments))
+    def learner(mode: str, decoupled: bool):
+        trainer = Trainer(pol_cfg, algo, spec["action_dim"], spec["proprio_dim"], seed=0, trace=False)
+        st = StreamingTrainer(trainer, mode, n, WeightStore(), StalenessController(0, n), envs_per_worker=4)
+        trainer.decoupled = decoupled
+        return st
 
-    trainer = Trainer(pol_cfg, algo, spec["action_dim"], spec["proprio_dim"], seed=0, trace=False)
-    st = StreamingTrainer(trainer, "accumulate", n, WeightStore(), StalenessController(0, n))
-    stats = []
-    for seg in segments[::-1]:
-        stats += st.add(seg)
+    sync, stream = learner("epoch", False), learner("epoch" if grpo else "accumulate", True)
+    (sync_stats,) = [x for seg in segments for x in sync.add(seg)]
+    stats = [x for seg in segments[::-1] for x in stream.add(seg)]
     assert len(stats) == 1 and stats[0]["lag/batch_max"] == 0
-    for key in ("loss/total", "loss/policy", "loss/value"):
+    for key in ("loss/total", "loss/policy") + (() if grpo else ("loss/value",)):
         assert stats[0][key] == pytest.approx(sync_stats[key], abs=1e-5), key
     assert stats[0]["loss/is_weight_mean"] == pytest.approx(1.0, abs=1e-5)
-    for (k, a), b in zip(sync.policy.state_dict().items(), trainer.policy.state_dict().values()):
+    for (k, a), b in zip(sync.trainer.policy.state_dict().items(), stream.trainer.policy.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-5), k
-    assert st.store.version == trainer.version == 1
+    assert stream.store.version == stream.trainer.version == 1

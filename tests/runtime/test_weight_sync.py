@@ -1,41 +1,18 @@
+"""Weight broadcast over torch.distributed (gloo stands in for NCCL on a CPU) and the ray backend's weight stores."""
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
 
 from asyncvla.config import AlgoConfig, PolicyConfig
-from asyncvla.runtime.placement import LocalHandle, local_get
-from asyncvla.runtime.rollout import RolloutWorker
+from asyncvla.policies.base import ObsBatch
+from asyncvla.runtime.inference.broadcast import broadcast_module, free_port, init_group
 from asyncvla.runtime.learner.trainer import Trainer, state_equal
-from asyncvla.runtime.weight_sync import NcclWeightSync, ObjectStoreWeightSync, broadcast_module, free_port, init_group, make_weight_sync
 
 A, P = 2, 4
 TINY = PolicyConfig(type="tiny", chunk=1, hidden_dim=32, num_layers=1, image_size=16)
-
-
-def _perturb(module: nn.Module) -> None:
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(1.0)
-
-
-def test_object_store_sync_through_local_handles():
-    trainer = Trainer(TINY, AlgoConfig(), A, P, seed=0, trace=False)
-    rollout = RolloutWorker(TINY, A, P, seed=1)
-    _perturb(trainer.policy)
-    trainer.policy.version = 5
-    assert not state_equal(trainer.policy.state_dict(), rollout.policy.state_dict())
-    v = ObjectStoreWeightSync().sync(LocalHandle(trainer), [LocalHandle(rollout)], 5, local_get)
-    assert v == 5 and rollout.version == 5
-    assert state_equal(trainer.policy.state_dict(), rollout.policy.state_dict())
-    assert [s.kind for s in rollout.drain_spans()] == ["weight_sync"]
-
-
-def test_make_weight_sync_picks_by_placement():
-    assert type(make_weight_sync("object_store", "colocated")).__name__ == "InProcessWeightSync"
-    assert isinstance(make_weight_sync("object_store", "disaggregated"), ObjectStoreWeightSync)
-    assert isinstance(make_weight_sync("nccl", "disaggregated"), NcclWeightSync)
 
 
 def _broadcast_rank(rank: int, port: int, out_dir: str) -> None:
@@ -63,30 +40,36 @@ def test_gloo_broadcast_between_two_processes(tmp_path):
     assert state_equal(s0, s1)
 
 
-@pytest.fixture(scope="module")
-def ray_session(tmp_path_factory):
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["object_store", "gloo"])
+def test_published_weights_reach_every_server_actor(kind):
+    """PushingWeightStore (object store) and NcclWeightStore (its code path, with gloo on a CPU)."""
+    import functools
+
     ray = pytest.importorskip("ray")
-    from asyncvla.runtime.placement import init_ray
+    from asyncvla.policies.registry import build_policy
+    from asyncvla.runtime.backends.ray import NcclWeightStore, PushingWeightStore, init_ray
+    from asyncvla.runtime.inference.server import make_ray_rollout_server
 
     init_ray(None)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.mark.slow
-def test_object_store_and_gloo_sync_between_ray_actors(ray_session):
-    ray = ray_session
-    trainer = ray.remote(Trainer).options(num_cpus=0).remote(TINY, AlgoConfig(), A, P, 0, False)
-    rollouts = [ray.remote(RolloutWorker).options(num_cpus=0).remote(TINY, A, P, seed) for seed in (1, 2)]
-    assert ObjectStoreWeightSync().sync(trainer, rollouts, 0, ray.get) == 0
-    want = ray.get(trainer.get_weights.remote())
-    for r in rollouts:
-        assert state_equal(want, ray.get(r.__ray_call__.remote(lambda self: self.policy.state_dict())))
-    # The NCCL strategy's code path, with gloo standing in for NCCL on a CPU.
-    sync = NcclWeightSync(backend="gloo", addr="127.0.0.1")
-    sync.setup(trainer, rollouts, ray.get)
-    ray.get(trainer.__ray_call__.remote(lambda self: [p.data.add_(1.0) for p in self.policy.parameters()] and None))
-    assert sync.sync(trainer, rollouts, 0, ray.get) == 0
-    want = ray.get(trainer.get_weights.remote())
-    for r in rollouts:
-        assert state_equal(want, ray.get(r.__ray_call__.remote(lambda self: self.policy.state_dict())))
+    try:
+        trainer = Trainer(TINY, AlgoConfig(), A, P, seed=0, trace=False)
+        policy_fn = functools.partial(build_policy, TINY, A, P, 1)  # other initial weights than the trainer's
+        servers = [make_ray_rollout_server(num_cpus=0).remote(policy_fn, 1, 0.0, i, False) for i in range(2)]
+        if kind == "gloo":
+            store = NcclWeightStore(servers, trainer.policy, 0, backend="gloo")
+        else:
+            store = PushingWeightStore(servers, trainer.policy.state_dict(), 0)
+        with torch.no_grad():
+            for p in trainer.policy.parameters():
+                p.add_(1.0)
+        store.publish(trainer.policy.state_dict(), 3)
+        obs = ObsBatch(np.zeros((1, 16, 16, 3), np.uint8), np.zeros((1, P), np.float32), ["x"], np.array([5]))
+        want = trainer.policy.eval().act(obs)
+        for s in servers:  # the next batch after the publish acts with version 3's weights
+            out = ray.get(s.act.remote(0, obs))
+            assert out.version == 3 and np.allclose(out.logprob, want.logprob) and np.allclose(out.actions, want.actions)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        ray.shutdown()

@@ -1,17 +1,17 @@
 """`asyncvla bench ablation`: the ladder from sync to full async, one level at a time.
 
-Rungs (every one runs the async runtime on the same workload; only switches change):
+Rungs (every one runs the one runtime on the same workload; only switches change):
 
 | rung | what changes |
 |---|---|
 | sync | lockstep envs, one fixed batch per step, collect → train → publish (rollouts paused) |
-| sync-2stage, sync-4stage | RLinf pipelining: the envs split into 2 / 4 lockstep groups, each with its own loop, so one group steps while another's inference runs |
+| sync-2stage, sync-4stage | RLinf pipelining (`pipeline_stages`): the envs split into 2 / 4 lockstep managers, each with its own loop, so one stage steps while another's inference runs |
 | +async_env | every env steps on its own clock (ready-first), no stages needed |
 | +streaming_rollout | inference batches dynamically (max_batch / max_wait_ms) |
 | +decoupled_actor | the trainer consumes segments as they arrive and publishes while rollouts continue (full async, max_staleness 1) |
 
-Emulated workloads wrap the policy and trainer in the emulated accelerator of
-`bench/throughput.py`; real workloads run the tiny VLA as is. Each row: env steps/s,
+Emulated workloads set `runtime.emulated_accelerator` (threads backend); real workloads run
+the tiny VLA as is (ray backend). Each row: env steps/s,
 trained samples/s, utilization per role, the async bound (bottleneck stage) and the ratio
 to sync; throughput is counted from the end of the first update to the end of the run.
 """
@@ -19,19 +19,16 @@ to sync; throughput is counted from the end of the first update to the end of th
 from __future__ import annotations
 
 import dataclasses
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from asyncvla.bench.throughput import (BOUND_FORMULA, AcceleratorCosts, Workload, bound_env_steps_per_s, emulate_inference,
-                                       emulated_trainer_cls, operating_point)
 from asyncvla.bench.report import THROUGHPUT_COLUMNS, Column
+from asyncvla.bench.throughput import (BOUND_FORMULA, MODES, Workload, bound_env_steps_per_s, operating_point, ray_session,
+                                       result_row, run_config)
 from asyncvla.bench.workloads import build_workload, calibrate, get_spec
 from asyncvla.config import ConfigError, TrainConfig
 from asyncvla.metrics.spans import Span
-from asyncvla.runtime.rollout import build_policy
-from asyncvla.runtime.learner.trainer import Trainer
 
 ABLATION_COLUMNS = (*THROUGHPUT_COLUMNS, Column("compared_with", "compared with", "{}"),
                     Column("vs_best_previous", "× best previous", "{:.2f}"))
@@ -46,102 +43,38 @@ class Rung:
     name: str
     runtime: dict = field(default_factory=dict)
     stages: int = 1
-    """Lockstep env groups (RLinf pipeline stages); only meaningful with async_env off."""
+    """RLinf pipeline stages (lockstep env managers); only meaningful with async_env off."""
 
 
-FULL_ASYNC = dict(async_env=True, streaming_rollout=True, decoupled_actor=True, max_staleness=1)
+FULL_ASYNC = MODES["async"]
 LADDER: tuple[Rung, ...] = (
-    Rung("sync"),
-    Rung("sync-2stage", stages=2),
-    Rung("sync-4stage", stages=4),
-    Rung("+async_env", dict(async_env=True)),
-    Rung("+streaming_rollout", dict(async_env=True, streaming_rollout=True)),
+    Rung("sync", MODES["sync"]),
+    Rung("sync-2stage", MODES["sync"], stages=2),
+    Rung("sync-4stage", MODES["sync"], stages=4),
+    Rung("+async_env", MODES["async_env"]),
+    Rung("+streaming_rollout", MODES["streaming_rollout"]),
     Rung("+decoupled_actor", FULL_ASYNC),
 )
 RUNGS = {r.name: r for r in LADDER}
 
 
 def rung_config(cfg: TrainConfig, rung: Rung) -> TrainConfig:
-    """`cfg` with the rung's switches; stages become equal lockstep env managers."""
+    """`cfg` with the rung's switches and pipeline stages (the plan makes them lockstep env managers)."""
     n = cfg.env.num_envs
     if n % rung.stages:
         raise ConfigError(f"env.num_envs={n} is invalid for rung {rung.name}: must be divisible by {rung.stages}")
-    managers = (n // rung.stages,) * rung.stages if rung.stages > 1 else ()
-    off = dict(async_env=False, streaming_rollout=False, decoupled_actor=False)
-    rt = dataclasses.replace(cfg.runtime, **{**off, **rung.runtime}, env_managers=managers, pipeline_stages=rung.stages)
+    rt = dataclasses.replace(cfg.runtime, **{**MODES["sync"], **rung.runtime}, pipeline_stages=rung.stages)
     return dataclasses.replace(cfg, runtime=rt)
 
 
 # -- one run -------------------------------------------------------------------------------
 
-def _locked_policy(policy, lock: threading.Lock):
-    real_act = policy.act
-
-    def act(obs, deterministic: bool = False):
-        with lock:  # the device is busy with the other role meanwhile
-            return real_act(obs, deterministic)
-
-    policy.act = act
-    return policy
-
-
-def _locked_trainer(base: type[Trainer], lock: threading.Lock) -> type[Trainer]:
-    class LockedTrainer(base):  # type: ignore[misc, valid-type]
-        def update(self, batch, epochs):
-            with lock:
-                return super().update(batch, epochs)
-
-    return LockedTrainer
-
-
-@dataclass
-class RunSpec:
-    """How to run one row: the workload, whether to emulate the accelerator, a shared device lock."""
-
-    workload: Workload
-    emulate: bool
-    shared_device: bool = False
-    """Inference and training share one (emulated) device: their calls never overlap."""
-    trace: bool = False
-
-
-def run_row(spec: RunSpec, cfg: TrainConfig, seconds: float, name: str) -> tuple[dict, list[Span]]:
-    """Runs `cfg` for `seconds`; returns the result row and the spans (empty unless spec.trace)."""
-    from asyncvla.runtime.async_pipeline import build_async, run_async
-
-    w = spec.workload
-    cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, trace=spec.trace))
-    lock = threading.Lock() if spec.shared_device else None
-    trainer_cls: type[Trainer] = emulated_trainer_cls(w.costs) if spec.emulate else Trainer
-
-    def policy_fn(a: int, p: int):
-        policy = build_policy(cfg.policy, a, p, cfg.run.seed)
-        policy = emulate_inference(policy, w.costs) if spec.emulate else policy
-        return _locked_policy(policy, lock) if lock else policy
-
-    run = build_async(cfg, policy_fn=policy_fn, trainer_cls=_locked_trainer(trainer_cls, lock) if lock else trainer_cls)
-    if spec.trace:
-        for m in run.managers:
-            m.worker.rec.enabled = True  # env chunks as spans (the builder turns env tracing off)
-    s = run_async(run, max_seconds=seconds)
-    spans = (run.trainer.drain_spans() + [x for srv in run.servers for x in srv.rec.drain()]
-             + [x for m in run.managers for x in m.worker.rec.drain()]) if spec.trace else []
-    led = run.ledger
-    row = {
-        "mode": name,
-        "env_steps_per_s": round(s.get("perf/env_steps_per_s", 0.0), 2),
-        "trained_samples_per_s": round(s.get("perf/trained_samples_per_s", 0.0), 2),
-        "utilization": {k: round(s.get(f"util/{k}", 0.0), 3) for k in ("env", "rollout", "trainer")},
-        "window_s": round(s.get("time/window_s", 0.0), 2),
-        "updates": s["train/updates"],
-        "lag_max": s.get("lag/max"),
-        "mean_batch": round(sum(x.num_samples for x in run.servers) / max(sum(x.num_batches for x in run.servers), 1), 2),
-        "accounting": {"produced": led.produced_env_steps, "trained": led.trained_env_steps,
-                       "dropped": dict(led.dropped_env_steps)},
-        "runtime": {k: getattr(cfg.runtime, k) for k in ("async_env", "streaming_rollout", "decoupled_actor",
-                                                          "pipeline_stages", "max_batch", "max_wait_ms", "max_staleness")},
-    }
-    return row, spans
+def run_row(cfg: TrainConfig, seconds: float, name: str, trace: bool = False) -> tuple[dict, list[Span]]:
+    """Runs `cfg` for `seconds`; returns the result row and the spans (empty unless `trace`)."""
+    cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, trace=trace))
+    summary, rt = run_config(cfg, seconds)
+    spans = rt.trainer.drain_spans() + rt.backend.spans() if trace else []
+    return result_row(name, cfg, summary, rt), spans
 
 
 def bound_terms(w: Workload, extra: dict[str, float] | None = None) -> dict[str, float]:
@@ -170,18 +103,16 @@ def cpu_term(w: Workload, cores: int) -> float:
     return cores * cfg.policy.chunk / cpu_s
 
 
-def prepare(workload: str, calibrate_real: bool = True) -> tuple[Workload, bool, dict]:
-    """(workload, emulate?, extra bound terms): real workloads get measured costs and the CPU term."""
+def prepare(workload: str, calibrate_real: bool = True) -> tuple[Workload, dict]:
+    """(workload, extra bound terms): real workloads get measured costs and the CPU term."""
     import os
 
     spec = get_spec(workload)
-    if spec.kind == "emulated":
-        return build_workload(workload), True, {}
-    if not calibrate_real:
-        return build_workload(workload), False, {}
+    if spec.kind == "emulated" or not calibrate_real:
+        return build_workload(workload), {}
     costs, env_decision_s = calibrate(workload)
     w = build_workload(workload, costs, env_decision_s)
-    return w, False, {"cpu": cpu_term(w, os.cpu_count() or 1)}
+    return w, {"cpu": cpu_term(w, os.cpu_count() or 1)}
 
 
 # -- the ladder ------------------------------------------------------------------------------
@@ -196,22 +127,23 @@ def ablation_bench(workload: str, seconds: float, rungs: list[str] | None = None
     for n in names:
         if n not in RUNGS:
             raise ConfigError(f"rungs={n!r} is invalid: allowed: {', '.join(RUNGS)}")
-    w, emulate, extra = prepare(workload)
+    w, extra = prepare(workload)
     terms = bound_terms(w, extra)
     op = operating_point(w) if terms else None
     runs = []
-    for n in names:
-        traced = trace_dir is not None and n in ("sync", LADDER[-1].name)
-        row, spans = run_row(RunSpec(w, emulate, trace=traced), rung_config(w.cfg, RUNGS[n]), seconds, n)
-        with_bound(row, terms, op.stage if op else None)
-        if op:
-            row["bound_batch"] = round(op.batch, 2)
-        if traced:
-            Path(trace_dir).mkdir(parents=True, exist_ok=True)
-            write_chrome_trace(Path(trace_dir) / f"{'sync' if n == 'sync' else 'async'}.trace.json", spans)
-        runs.append(row)
-        if on_run is not None:
-            on_run(row)
+    with ray_session(w.cfg):
+        for n in names:
+            traced = trace_dir is not None and n in ("sync", LADDER[-1].name)
+            row, spans = run_row(rung_config(w.config(), RUNGS[n]), seconds, n, trace=traced)
+            with_bound(row, terms, op.stage if op else None)
+            if op:
+                row["bound_batch"] = round(op.batch, 2)
+            if traced:
+                Path(trace_dir).mkdir(parents=True, exist_ok=True)
+                write_chrome_trace(Path(trace_dir) / f"{'sync' if n == 'sync' else 'async'}.trace.json", spans)
+            runs.append(row)
+            if on_run is not None:
+                on_run(row)
     spec = get_spec(workload)
     return {"bench": "ablation", "workload": workload, "kind": spec.kind, "label": w.label, "params": spec.params(),
             "costs": dataclasses.asdict(w.costs), "env_decision_s": w.env_decision_s, "window": WINDOW,

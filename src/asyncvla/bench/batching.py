@@ -21,8 +21,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from asyncvla.bench.report import Column
-from asyncvla.config import ConfigError
+from asyncvla.config import ConfigError, EmulatedAcceleratorConfig
 from asyncvla.policies.base import ObsBatch, Policy
+from asyncvla.runtime.device import DeviceGate
 
 BATCHING_COLUMNS = (
     Column("mode", "point", "{}"),
@@ -96,13 +97,24 @@ def serve_under_load(policy: Policy, max_batch: int, max_wait_ms: float, clients
             "latency_p99_ms": round(float(np.percentile(lat, 99)), 2)}
 
 
+class HeldPolicy(Policy):
+    """`policy` on an emulated accelerator: each `act` holds the device for the calibrated time."""
+
+    def __init__(self, policy: Policy, gate: DeviceGate):
+        super().__init__()
+        self.inner, self.gate = policy, gate
+
+    def act(self, obs, deterministic: bool = False):
+        with self.gate.infer(len(obs)):
+            return self.inner.act(obs, deterministic)
+
+
 def batching_policy(workload: str, accelerator: str, infer_fixed_ms: float, infer_per_sample_ms: float
                     ) -> tuple[Policy, int, int]:
     """(policy, image_size, proprio_dim): the workload's tiny VLA, held to at least
     infer_fixed_ms + infer_per_sample_ms * B per batch (accelerator=emulated) or as is (real)."""
-    from asyncvla.bench.throughput import AcceleratorCosts, emulate_inference
     from asyncvla.bench.workloads import build_workload
-    from asyncvla.runtime.rollout import build_policy
+    from asyncvla.policies.registry import build_policy
 
     if accelerator not in ("emulated", "real"):
         raise ConfigError(f"accelerator={accelerator!r} is invalid: allowed: emulated, real")
@@ -110,7 +122,7 @@ def batching_policy(workload: str, accelerator: str, infer_fixed_ms: float, infe
     proprio_dim = 8
     policy = build_policy(cfg.policy, 4, proprio_dim, 0).eval()
     if accelerator == "emulated":
-        policy = emulate_inference(policy, AcceleratorCosts(infer_fixed_ms / 1e3, infer_per_sample_ms / 1e3, 0.0))
+        policy = HeldPolicy(policy, DeviceGate(EmulatedAcceleratorConfig(infer_fixed_ms / 1e3, infer_per_sample_ms / 1e3)))
     return policy, cfg.env.image_size, proprio_dim
 
 

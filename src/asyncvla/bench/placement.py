@@ -21,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from asyncvla.bench.ablation import FULL_ASYNC, WINDOW, RunSpec, Rung, bound_terms, rung_config, run_row, with_bound
+from asyncvla.bench.ablation import FULL_ASYNC, WINDOW, Rung, bound_terms, rung_config, run_row, with_bound
 from asyncvla.bench.throughput import AcceleratorCosts, Workload
 from asyncvla.bench.workloads import build_workload, get_spec
 from asyncvla.config import ConfigError
@@ -81,7 +81,10 @@ def placement_bench(workload: str, seconds: float, placements: list[str] | None 
         w = dataclasses.replace(base, costs=placed_costs(base.costs, p, num_devices))
         for m in modes:
             rung = Rung(m, FULL_ASYNC if m == "async" else {})
-            row, _ = run_row(RunSpec(w, emulate=True, shared_device=p.shared), rung_config(w.cfg, rung), seconds, f"{n}/{m}")
+            cfg = rung_config(w.config(), rung)
+            # Colocated on the emulated device: the plan gives both roles one gate, so they never overlap.
+            cfg.runtime.placement = "colocated" if p.shared else "disaggregated"
+            row, _ = run_row(cfg, seconds, f"{n}/{m}")
             with_bound(row, placement_terms(w, p.shared) if m == "async" else bound_terms(w))
             row["placement"] = n
             runs.append(row)

@@ -15,9 +15,11 @@ Workloads (labelled in every result; parameters in bench/workloads.py):
   rollout server as Ray actors (own processes: rendering holds the GIL); the bound's stage
   costs are measured (`calibrate`).
 
-Modes: `sync` is the real RLinf-style baseline, pipeline.py's loop (lockstep rollout
-epoch, train, weight sync; 1 pipeline stage) with the same emulated accelerator costs;
-`async_env`, `streaming_rollout` and `async` are rungs of the async runtime. Throughput
+Modes are rungs of the one runtime on the same workload, only switches change: `sync` is
+the RLinf-style baseline (every switch off: lockstep rollout, fixed batches, collect → train
+→ publish; 1 pipeline stage), `async_env`, `streaming_rollout` and `async` add one level of
+asynchrony each. Emulated workloads run the threads backend with
+`runtime.emulated_accelerator` set; real ones the ray backend. Throughput
 is counted from the end of the first update to the end of the run; `cpu_utilization` is
 the CPU seconds of this process and all its descendants (Ray's workers and its own
 processes included, each counted by pid even if it exits) over cores x wall time, from
@@ -28,72 +30,51 @@ splits it (cores used by the driver, each actor class, Ray itself). The bound
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
-import tempfile
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from asyncvla.bench.cpu import CpuMeter
-from asyncvla.config import ConfigError, RunConfig, TrainConfig
-from asyncvla.policies.base import Policy
-from asyncvla.runtime.rollout import build_policy
-from asyncvla.runtime.learner.trainer import Trainer
+from asyncvla.config import ConfigError, EmulatedAcceleratorConfig, TrainConfig
 
 
-def _hold(seconds: float) -> None:
-    if seconds > 0:
-        time.sleep(seconds)
-
-
-@dataclass
-class AcceleratorCosts:
-    """Wall time an emulated accelerator holds per call."""
-
-    infer_fixed_s: float
-    infer_per_sample_s: float
-    train_per_sample_s: float
-
-    def infer_s(self, batch: int) -> float:
-        return self.infer_fixed_s + self.infer_per_sample_s * batch
-
-
-def emulate_inference(policy: Policy, costs: AcceleratorCosts) -> Policy:
-    """Makes `policy.act` take at least costs.infer_s(B) of wall time (the real act runs first)."""
-    real_act = policy.act
-
-    def act(obs, deterministic: bool = False):
-        t0 = time.perf_counter()
-        out = real_act(obs, deterministic)
-        _hold(costs.infer_s(len(obs)) - (time.perf_counter() - t0))
-        return out
-
-    policy.act = act  # instance attribute: state_dict and the class are untouched
-    return policy
-
-
-def emulated_trainer_cls(costs: AcceleratorCosts) -> type[Trainer]:
-    """A Trainer whose update takes at least train_per_sample_s per sample and epoch."""
-
-    class EmulatedTrainer(Trainer):
-        def update(self, batch, epochs):
-            t0 = time.perf_counter()
-            out = super().update(batch, epochs)
-            _hold(costs.train_per_sample_s * len(batch) * epochs - (time.perf_counter() - t0))
-            return out
-
-    return EmulatedTrainer
+AcceleratorCosts = EmulatedAcceleratorConfig
+"""Wall time an emulated accelerator holds per call (the runtime's own config)."""
 
 
 @dataclass
 class Workload:
     cfg: TrainConfig
     costs: AcceleratorCosts
+    """Stage costs: held by the emulated accelerator (emulated workloads), or measured (real ones, for the bound)."""
     env_decision_s: float
     """Mean wall time of one env decision (chunk) of the emulated env."""
     label: str
+    emulated: bool = False
+
+    def config(self) -> TrainConfig:
+        """The config a row runs: emulated workloads hold `costs` on the emulated accelerator."""
+        if not self.emulated:
+            return self.cfg
+        return dataclasses.replace(self.cfg, runtime=dataclasses.replace(self.cfg.runtime, emulated_accelerator=self.costs))
+
+
+@contextlib.contextmanager
+def ray_session(cfg: TrainConfig):
+    """Ray for a config on the ray backend (started here unless it is running already; stopped after)."""
+    import ray
+
+    from asyncvla.runtime.backends.ray import init_ray
+
+    own = not cfg.runtime.local and not ray.is_initialized()
+    if own:
+        init_ray(None, min_cpus=2)
+    try:
+        yield
+    finally:
+        if own:
+            ray.shutdown()
 
 
 def emulated_balanced() -> Workload:
@@ -113,14 +94,15 @@ def real_metaworld() -> Workload:
 
 WORKLOADS: dict[str, Callable[[], Workload]] = {"emulated-balanced": emulated_balanced, "real-metaworld": real_metaworld}
 REAL = {"real-metaworld"}
-"""Workloads with nothing emulated: async runs its envs and server as Ray actors (own processes)."""
+"""Workloads with nothing emulated: their envs and servers run as Ray actors (own processes)."""
 
 # The ladder: each rung adds one level of asynchrony.
+OFF = dict(async_env=False, streaming_rollout=False, decoupled_actor=False)
 MODES: dict[str, dict] = {
-    "sync": dict(),
-    "async_env": dict(async_env=True),
-    "streaming_rollout": dict(async_env=True, streaming_rollout=True),
-    "async": dict(async_env=True, streaming_rollout=True, decoupled_actor=True, max_staleness=1),
+    "sync": dict(mode="sync", **OFF),
+    "async_env": dict(mode="async", **{**OFF, "async_env": True}),
+    "streaming_rollout": dict(mode="async", **{**OFF, "async_env": True, "streaming_rollout": True}),
+    "async": dict(mode="async", async_env=True, streaming_rollout=True, decoupled_actor=True, max_staleness=1),
 }
 
 BOUND_FORMULA = ("bound = max over B in [1, max_batch] of min(env E*K/(d + t_infer(B)), "
@@ -200,114 +182,71 @@ def bound_env_steps_per_s(w: Workload) -> tuple[float, dict]:
     return op.bound, op.terms
 
 
-def _row(w: Workload, mode: str, mean_batch: float) -> dict:
+def bound_columns(w: Workload) -> dict:
     """The bound columns, the same for every mode (what full async can reach on this workload)."""
     op = operating_point(w)
     if w.env_decision_s <= 0:  # a real workload without calibration: no bound
-        return {"mode": mode, "bound_env_steps_per_s": None, "mean_batch": round(mean_batch, 2)}
-    return {"mode": mode, "bound_env_steps_per_s": round(op.bound, 2), "bound_stage": op.stage,
-            "bound_terms": {k: round(v, 2) for k, v in op.terms.items()}, "bound_batch": round(op.batch, 2),
-            "mean_batch": round(mean_batch, 2)}
+        return {"bound_env_steps_per_s": None}
+    return {"bound_env_steps_per_s": round(op.bound, 2), "bound_stage": op.stage,
+            "bound_terms": {k: round(v, 2) for k, v in op.terms.items()}, "bound_batch": round(op.batch, 2)}
 
 
-def run_sync_baseline(w: Workload, seconds: float, remote: bool = False) -> dict:
-    """The RLinf baseline row: pipeline.py's own loop (1 stage, colocated) on the workload.
+def run_config(cfg: TrainConfig, seconds: float, meter: CpuMeter | None = None):
+    """Runs `cfg` through the one runtime for `seconds`; returns (summary, runtime).
 
-    Emulated costs go into the same places as in async: the colocated worker's trainer
-    (emulated update) and its inference policy (emulated act). Local (one process) when
-    emulated, where nothing needs a process of its own; Ray actors for real workloads.
-    The budget is seconds: when they are spent, total_updates is set to the current update.
+    Every bench row (sync and async, every rung and placement) comes through here, and so
+    does `asyncvla train` (runtime/driver.py calls the same `loop.run`).
     """
-    from asyncvla.metrics.writer import MetricsWriter
-    from asyncvla.runtime.pipeline import RunState, run_loop
-    from asyncvla.runtime.placement import build_workers, shutdown_workers
+    from asyncvla.runtime import loop
 
-    rt = dataclasses.replace(w.cfg.runtime, mode="sync", local=not remote, pipeline_stages=1, placement="colocated", trace=True)
-    run = RunConfig(total_env_steps=None, total_updates=10**9, eval_episodes=0, checkpoint_every=0)
-    cfg = dataclasses.replace(w.cfg, runtime=rt, run=run)
-    meter, t_start = CpuMeter(), time.time()
-    workers = build_workers(cfg)
-    try:
-        if not remote:
-            colo = workers.trainer.obj
-            a, p = workers.spec["action_dim"], workers.spec["proprio_dim"]
-            colo.trainer = emulated_trainer_cls(w.costs)(cfg.policy, cfg.algo, a, p, seed=cfg.run.seed, trace=True)
-            colo.rollout.policy = emulate_inference(colo.rollout.policy, w.costs)
-        records: list[dict] = []
-
-        def on_update(update: int, m: dict) -> None:
-            meter.mark()
-            records.append(m)
-            if time.time() - t_start >= seconds and update >= 3:  # the window needs updates 2..N
-                cfg.run.total_updates = update
-
+    rt = loop.build_runtime(cfg)
+    if meter is not None:
         meter.mark()
-        with tempfile.TemporaryDirectory(prefix="sync_bench_") as tmp, MetricsWriter(tmp, tensorboard=False) as writer:
-            state = run_loop(workers, cfg, Path(tmp), RunState(), writer, [], on_update)
-    finally:
-        shutdown_workers(workers)
-    window = records[1:] or records
-    row = _row(w, "sync", float(cfg.env.num_envs))
-    row.update({
-        "env_steps_per_s": round(state.window_env_steps / state.window_s, 2) if state.window_s else 0.0,
-        "trained_samples_per_s": round(sum(r["perf/trained_samples_per_s"] * r["time/update_wall_s"] for r in window)
-                                       / max(sum(r["time/update_wall_s"] for r in window), 1e-9), 2),
-        "utilization": {k: round(sum(r.get(f"util/{k}", 0.0) for r in window) / len(window), 3) for k in ("env", "rollout", "trainer")},
-        "cpu_utilization": _round(meter.utilization()),
-        "cpu_cores_by_process": meter.by_group(),
-        "window_s": round(state.window_s, 2),
-        "updates": state.update,
-        "lag_max": 0,
-        "runtime": "pipeline.py (RLinf sync loop, " + ("ray actors)" if remote else "local)"),
-        "accounting": {"produced": state.env_steps, "trained": state.env_steps, "dropped": {}},
-    })
-    return row
+    summary = loop.run(rt, max_seconds=seconds, on_update=(lambda i, m: meter.mark()) if meter is not None else None)
+    return summary, rt
 
 
-def run_async_mode(w: Workload, mode: str, seconds: float, remote: bool = False) -> dict:
-    """One rung of the async runtime (threads; Ray actors with remote=True)."""
-    from asyncvla.runtime.async_pipeline import build_async, run_async
-
-    rt = dataclasses.replace(w.cfg.runtime, **MODES[mode])  # env_managers etc. come with the workload
-    cfg = dataclasses.replace(w.cfg, runtime=rt)
-    # Real workloads (remote) run the policy and the update as they are; their costs only feed the bound.
-    policy_fn = None if remote else functools.partial(_emulated_policy, cfg, w.costs)
-    meter = CpuMeter()
-    run = build_async(cfg, policy_fn=policy_fn, trainer_cls=Trainer if remote else emulated_trainer_cls(w.costs), remote=remote)
-    meter.mark()
-    s = run_async(run, max_seconds=seconds, on_update=lambda i, m: meter.mark())
-    led = run.ledger
-    mean_batch = sum(x.num_samples for x in run.servers) / max(sum(x.num_batches for x in run.servers), 1)
-    row = _row(w, mode, mean_batch)
-    row.update({
-        "env_steps_per_s": round(s.get("perf/env_steps_per_s", 0.0), 2),
-        "trained_samples_per_s": round(s.get("perf/trained_samples_per_s", 0.0), 2),
-        "utilization": {k: round(s.get(f"util/{k}", 0.0), 3) for k in ("env", "rollout", "trainer")},
-        "cpu_utilization": _round(meter.utilization()),
-        "cpu_cores_by_process": meter.by_group(),
-        "window_s": round(s.get("time/window_s", 0.0), 2),
-        "updates": s["train/updates"],
-        "lag_max": s["lag/max"],
-        "runtime": "ray actors" if remote else "threads",
+def result_row(name: str, cfg: TrainConfig, summary: dict, rt) -> dict:
+    """The measured columns of one row (bounds are added by the caller)."""
+    led = rt.ledger
+    return {
+        "mode": name,
+        "env_steps_per_s": round(summary.get("perf/env_steps_per_s", 0.0), 2),
+        "trained_samples_per_s": round(summary.get("perf/trained_samples_per_s", 0.0), 2),
+        "utilization": {k: round(summary.get(f"util/{k}", 0.0), 3) for k in ("env", "rollout", "trainer")},
+        "window_s": round(summary.get("time/update_wall_s", 0.0), 2),
+        "updates": summary["train/updates"],
+        "lag_max": summary.get("lag/max"),
+        "mean_batch": round(sum(x.num_samples for x in rt.servers) / max(sum(x.num_batches for x in rt.servers), 1), 2),
         "accounting": {"produced": led.produced_env_steps, "trained": led.trained_env_steps,
                        "dropped": dict(led.dropped_env_steps)},
-    })
-    return row
+        "runtime": {"backend": rt.plan.backend, **{k: getattr(rt.plan, k) for k in (
+            "async_env", "streaming_rollout", "decoupled_actor", "max_batch", "max_staleness", "trainer_mode")},
+            "managers": [m.num_envs for m in rt.plan.managers]},
+    }
 
 
-def run_mode(w: Workload, mode: str, seconds: float, remote: bool = False) -> dict:
-    """One result row: `sync` runs pipeline.py's loop, the other modes the async runtime."""
+def mode_config(w: Workload, mode: str) -> TrainConfig:
+    """The workload's config with the switches of `mode` (sync: 1 pipeline stage)."""
+    cfg = w.config()
+    return dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, **MODES[mode], pipeline_stages=1))
+
+
+def run_mode(w: Workload, mode: str, seconds: float) -> dict:
+    """One result row: the workload under the switches of `mode`, through the one runtime."""
     if mode not in MODES:
         raise ConfigError(f"modes={mode!r} is invalid: allowed: {', '.join(MODES)}")
-    return run_sync_baseline(w, seconds, remote) if mode == "sync" else run_async_mode(w, mode, seconds, remote)
+    cfg = mode_config(w, mode)
+    meter = CpuMeter()
+    summary, rt = run_config(cfg, seconds, meter)
+    row = result_row(mode, cfg, summary, rt)
+    row.update(bound_columns(w))
+    row.update({"cpu_utilization": _round(meter.utilization()), "cpu_cores_by_process": meter.by_group()})
+    return row
 
 
 def _round(x: float | None, nd: int = 3) -> float | None:
     return None if x is None else round(x, nd)
-
-
-def _emulated_policy(cfg: TrainConfig, costs: AcceleratorCosts, a: int, p: int) -> Policy:
-    return emulate_inference(build_policy(cfg.policy, a, p, cfg.run.seed), costs)
 
 
 def throughput_bench(workload: str, modes: list[str], seconds: float) -> dict:
@@ -317,22 +256,8 @@ def throughput_bench(workload: str, modes: list[str], seconds: float) -> dict:
         if m not in MODES:
             raise ConfigError(f"modes={m!r} is invalid: allowed: {', '.join(MODES)}")
     w = WORKLOADS[workload]()
-    own_ray = False
-    if workload in REAL:
-        import ray
-
-        from asyncvla.runtime.placement import init_ray
-
-        if not ray.is_initialized():
-            init_ray(None, min_cpus=2)
-            own_ray = True
-    try:
-        runs = [run_mode(w, m, seconds, remote=workload in REAL) for m in modes]
-    finally:
-        if own_ray:
-            import ray
-
-            ray.shutdown()
+    with ray_session(w.cfg):
+        runs = [run_mode(w, m, seconds) for m in modes]
     out = {"bench": "throughput", "workload": workload, "label": w.label,
            "window": "from the end of the first update to the end of the run (start-up and first update excluded)",
            "costs": dataclasses.asdict(w.costs), "env_decision_s": w.env_decision_s, "bound": BOUND_FORMULA,

@@ -119,8 +119,10 @@ def train_config(spec: WorkloadSpec) -> TrainConfig:
                       **spec.extra),
         policy=PolicyConfig(chunk=spec.chunk, hidden_dim=spec.hidden_dim, num_layers=spec.num_layers, num_heads=2),
         algo=AlgoConfig(update_epochs=1, minibatch_size=spec.num_envs * spec.rollout_steps),
+        # Emulated: the threads backend, roles on their own (emulated) devices; real: Ray actors.
         runtime=RuntimeConfig(mode="async", rollout_steps=spec.rollout_steps, max_batch=spec.max_batch or spec.num_envs,
-                              max_wait_ms=spec.max_wait_ms, queue_size=16, trace=False, **spec.runtime),
+                              max_wait_ms=spec.max_wait_ms, queue_size=16, trace=False, local=spec.kind == "emulated",
+                              placement="disaggregated", **spec.runtime),
         run=RunConfig(total_env_steps=None, total_updates=10**9),
     )
 
@@ -173,7 +175,7 @@ def build_workload(name: str, costs: AcceleratorCosts | None = None, env_decisio
     if spec.kind == "emulated":
         costs, env_decision_s = emulated_costs(spec)
     label = f"{name} ({spec.kind}): {spec.description}"
-    return Workload(cfg, costs or AcceleratorCosts(0.0, 0.0, 0.0), env_decision_s or 0.0, label)
+    return Workload(cfg, costs or AcceleratorCosts(0.0, 0.0, 0.0), env_decision_s or 0.0, label, emulated=spec.kind == "emulated")
 
 
 def calibrate(name: str, budget_s: float = 0.5) -> tuple[AcceleratorCosts, float]:

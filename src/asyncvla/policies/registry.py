@@ -53,3 +53,18 @@ def make_policy(cfg: PolicyConfig, action_dim: int, proprio_dim: int) -> Policy:
     if action_dim < 1 or proprio_dim < 1:
         raise ConfigError(f"policy action_dim={action_dim}, proprio_dim={proprio_dim} are invalid: both must be >= 1")
     return _REGISTRY[cfg.type](cfg, action_dim, proprio_dim).to(cfg.device)
+
+
+def build_policy(cfg: PolicyConfig, action_dim: int, proprio_dim: int, seed: int) -> Policy:
+    """The policy of `cfg`, from `cfg.init` (e.g. an SFT checkpoint) when set, else freshly seeded."""
+    import torch
+
+    torch.manual_seed(seed)
+    if cfg.init:
+        from asyncvla.policies.checkpoint import load_policy
+
+        policy = load_policy(cfg.init, device=cfg.device)
+        # The checkpoint fixes the architecture; the run's sampling temperature still applies.
+        policy.temperature = cfg.temperature
+        return policy
+    return make_policy(cfg, action_dim, proprio_dim)

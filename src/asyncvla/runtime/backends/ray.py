@@ -1,4 +1,4 @@
-"""Ray shells of the async runtime (runtime.local=false): env managers and rollout servers as actors.
+"""The ray backend: env managers and rollout servers as Ray actors, the trainer in the driver.
 
     EnvManagerActor (own process: simulators, per-env loop, segment assembly)
         ──obs──▶ RolloutServerActor (own process: dynamic batcher + policy)
@@ -7,41 +7,35 @@
 
 Separate processes matter on a small CPU box: a CPU-bound simulator (MetaWorld rendering)
 holds the GIL, so env stepping, inference and training in threads of one process serialise.
-
-The actors run the same plain classes as the thread mode (EnvManager, RolloutServer,
-StalenessController, TrajectoryQueue, Ledger); this module only adds proxies with the
-interfaces those classes already call:
-- `RayServerTransport`: an env manager's requests go to a server actor; replies come back
-  through the ref's future (a callback, like `LocalTransport`).
-- `HubAdmission`, `HubQueue`: the manager side of admission and the queue.
-- `MirroredController`: the trainer keeps the lag book-keeping locally (versions, lag
-  histogram) and mirrors publishes and refunds to the Hub, where admission is decided.
-- `RemoteManager`, `RemoteServer`: driver-side views whose counters are refreshed by `poll`;
-  each manager counts its env steps in its own Ledger and `poll` adds the increments to
-  the run's ledger, so produced = trained + dropped still holds for the whole run.
+The actors run the same plain classes as the threads backend, built by the same functions
+(`threads.make_worker`, `threads.make_manager`); `ray_proxies` has the stand-ins they talk to.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import tempfile
 import threading
 import time
-from collections import Counter
-from typing import Any, Callable, Hashable
+from typing import Any
 
-from asyncvla.config import ConfigError, EnvConfig, TrainConfig
+from asyncvla.config import ConfigError, TrainConfig
 from asyncvla.metrics.spans import Span
-from asyncvla.policies.base import ObsBatch, Policy
-from asyncvla.runtime.inference.batcher import Reply
-from asyncvla.runtime.data import Segment
-from asyncvla.runtime.env.manager import EnvManager, RolloutClient
+from asyncvla.policies.base import Policy
+from asyncvla.policies.registry import build_policy
+from asyncvla.runtime.backends.ray_proxies import (Hub, HubAdmission, HubQueue, MirroredController, RayServerTransport,
+                                                   RemoteManager, RemoteQueue, RemoteServer)
+from asyncvla.runtime.backends.threads import make_manager, make_trainer, make_worker
+from asyncvla.runtime.device import DeviceGate
+from asyncvla.runtime.env.manager import RolloutClient
 from asyncvla.runtime.env.worker import EnvWorker
-from asyncvla.runtime.env.groups import make_groups
-from asyncvla.runtime.queues import QueueClosed, TrajectoryQueue
 from asyncvla.runtime.inference.server import make_ray_rollout_server, make_router
-from asyncvla.runtime.learner.staleness import Ledger, StalenessController
 from asyncvla.runtime.inference.weight_store import WeightStore
+from asyncvla.runtime.learner.staleness import Ledger
+from asyncvla.runtime.loop import Runtime, make_learner
+from asyncvla.runtime.plan import ManagerSpec, Plan, check_episodes
 
 POLL_S = 0.5
 """Driver-side views refresh their counters at most this often (every update refreshes them
@@ -49,174 +43,38 @@ too): each refresh is a round trip to every actor, which on a CPU-only box compe
 the envs for the same cores; errors still surface within half a second."""
 
 
-# -- the hub: queue + admission -------------------------------------------------------------
-class Hub:
-    """The trajectory queue and the admission half of the staleness controller, in one actor."""
+class EnvManagerActor:
+    """One env manager (its envs and its loop) in its own process."""
 
-    def __init__(self, max_staleness: int, samples_per_version: int, capacity: int):
-        self.controller = StalenessController(max_staleness, samples_per_version)
-        self.queue = TrajectoryQueue(capacity)
+    def __init__(self, cfg: TrainConfig, plan: Plan, spec: ManagerSpec, servers: list[Any], hub: Any):
+        self.worker = make_worker(cfg, spec)
+        client = RolloutClient([RayServerTransport(s) for s in servers], make_router(cfg.runtime.router, len(servers)))
+        self.ledger = Ledger()
+        self.manager = make_manager(cfg, plan, spec, self.worker, client, HubAdmission(hub), HubQueue(hub), self.ledger)
+        self._thread: threading.Thread | None = None
 
-    def try_admit(self, want: int) -> int:
-        return self.controller.try_admit(want)
+    def spec(self) -> dict:
+        return self.worker.spec()
 
-    def admit(self, want: int, timeout_s: float | None) -> int:
-        return self.controller.admit(want, timeout_s)
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.manager.run, name=f"envmgr{self.manager.index}", daemon=True)
+        self._thread.start()
 
-    def refund(self, n: int) -> None:
-        self.controller.refund(n)
+    def stats(self) -> dict:
+        m = self.manager
+        return {"env_busy_s": m.env_busy_s, "ledger": self.ledger.state_dict(), "episodes": m.pop_episodes(),
+                "error": repr(m.error) if m.error is not None else None}
 
-    def advance(self, version: int, consumed: int) -> None:
-        self.controller.advance(version, consumed)
+    def drain_spans(self) -> list[Span]:
+        return self.worker.drain_spans()
 
-    def load_state(self, state: dict) -> None:
-        self.controller.load_state_dict(state)
-
-    def put(self, seg: Segment) -> bool:
-        """Blocks while the queue is full (backpressure); False once it is closed."""
-        try:
-            return self.queue.put(seg)
-        except QueueClosed:
-            return False
-
-    def get(self, timeout_s: float | None) -> Segment | None:
-        return self.queue.get(timeout_s)
-
-    def drain(self) -> list[Segment]:
-        return self.queue.drain()
-
-    def close(self) -> None:
-        self.controller.close()
-        self.queue.close()
-
-    def queue_stats(self) -> dict:
-        return {"depth": len(self.queue), "samples": self.queue.num_samples, "put_wait_s": self.queue.put_wait_s}
-
-
-class HubAdmission:
-    """Manager side of admission (what `EnvManager` calls on a `StalenessController`)."""
-
-    def __init__(self, hub: Any):
-        self.hub = hub
-
-    def try_admit(self, want: int) -> int:
-        import ray
-
-        return ray.get(self.hub.try_admit.remote(want))
-
-    def admit(self, want: int, timeout_s: float | None = None) -> int:
-        import ray
-
-        return ray.get(self.hub.admit.remote(want, timeout_s))
-
-    def refund(self, n: int) -> None:
-        if n > 0:
-            self.hub.refund.remote(n)
-
-
-class HubQueue:
-    """Manager side of the trajectory queue: `put` blocks while the Hub's queue is full."""
-
-    def __init__(self, hub: Any):
-        self.hub = hub
-
-    def put(self, seg: Segment, timeout_s: float | None = None) -> bool:
-        import ray
-
-        if not ray.get(self.hub.put.remote(seg)):
-            raise QueueClosed("put on a closed TrajectoryQueue")
-        return True
-
-
-class RemoteQueue:
-    """Driver side of the trajectory queue (what `run_async` and `shutdown` call)."""
-
-    def __init__(self, hub: Any):
-        self.hub = hub
-        self._stats = {"depth": 0, "samples": 0, "put_wait_s": 0.0}
-
-    def get(self, timeout_s: float | None = None) -> Segment | None:
-        import ray
-
-        return ray.get(self.hub.get.remote(timeout_s))
-
-    def drain(self) -> list[Segment]:
-        import ray
-
-        return ray.get(self.hub.drain.remote())
-
-    def close(self) -> None:
-        import ray
-
-        ray.get(self.hub.close.remote())
-
-    def request(self) -> Any:
-        return self.hub.queue_stats.remote()
-
-    def take(self, stats: dict) -> None:
-        self._stats = stats
-
-    def poll(self) -> None:
-        import ray
-
-        self.take(ray.get(self.request()))
-
-    def __len__(self) -> int:
-        return self._stats["depth"]
-
-    @property
-    def num_samples(self) -> int:
-        return self._stats["samples"]
-
-    @property
-    def put_wait_s(self) -> float:
-        return self._stats["put_wait_s"]
-
-
-class MirroredController(StalenessController):
-    """The trainer's controller: lags computed here, publishes and refunds mirrored to the Hub."""
-
-    def __init__(self, hub: Any, max_staleness: int, samples_per_version: int):
-        super().__init__(max_staleness, samples_per_version)
-        self.hub = hub
-
-    def advance(self, version: int, consumed_samples: int) -> None:
-        import ray
-
-        super().advance(version, consumed_samples)
-        ray.get(self.hub.advance.remote(version, consumed_samples))  # admission reopens only after this
-
-    def refund(self, n: int) -> None:
-        super().refund(n)
-        if n > 0:
-            self.hub.refund.remote(n)
-
-    def close(self) -> None:
-        super().close()
-        self.hub.close.remote()
-
-    def load_state_dict(self, state: dict) -> None:
-        import ray
-
-        super().load_state_dict(state)
-        ray.get(self.hub.load_state.remote(state))
-
-
-# -- rollout servers ------------------------------------------------------------------------
-class RayServerTransport:
-    """An env manager's client side of one server actor; replies arrive as callbacks."""
-
-    def __init__(self, actor: Any):
-        self.actor = actor
-
-    def submit(self, client: Hashable, payload: ObsBatch, n: int, on_reply: Callable[[Reply], None]) -> None:
-        ref = self.actor.act.remote(client, payload)
-
-        def done(fut) -> None:
-            out = fut.result()  # an error here surfaces as the manager's error (no reply, it stops)
-            on_reply(Reply(-1, client, out, int(out.version)))
-
-        ref.future().add_done_callback(done)
+    def stop(self) -> dict:
+        """Stops the loop (in-flight work settled and counted), closes the envs, returns final stats."""
+        self.manager.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.worker.close()
+        return self.stats()
 
 
 class PushingWeightStore(WeightStore):
@@ -235,130 +93,47 @@ class PushingWeightStore(WeightStore):
         ray.get([s.set_weights.remote(ref, version) for s in self.servers])
 
 
-class RemoteServer:
-    """Driver-side view of a server actor: counters as of the last `poll`."""
+class NcclWeightStore(WeightStore):
+    """Publishes by torch.distributed broadcast: the driver's trainer is rank 0, server i rank i + 1.
 
-    def __init__(self, actor: Any, index: int):
-        self.actor, self.index = actor, index
-        self.busy_s, self.num_samples, self.num_batches = 0.0, 0, 0
+    backend="nccl" on CUDA; "gloo" runs the same code on CPU (tests). The CPU copy of the base
+    class stays the source of resume and evaluation.
+    """
+
+    def __init__(self, servers: list[Any], module, version: int, backend: str = "nccl"):
+        import ray
+
+        from asyncvla.runtime.inference import broadcast
+
+        super().__init__(module.state_dict(), version)
+        self.servers, self.module = servers, module
+        addr, port, world = ray.util.get_node_ip_address(), broadcast.free_port(), 1 + len(servers)
+        # Every rank must enter init together: the actors' calls run while the driver joins.
+        refs = [s.init_weight_group.remote(addr, port, i + 1, world, backend) for i, s in enumerate(servers)]
+        broadcast.init_group(addr, port, 0, world, backend)
+        ray.get(refs)
+
+    def publish(self, state, version: int) -> None:
+        import ray
+
+        from asyncvla.runtime.inference import broadcast
+
+        super().publish(state, version)
+        refs = [s.receive_weights.remote() for s in self.servers]
+        broadcast.broadcast_module(self.module, version, src=0)
+        versions = ray.get(refs)
+        if any(v != version for v in versions):
+            raise RuntimeError(f"weight broadcast: servers report {versions}, expected {version}")
+
+
+class RayBackend:
+    """The actors of one run and the driver-side views over them."""
+
+    def __init__(self, hub: Any, managers: list[RemoteManager], servers: list[RemoteServer], queue: RemoteQueue):
+        self.hub, self.managers, self.servers, self.queue = hub, managers, servers, queue
+        self._last_poll = 0.0
         self._spans: list[Span] = []
-
-    def request(self) -> Any:
-        return self.actor.stats.remote()
-
-    def take(self, s: dict) -> None:
-        self.busy_s, self.num_samples, self.num_batches = s["time/infer_s"], int(s["infer/samples"]), int(s["infer/batches"])
-
-    def poll(self) -> None:
-        import ray
-
-        self.take(ray.get(self.request()))
-
-    def fetch_spans(self) -> None:
-        """Keeps the server's spans before the actor goes away (`kill`)."""
-        import ray
-
-        self._spans += ray.get(self.actor.drain_spans.remote())
-
-    def drain_spans(self) -> list[Span]:
-        out, self._spans = self._spans, []
-        return out
-
-
-# -- env managers ---------------------------------------------------------------------------
-class EnvManagerActor:
-    """One env manager (its envs and its loop) in its own process."""
-
-    def __init__(self, env_cfg: EnvConfig, worker_index: int, index: int, servers: list[Any], router: str, hub: Any,
-                 segment_len: int, async_env: bool, group_size: int = 0, chunk: int = 1, seed: int = 0,
-                 first_env: int | None = None, max_request: int | None = None):
-        self.worker = EnvWorker(env_cfg, worker_index, trace=False, first_env=first_env)
-        client = RolloutClient([RayServerTransport(s) for s in servers], make_router(router, len(servers)))
-        self.ledger = Ledger()
-        self.manager = EnvManager(index, self.worker, client, HubAdmission(hub), HubQueue(hub), self.ledger,
-                                  segment_len, async_env, max_request,
-                                  groups=make_groups(self.worker.vec.num_envs, group_size, index, seed, self.worker.first_env),
-                                  chunk=chunk)
-        self._thread: threading.Thread | None = None
-
-    def spec(self) -> dict:
-        return self.worker.spec()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self.manager.run, name=f"envmgr{self.manager.index}", daemon=True)
-        self._thread.start()
-
-    def stats(self) -> dict:
-        m = self.manager
-        return {"env_busy_s": m.env_busy_s, "ledger": self.ledger.state_dict(), "episodes": m.pop_episodes(),
-                "error": repr(m.error) if m.error is not None else None}
-
-    def stop(self) -> dict:
-        """Stops the loop (in-flight work settled and counted), closes the envs, returns final stats."""
-        self.manager.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        self.worker.close()
-        return self.stats()
-
-
-class RemoteManager:
-    """Driver-side view of a manager actor; `poll` adds its new ledger counts to the run's ledger."""
-
-    def __init__(self, actor: Any, index: int, num_envs: int, ledger: Ledger):
-        self.actor, self.index, self.num_envs, self.run_ledger = actor, index, num_envs, ledger
-        self.env_busy_s = 0.0
-        self.error: BaseException | None = None
-        self._episodes: list[dict] = []
-        self._seen = Ledger().state_dict()
-
-    def request(self) -> Any:
-        return self.actor.stats.remote()
-
-    def take(self, s: dict) -> None:
-        self.env_busy_s = s["env_busy_s"]
-        self._episodes += s["episodes"]
-        if s["error"] is not None and self.error is None:
-            self.error = RuntimeError(s["error"])
-        add_ledger_increment(self.run_ledger, self._seen, s["ledger"])
-        self._seen = s["ledger"]
-
-    def poll(self) -> None:
-        import ray
-
-        self.take(ray.get(self.request()))
-
-    def stop(self) -> None:
-        import ray
-
-        self.take(ray.get(self.actor.stop.remote()))
-
-    def pop_episodes(self) -> list[dict]:
-        out, self._episodes = self._episodes, []
-        return out
-
-
-def add_ledger_increment(total: Ledger, before: dict, after: dict) -> None:
-    """Adds what a part's ledger counted between two `state_dict`s to `total` (pure book-keeping)."""
-    total.produced(after["produced"] - before["produced"])
-    total.trained(after["trained_samples"] - before["trained_samples"], after["trained_env_steps"] - before["trained_env_steps"])
-    steps0, samples0 = Counter(before["dropped_env_steps"]), Counter(before["dropped_samples"])
-    for reason, steps in after["dropped_env_steps"].items():
-        d_steps, d_samples = steps - steps0[reason], after["dropped_samples"].get(reason, 0) - samples0[reason]
-        if d_steps or d_samples:
-            total.dropped(reason, d_samples, d_steps)
-
-
-# -- building and running -------------------------------------------------------------------
-@dataclasses.dataclass
-class RayParts:
-    """The actors of one Ray async run and the driver-side views over them."""
-
-    hub: Any
-    managers: list[RemoteManager]
-    servers: list[RemoteServer]
-    queue: RemoteQueue
-    _last_poll: float = 0.0
+        self._alive = True
 
     def actors(self) -> list[Any]:
         return [self.hub, *(m.actor for m in self.managers), *(s.actor for s in self.servers)]
@@ -371,7 +146,7 @@ class RayParts:
     def poll(self, force: bool = False) -> None:
         """Refreshes every view's counters (at most every POLL_S unless forced)."""
         now = time.monotonic()
-        if not force and now - self._last_poll < POLL_S:
+        if not self._alive or (not force and now - self._last_poll < POLL_S):
             return
         self._last_poll = now
         import ray
@@ -381,6 +156,18 @@ class RayParts:
         for v, stats in zip(views, ray.get([v.request() for v in views])):
             v.take(stats)
 
+    def _fetch_spans(self) -> None:
+        import ray
+
+        refs = [m.actor.drain_spans.remote() for m in self.managers] + [s.actor.drain_spans.remote() for s in self.servers]
+        self._spans += [x for part in ray.get(refs) for x in part]
+
+    def spans(self) -> list[Span]:
+        if self._alive:
+            self._fetch_spans()
+        out, self._spans = self._spans, []
+        return out
+
     def stop_managers(self) -> None:
         """Stops the managers; their final counts land in the run's ledger."""
         for m in self.managers:
@@ -388,65 +175,106 @@ class RayParts:
                 m.stop()
             except Exception:  # a dead actor's counts are lost; shutdown must go on
                 pass
-        for s in self.servers:
-            s.poll()
-            s.fetch_spans()
+        try:
+            for s in self.servers:
+                s.poll()
+            self._fetch_spans()
+        except Exception:
+            pass
 
-    def kill(self) -> None:
+    def close(self) -> None:
         import ray
 
+        self._alive = False
         for a in self.actors():
             ray.kill(a)
 
 
-def required_cpus(cfg: TrainConfig) -> float:
-    """CPUs the async actors reserve: one per env manager (env_cpus) and per server (rollout_cpus)."""
-    rt = cfg.runtime
-    managers = rt.num_env_workers * max(len(rt.env_managers), 1)
-    return managers * rt.env_cpus + rt.num_rollout_servers * rt.rollout_cpus
+def required_cpus(plan: Plan, cfg: TrainConfig) -> float:
+    """CPUs the actors reserve: one manager actor each (env_cpus) and each server (rollout_cpus)."""
+    return len(plan.managers) * cfg.runtime.env_cpus + plan.num_servers * cfg.runtime.rollout_cpus
 
 
-def check_cpus(cfg: TrainConfig) -> None:
+def check_resources(plan: Plan, cfg: TrainConfig) -> None:
+    """Fails with one line when the cluster cannot place every actor (Ray would wait forever)."""
     import ray
 
-    have, need = ray.cluster_resources().get("CPU", 0.0), required_cpus(cfg)
-    if need > have + 1e-9:
-        raise ConfigError(f"async runtime on Ray needs {need:g} CPU (env managers x runtime.env_cpus + servers x "
-                          f"runtime.rollout_cpus) but the Ray cluster has {have:g}: lower runtime.env_cpus / rollout_cpus")
+    rt, total = cfg.runtime, ray.cluster_resources()
+    need = {"CPU": required_cpus(plan, cfg),
+            "GPU": len(plan.managers) * rt.env_gpus + plan.num_servers * rt.rollout_gpus}
+    for res, n in need.items():
+        if n > total.get(res, 0.0) + 1e-9:
+            raise ConfigError(f"the ray backend needs {n:g} {res} (env managers x runtime.env_{res.lower()}s + servers x "
+                              f"runtime.rollout_{res.lower()}s) but the Ray cluster has {total.get(res, 0.0):g}: "
+                              f"lower them or add nodes")
 
 
-def _server_policy(policy_fn: Callable[[int, int], Policy], a: int, p: int, state, version: int) -> Policy:
-    policy = policy_fn(a, p)
+def _server_policy(cfg: TrainConfig, a: int, p: int, state, version: int) -> Policy:
+    policy = build_policy(cfg.policy, a, p, cfg.run.seed)
     policy.load_state_dict(state)
     policy.version = version
     return policy.eval()
 
 
-def build_ray_parts(cfg: TrainConfig, env_cfgs: list[tuple[EnvConfig, int, int]], spec: dict, policy_fn: Callable[[int, int], Policy],
-                    state, version: int, samples_per_version: int, max_staleness: int, ledger: Ledger,
-                    max_batch: int, max_wait_s: float) -> tuple[RayParts, MirroredController, PushingWeightStore]:
-    """Starts the Hub, the server actors (weights of `version`) and one actor per env manager.
-
-    env_cfgs: (env config, index, first global env id) per manager; state/version: the trainer's weights."""
+def build(cfg: TrainConfig, plan: Plan) -> Runtime:
+    """Starts the Hub, the server actors (with the trainer's weights) and one actor per env manager."""
     import ray
 
-    check_cpus(cfg)
+    check_resources(plan, cfg)
     rt = cfg.runtime
-    hub = ray.remote(Hub).options(num_cpus=0, max_concurrency=64).remote(max_staleness, samples_per_version, rt.queue_size)
+    probe = EnvWorker(dataclasses.replace(cfg.env, num_envs=1), trace=False)
+    spec = probe.spec()
+    probe.close()
+    check_episodes(plan, cfg, spec["max_episode_steps"])
+    trainer = make_trainer(cfg, spec, DeviceGate(rt.emulated_accelerator))
+    hub = ray.remote(Hub).options(num_cpus=0, max_concurrency=64).remote(plan.max_staleness, plan.samples_per_version,
+                                                                        rt.queue_size)
     server_cls = make_ray_rollout_server(num_cpus=rt.rollout_cpus, num_gpus=rt.rollout_gpus)
-    a, p = spec["action_dim"], spec["proprio_dim"]
-    store = WeightStore(state, version)  # a CPU copy, shipped once inside each server's constructor
-    make = functools.partial(_server_policy, policy_fn, a, p, store.latest()[1], version)
-    actors = [server_cls.remote(make, max_batch, max_wait_s, i, rt.trace) for i in range(rt.num_rollout_servers)]
-    store = PushingWeightStore(actors, state, version)
+    state = WeightStore(trainer.policy.state_dict(), trainer.version).latest()[1]  # one CPU copy for every server
+    make = functools.partial(_server_policy, cfg, spec["action_dim"], spec["proprio_dim"], state, trainer.version)
+    actors = [server_cls.remote(make, plan.max_batch, plan.max_wait_s, i, rt.trace, DeviceGate(rt.emulated_accelerator))
+              for i in range(plan.num_servers)]
+    if rt.weight_sync == "nccl":
+        store: WeightStore = NcclWeightStore(actors, trainer.policy, trainer.version)
+    else:
+        store = PushingWeightStore(actors, trainer.policy.state_dict(), trainer.version)
     mgr_cls = ray.remote(EnvManagerActor).options(num_cpus=rt.env_cpus, num_gpus=rt.env_gpus, max_concurrency=4)
-    segment_len = rt.segment_len or rt.rollout_steps
-    group_size = cfg.algo.group_size if cfg.algo.name == "grpo" else 0
-    max_request = max_batch if rt.streaming_rollout else 1
-    handles = [mgr_cls.remote(env_cfg, w, m, actors, rt.router, hub, segment_len, rt.async_env, group_size,
-                              cfg.policy.chunk, cfg.env.seed, first, max_request)
-               for m, (env_cfg, w, first) in enumerate(env_cfgs)]
-    managers = [RemoteManager(h, m, env_cfg.num_envs, ledger) for m, (h, (env_cfg, _, _)) in enumerate(zip(handles, env_cfgs))]
+    handles = [mgr_cls.remote(cfg, plan, m, actors, hub) for m in plan.managers]
+    ledger = Ledger()
+    managers = [RemoteManager(h, m.index, m.num_envs, ledger) for h, m in zip(handles, plan.managers)]
     ray.get([h.spec.remote() for h in handles])  # envs built (fails here, not mid-run, on a bad env config)
-    parts = RayParts(hub, managers, [RemoteServer(s, i) for i, s in enumerate(actors)], RemoteQueue(hub))
-    return parts, MirroredController(hub, max_staleness, samples_per_version), store
+    controller = MirroredController(hub, plan.max_staleness, plan.samples_per_version)
+    learner = make_learner(cfg, plan, trainer, store, controller, ledger)
+    servers = [RemoteServer(s, i) for i, s in enumerate(actors)]
+    queue = RemoteQueue(hub)
+    return Runtime(cfg, plan, managers, servers, queue, controller, ledger, store, learner,
+                   RayBackend(hub, managers, servers, queue), spec)
+
+
+WORKER_NICENESS = 0
+"""Niceness of the local Ray's workers. Ray's default (15) suits workers that run beside
+a busy driver; here the workers (envs, inference) do the run's work while the driver
+trains, so at 15 the driver (nice 0) and every other process of the machine pre-empt them
+(a nice-15 process gets ~1/28 of a nice-0 one's share of a contended core)."""
+
+
+def init_ray(address: str | None, min_cpus: float = 0) -> None:
+    """Joins `address`, or starts a local Ray sized to this machine with a per-run temp dir.
+
+    CPU reservations are scheduling labels, not pinning: a local Ray advertises at least
+    what the configured actors reserve (`min_cpus`), so a 2-core laptop still runs a layout
+    of more actors than cores (oversubscribed, which the utilization metrics then show).
+    """
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Workers inherit these: headless rendering and no hub access in every actor.
+    env_vars = {k: os.environ[k] for k in ("MUJOCO_GL", "HF_HUB_OFFLINE", "RAY_AUTH_MODE", "TOKENIZERS_PARALLELISM") if k in os.environ}
+    runtime_env = {"env_vars": env_vars}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        return
+    # Ray's socket paths must stay short (107 bytes): a short temp dir, not the run dir.
+    tmp = tempfile.mkdtemp(prefix="ray_", dir="/tmp")
+    ray.init(num_cpus=max(os.cpu_count() or 1, int(-(-min_cpus // 1))), include_dashboard=False, _temp_dir=tmp,
+             runtime_env=runtime_env, log_to_driver=False, _system_config={"worker_niceness": WORKER_NICENESS})

@@ -20,7 +20,6 @@ import queue
 import threading
 from typing import Callable
 
-from asyncvla.config import ConfigError
 from asyncvla.envs.vector import EnvResult
 from asyncvla.policies.base import ActOut, ObsBatch
 from asyncvla.runtime.inference.batcher import LocalTransport, Reply
@@ -89,9 +88,8 @@ class EnvManager:
         self.async_env = async_env
         self.max_request = max_request
         self.groups = groups
-        if groups is not None and not async_env:
-            raise ConfigError("algo.name='grpo' is invalid with runtime.async_env=false in async mode: allowed: ppo "
-                              "(or turn async_env on)")
+        self._resets = 0
+        """Lockstep: resets submitted whose first observation has not arrived yet (it waits for them)."""
         self.episode_decisions = -(-self.vec.max_episode_steps // chunk)
         n = self.vec.num_envs
         self.remaining = [0] * n
@@ -127,12 +125,16 @@ class EnvManager:
 
     def _reset_all(self) -> None:
         # GRPO: every group's first round starts its members from one shared state too.
+        self._resets += self.vec.num_envs
         if self.groups is None:
             self.vec.reset_all()
             return
         for g in range(self.vec.num_envs // self.groups.group_size):
-            members = self.groups.members(g)
-            self.vec.reset_some(members, [self.groups.round_seed(g)] * len(members))
+            self._reset_group(g)
+
+    def _reset_group(self, g: int) -> None:
+        members = self.groups.members(g)
+        self.vec.reset_some(members, [self.groups.round_seed(g)] * len(members))
 
     def _run_async(self) -> None:
         self._reset_all()
@@ -167,22 +169,32 @@ class EnvManager:
         return paused
 
     def _run_lockstep(self) -> None:
-        for r in self.vec.reset():
-            self._on_result(r)
-        waiting = list(range(self.vec.num_envs))
+        """All admitted envs step together, then one inference request (RLinf's lockstep rollout)."""
+        self._reset_all()
+        waiting = self._finish_resets()
         while not self.stop_event.is_set():
             go, waiting = self._admit(waiting)
             if not go:
                 self.controller.admit(0, timeout_s=0.05)  # sleeps until admission may reopen
                 continue
             act = self.client.act(self.index, self.worker.batch(go))
-            self.worker.send(go, act)
-            results: list[EnvResult] = []
-            while len(results) < len(go):
-                results += self.vec.recv(min_ready=len(go) - len(results))
-            for r in sorted(results, key=lambda r: r.env_id):
-                self._on_result(r)
-            waiting += go
+            with self.worker.rec.span("env_step"):
+                self.worker.send(go, act)
+                results = self._recv_all(len(go))
+            # A GRPO env whose episode ended waits for its group; the group's restart arrives as resets.
+            waiting = sorted(waiting + [r.env_id for r in results if self._on_result(r)] + self._finish_resets())
+
+    def _recv_all(self, n: int) -> list[EnvResult]:
+        results: list[EnvResult] = []
+        while len(results) < n:
+            results += self.vec.recv(min_ready=n - len(results))
+        return sorted(results, key=lambda r: r.env_id)
+
+    def _finish_resets(self) -> list[int]:
+        """Lockstep: waits for the first observations of every reset submitted; returns those envs."""
+        ready = [r.env_id for r in self._recv_all(self._resets) if self._on_result(r)]
+        self._resets = 0
+        return ready
 
     def _on_reply(self, ids: list[int], reply: Reply) -> None:
         # Runs on a server thread: hand over and wake the manager's loop.
@@ -248,8 +260,8 @@ class EnvManager:
             else:
                 for member_seg in segs:
                     self._emit(member_seg)
-            members = self.groups.members(g)
-            self.vec.reset_some(members, [self.groups.round_seed(g)] * len(members))
+            self._resets += self.groups.group_size
+            self._reset_group(g)
         return False
 
     def _cut_on_error(self, i: int) -> None:

@@ -1,10 +1,8 @@
-"""EnvWorker: one shard of envs, stepped a pipeline stage at a time, assembling trajectories.
+"""EnvWorker: the envs of one env manager, with per-env trajectory assembly.
 
-The plain class does the work and is what tests and the `local` runtime build; Ray runs it
-unchanged as an actor (`ray.remote(EnvWorker)`, see placement.py). Each env has its own
-buffer of `Step`s, so the async runtime can cut per-env segments (`record` +
-`pop_segments`) while the sync loop steps stages in lockstep (`step`) and `collect`s one
-`[T, B]` Rollout per epoch.
+Each env has its own buffer of `Step`s: `send` starts chunks and remembers what produced
+them, `record` completes a step with its outcome, `pop_segments` cuts buffers into segments.
+The env manager (env/manager.py) drives it, lockstep or each env on its own.
 """
 
 from __future__ import annotations
@@ -18,32 +16,20 @@ from asyncvla.envs.registry import env_fns, env_seed
 from asyncvla.envs.vector import EnvResult, VectorEnv
 from asyncvla.metrics.spans import Span, SpanRecorder
 from asyncvla.policies.base import ActOut, ObsBatch, sample_key
-from asyncvla.runtime.data import Rollout, Segment, Step, stack_segments
-from asyncvla.runtime.env.groups import group_seed
+from asyncvla.runtime.data import Segment, Step
 
 
 class EnvWorker:
-    """Global envs `first_env + i` for i < env.num_envs (default first_env: worker_index * num_envs),
-    split into `num_stages` stages.
+    """Global envs `first_env + i` for i < env.num_envs (default first_env: worker_index * num_envs).
 
     Each env's reset seeds and each decision's sampling key are functions of env.seed, the
     global env id and the env's own counters, so an env plays the same episodes however the
     envs are split into workers, stages and managers, and whichever thread serves it.
-    reset_each_epoch: start every rollout epoch from fresh episodes (GRPO), with the reset
-    seeds shared by each group of `group_size` consecutive envs so a group starts from the
-    same initial state.
     """
 
-    def __init__(self, env_cfg: EnvConfig, worker_index: int = 0, num_stages: int = 1,
-                 reset_each_epoch: bool = False, group_size: int = 1, trace: bool = True,
-                 first_env: int | None = None):
-        if env_cfg.num_envs % num_stages:
-            raise ValueError(f"num_envs={env_cfg.num_envs} is not divisible by num_stages={num_stages}")
+    def __init__(self, env_cfg: EnvConfig, worker_index: int = 0, trace: bool = True, first_env: int | None = None):
         self.cfg = env_cfg
         self.worker_index = worker_index
-        self.num_stages = num_stages
-        self.reset_each_epoch = reset_each_epoch
-        self.group_size = group_size
         self.first_env = worker_index * env_cfg.num_envs if first_env is None else first_env
         self.rec = SpanRecorder("env", worker_index, enabled=trace)
         ids = [self.first_env + i for i in range(env_cfg.num_envs)]
@@ -57,20 +43,14 @@ class EnvWorker:
         self._buffers: list[list[Step]] = [[] for _ in range(n)]
         self._in_flight: dict[int, Step] = {}  # env -> the step whose chunk is executing
         self._episodes: list[dict] = []
-        self._epoch = 0
         self.env_steps = 0
         """Simulator steps executed by this worker since it started."""
 
     # -- description ----------------------------------------------------------------------
     def spec(self) -> dict:
-        """Sizes the policy needs: action_dim, proprio_dim, num_envs, instructions."""
-        return {"action_dim": self.vec.action_dim, "proprio_dim": self.vec.proprio_dim,
-                "num_envs": self.vec.num_envs, "instructions": self.vec.instructions}
-
-    def stage_ids(self, stage: int) -> list[int]:
-        """Local env indices of pipeline stage `stage` (contiguous, so GRPO groups stay inside)."""
-        per = self.vec.num_envs // self.num_stages
-        return list(range(stage * per, (stage + 1) * per))
+        """Sizes the policy needs: action_dim, proprio_dim, num_envs, max_episode_steps, instructions."""
+        return {"action_dim": self.vec.action_dim, "proprio_dim": self.vec.proprio_dim, "num_envs": self.vec.num_envs,
+                "max_episode_steps": self.vec.max_episode_steps, "instructions": self.vec.instructions}
 
     def global_id(self, local: int) -> int:
         return self.first_env + local
@@ -80,46 +60,7 @@ class EnvWorker:
         keys = [sample_key(self.cfg.seed, self.global_id(i), self._decisions[i]) for i in env_ids]
         return ObsBatch.stack([self._obs[i] for i in env_ids], keys)
 
-    # -- sync protocol --------------------------------------------------------------------
-    def start_epoch(self) -> list[ObsBatch]:
-        """Begins a rollout epoch; returns the observation batch of every stage.
-
-        The first call resets every env; later calls continue the running episodes (PPO,
-        auto-reset) or start fresh ones (reset_each_epoch).
-        """
-        if self._obs[0] is None or self.reset_each_epoch:
-            if self.reset_each_epoch:
-                self.vec.reseed([group_seed(self.cfg.seed, self.global_id(i) // self.group_size, self._epoch)
-                                 for i in range(self.vec.num_envs)])
-            with self.rec.span("env_reset"):
-                for r in self.vec.reset():
-                    self._obs[r.env_id] = r.obs
-        self._epoch += 1
-        return [self.observe(s) for s in range(self.num_stages)]
-
-    def observe(self, stage: int) -> ObsBatch:
-        """Current observations of a stage's envs, in env order."""
-        return self.batch(self.stage_ids(stage))
-
-    def step(self, stage: int, act: ActOut) -> ObsBatch:
-        """Executes one chunk on every env of `stage` (lockstep), records it, returns the next obs."""
-        ids = self.stage_ids(stage)
-        with self.rec.span("env_step"):
-            self.send(ids, act)
-            results: list[EnvResult] = []
-            while len(results) < len(ids):
-                results += self.vec.recv(min_ready=len(ids) - len(results))
-            for r in results:
-                self.record(r)
-        return self.observe(stage)
-
-    def collect(self) -> Rollout:
-        """Cuts every env's buffer into a segment and stacks them to a `[T, B]` Rollout."""
-        rollout = stack_segments(self.pop_segments())
-        rollout.episodes, self._episodes = self._episodes, []
-        return rollout
-
-    # -- per-env assembly (shared with the async runtime) ---------------------------------
+    # -- per-env assembly ------------------------------------------------------------------
     def send(self, env_ids: Sequence[int], act: ActOut) -> None:
         """Starts the chunks of `act` (rows in `env_ids` order) and remembers what produced them."""
         for row, i in enumerate(env_ids):
@@ -163,15 +104,6 @@ class EnvWorker:
         return out
 
     # -- plumbing -------------------------------------------------------------------------
-    def counters(self) -> dict:
-        return {"env_steps": self.env_steps, "epoch": self._epoch, "decisions": list(self._decisions)}
-
-    def set_counters(self, counters: dict) -> None:
-        """Restores counters after a resume (env state itself restarts from fresh episodes)."""
-        self.env_steps = int(counters.get("env_steps", 0))
-        self._epoch = int(counters.get("epoch", 0))
-        self._decisions = [int(d) for d in counters.get("decisions", self._decisions)]
-
     def drain_spans(self) -> list[Span]:
         return self.rec.drain()
 

@@ -11,6 +11,7 @@ load-balanced by a `Router` (round-robin, greedy least-loaded, fixed mapping).
 
 from __future__ import annotations
 
+import copy
 import itertools
 import threading
 import time
@@ -23,6 +24,7 @@ import torch
 from asyncvla.config import ConfigError
 from asyncvla.metrics.spans import SpanRecorder
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
+from asyncvla.runtime.device import DeviceGate
 from asyncvla.runtime.inference.batcher import DynamicBatcher, LocalTransport, Reply, Request, Transport
 from asyncvla.runtime.inference.weight_store import WeightStore
 
@@ -38,8 +40,9 @@ class RolloutServer:
     """Batches requests dynamically and answers them with actions, logprob, value, version."""
 
     def __init__(self, policy: Policy, max_batch: int = 32, max_wait_s: float = 0.005,
-                 weights: WeightStore | None = None, index: int = 0, trace: bool = True):
+                 weights: WeightStore | None = None, index: int = 0, trace: bool = True, device: DeviceGate | None = None):
         self.policy = policy
+        self.device = device or DeviceGate()
         self.batcher = DynamicBatcher(max_batch, max_wait_s)
         self.weights = weights
         self.index = index
@@ -77,7 +80,8 @@ class RolloutServer:
         self._at_batch_boundary()
         t0 = time.time()
         obs = ObsBatch.concat([r.payload for r in batch]) if len(batch) > 1 else batch[0].payload
-        out = self.policy.act(obs)
+        with self.device.infer(len(obs)):
+            out = self.policy.act(obs)
         out.version = self.version
         t1 = time.time()
         self.rec.add("infer", t0, t1)
@@ -193,9 +197,9 @@ def make_ray_rollout_server(**ray_options):
 
     class RolloutServerActor:
         def __init__(self, policy_fn: Callable[[], Policy], max_batch: int, max_wait_s: float, index: int = 0,
-                     trace: bool = True):
+                     trace: bool = True, device: DeviceGate | None = None):
             self.transport = LocalTransport()
-            self.server = RolloutServer(policy_fn(), max_batch, max_wait_s, index=index, trace=trace)
+            self.server = RolloutServer(policy_fn(), max_batch, max_wait_s, index=index, trace=trace, device=device)
             self._stop = False
             self._thread = threading.Thread(
                 target=self.server.serve, args=(self.transport, self.transport.clock, lambda: self._stop),
@@ -210,6 +214,21 @@ def make_ray_rollout_server(**ray_options):
 
         def stats(self) -> dict[str, float]:
             return self.server.stats()
+
+        # -- NCCL / gloo weight broadcast (backends.ray.NcclWeightStore) --------------------
+        def init_weight_group(self, addr: str, port: int, rank: int, world_size: int, backend: str = "nccl") -> None:
+            from asyncvla.runtime.inference import broadcast
+
+            broadcast.init_group(addr, port, rank, world_size, backend)
+            self._recv = copy.deepcopy(self.server.policy)  # receive here, never into the serving policy mid-batch
+
+        def receive_weights(self) -> int:
+            """Receives the trainer's broadcast; the new weights take effect at the next batch boundary."""
+            from asyncvla.runtime.inference import broadcast
+
+            version = broadcast.broadcast_module(self._recv, self.server.version, src=0)
+            self.server.set_weights({k: v.clone() for k, v in self._recv.state_dict().items()}, version)
+            return version
 
         def drain_spans(self) -> list:
             return self.server.rec.drain()

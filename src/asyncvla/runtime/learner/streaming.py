@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Sequence
+from typing import Callable, Sequence
+
+import numpy as np
 
 from asyncvla.config import ConfigError
-from asyncvla.runtime.data import Segment, stack_segments
+from asyncvla.runtime.data import Rollout, Segment, stack_segments
 from asyncvla.runtime.env.groups import GroupBuffer
 from asyncvla.runtime.learner.staleness import Ledger, StalenessController
 from asyncvla.runtime.learner.trainer import Trainer
@@ -52,7 +54,9 @@ class StreamingTrainer:
     """Consumes segments one at a time and runs an update whenever a full batch is buffered."""
 
     def __init__(self, trainer: Trainer, mode: str, global_batch: int, store: WeightStore,
-                 controller: StalenessController, ledger: Ledger | None = None):
+                 controller: StalenessController, ledger: Ledger | None = None, envs_per_worker: int | None = None):
+        """envs_per_worker: a batch is stacked into one rollout per env worker, columns in env order
+        (the same batch, in the same order, whatever order the segments arrived in)."""
         if mode not in TRAINER_MODES:
             raise ConfigError(f"runtime.trainer_mode={mode!r} is invalid: allowed: {', '.join(TRAINER_MODES)}")
         self.trainer = trainer
@@ -68,16 +72,22 @@ class StreamingTrainer:
             # One minibatch = the whole update: exactly one optimizer step per batch_samples.
             trainer.algo = dataclasses.replace(algo, minibatch_size=self.batch_samples)
         trainer.decoupled = mode != "epoch" or controller.max_staleness > 0
-        self.groups = GroupBuffer(algo.group_size) if algo.name == "grpo" else None
+        group_size = trainer.algorithm.group_size if hasattr(trainer, "algorithm") else 0
+        self.groups = GroupBuffer(group_size) if group_size else None
         """GRPO: whole groups of whole-episode segments only (runtime/groups.py)."""
         if self.groups is not None and mode != "epoch":
-            raise ConfigError(f"runtime.trainer_mode={mode!r} is invalid with algo.name='grpo': allowed: epoch "
+            raise ConfigError(f"runtime.trainer_mode={mode!r} is invalid with algo.name={algo.name!r}: allowed: epoch "
                               "(a GRPO group is scored as a whole, never split into micro-batches)")
         self._buf: list[Segment] = []
         self._buf_n = 0
+        self.envs_per_worker = envs_per_worker
+        self.is_last: Callable[[], bool] = lambda: False
+        """Asked before an update reopens admission: True when the run's budget ends with it, so
+        no rollout starts that the run would only drop at shutdown (the sync loop stops exactly)."""
         self.consumed = 0
         self.num_updates = 0
         self.train_s = 0.0
+        self.publish_s = 0.0
 
     @property
     def version(self) -> int:
@@ -168,23 +178,35 @@ class StreamingTrainer:
         self._buf_n -= n
         return taken
 
+    def _rollouts(self, segs: Sequence[Segment]) -> list[Rollout]:
+        """The batch as time-major rollouts: one per env worker, columns by (GRPO round, env id)."""
+        per = self.envs_per_worker or max(s.env_id for s in segs) + 1
+        key = lambda s: (s.env_id // per, s.group[2] if s.group else 0, s.env_id)  # noqa: E731
+        ordered = sorted(segs, key=key)  # stable: one env's segments keep their time order
+        workers = sorted({s.env_id // per for s in ordered})
+        return [stack_segments([s for s in ordered if s.env_id // per == w]) for w in workers]
+
     def _update(self, segs: Sequence[Segment]) -> dict:
-        rollout = stack_segments(segs)
-        lags = self.controller.record_lags(rollout.version[rollout.mask])
+        rollouts = self._rollouts(segs)
+        lags = self.controller.record_lags(np.concatenate([r.version[r.mask] for r in rollouts]))
         t0 = time.perf_counter()
         with self.trainer.rec.span("advantage"):
-            batch = self.trainer.prepare([rollout])
+            batch = self.trainer.prepare(rollouts)
         with self.trainer.rec.span("train"):
             stats = self.trainer.update(batch, self.epochs)
-        self.train_s += time.perf_counter() - t0
-        n = rollout.num_samples
+        t1 = time.perf_counter()
+        self.train_s += t1 - t0
+        n = sum(r.num_samples for r in rollouts)
         self.consumed += n
         self.num_updates += 1
         # Publish first, then reopen admission: a rollout admitted on the new version must find it.
         with self.trainer.rec.span("weight_sync"):
             self.store.publish(self.trainer.policy.state_dict(), self.trainer.version)
+        self.publish_s += time.perf_counter() - t1
+        if self.is_last():
+            self.controller.close()  # first: the advance below then records the version but admits nothing
         self.controller.advance(self.trainer.version, self.consumed)
         self.ledger.trained(n, sum(segment_env_steps(s) for s in segs))
         stats.update({"lag/batch_max": int(lags.max(initial=0)), "lag/batch_mean": float(lags.mean()) if len(lags) else 0.0,
-                      "train/env_steps": float(rollout.env_steps)})
+                      "train/env_steps": float(sum(r.env_steps for r in rollouts))})
         return stats

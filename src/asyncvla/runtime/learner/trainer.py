@@ -24,9 +24,9 @@ from asyncvla.algos.losses import decoupled_ppo_loss, entropy_bonus, kl_estimate
 from asyncvla.config import AlgoConfig, PolicyConfig
 from asyncvla.metrics.spans import Span, SpanRecorder
 from asyncvla.policies.base import ObsBatch, Policy
-from asyncvla.runtime import weight_sync
+from asyncvla.policies.registry import build_policy
 from asyncvla.runtime.data import Rollout
-from asyncvla.runtime.rollout import build_policy
+from asyncvla.runtime.device import DeviceGate
 
 
 @dataclass
@@ -71,7 +71,8 @@ class Trainer:
     """Owns the trained policy, its optimizer and (with kl_coef > 0) a frozen reference copy."""
 
     def __init__(self, policy_cfg: PolicyConfig, algo_cfg: AlgoConfig, action_dim: int, proprio_dim: int,
-                 seed: int = 0, trace: bool = True, decoupled: bool = False, policy: Policy | None = None):
+                 seed: int = 0, trace: bool = True, decoupled: bool = False, policy: Policy | None = None,
+                 device: DeviceGate | None = None):
         self.algo = algo_cfg
         self.algorithm = make_algorithm(algo_cfg)
         self.decoupled = decoupled
@@ -85,6 +86,7 @@ class Trainer:
         self.rec = SpanRecorder("trainer", 0, enabled=trace)
         self.rng = np.random.default_rng(seed)
         self.num_updates = 0
+        self.gate = device or DeviceGate()
 
     def _param_groups(self) -> list[dict]:
         value_lr = self.algo.value_lr
@@ -144,6 +146,10 @@ class Trainer:
 
     def update(self, batch: Batch, epochs: int) -> dict[str, float]:
         """`epochs` passes of shuffled minibatches; one optimizer step per minibatch."""
+        with self.gate.train(len(batch) * epochs):
+            return self._update(batch, epochs)
+
+    def _update(self, batch: Batch, epochs: int) -> dict[str, float]:
         self.policy.train()
         ref_logprob = self._logprob(batch, self.ref_policy) if self.ref_policy is not None else None
         n, mb = len(batch), self.algo.minibatch_size
@@ -201,21 +207,6 @@ class Trainer:
         """CPU copy of the policy state (what the object store carries)."""
         with self.rec.span("weight_sync"):
             return {k: v.detach().to("cpu", copy=True) for k, v in self.policy.state_dict().items()}
-
-    def init_weight_group(self, addr: str, port: int, rank: int, world_size: int, backend: str = "nccl") -> None:
-        weight_sync.init_group(addr, port, rank, world_size, backend)
-
-    def broadcast_weights(self) -> int:
-        with self.rec.span("weight_sync"):
-            return weight_sync.broadcast_module(self.policy, self.policy.version, src=0)
-
-    def node_ip(self) -> str:
-        import ray
-
-        return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
-
-    def free_port(self) -> int:
-        return weight_sync.free_port()
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, out_dir: str | Path, extra: dict | None = None) -> Path:

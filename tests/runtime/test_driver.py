@@ -1,4 +1,5 @@
-"""End to end: the sync loop with the emulated env and the tiny policy, local and through Ray."""
+"""End to end: the one driver in sync mode (the RLinf baseline) with the emulated env and the tiny
+policy, on the threads backend and through Ray."""
 
 import json
 
@@ -6,7 +7,9 @@ import pytest
 
 from asyncvla.config import AlgoConfig, ConfigError, EmulatedConfig, EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
 from asyncvla.metrics.writer import NAMESPACES, read_metrics
-from asyncvla.runtime.pipeline import load_run_config, train
+from asyncvla.runtime.checkpoints import load_run_config
+from asyncvla.runtime.driver import train
+from asyncvla.runtime.plan import make_plan
 
 
 def tiny_cfg(tmp_path, algo="ppo", updates=2, **runtime) -> TrainConfig:
@@ -28,7 +31,8 @@ def check_run_dir(run_dir, updates):
     assert [r["step"] for r in trained] == list(range(1, updates + 1))
     last = trained[-1]
     for key in ("perf/env_steps_per_s", "perf/trained_samples_per_s", "util/env", "util/rollout", "util/trainer",
-                "time/env_step_s", "time/infer_s", "time/train_s", "time/weight_sync_s", "time/idle_s", "loss/value"):
+                "time/env_step_s", "time/infer_s", "time/train_s", "time/weight_sync_s", "time/idle_s", "loss/value",
+                "rollout/episode_len", "lag/max", "queue/depth"):
         assert key in last, key
     assert 0 <= last["util/env"] <= 1 and last["perf/env_steps_per_s"] > 0
     trace = json.loads((run_dir / "trace.json").read_text())
@@ -64,8 +68,9 @@ def test_local_mode_grpo(tmp_path):
 
 
 def test_grpo_group_must_fit_a_stage(tmp_path):
+    cfg = TrainConfig(env=EnvConfig(num_envs=4), algo=AlgoConfig(name="grpo", group_size=4), runtime=RuntimeConfig(pipeline_stages=2))
     with pytest.raises(ConfigError, match="group_size"):
-        TrainConfig(env=EnvConfig(num_envs=4), algo=AlgoConfig(name="grpo", group_size=4), runtime=RuntimeConfig(pipeline_stages=2))
+        make_plan(cfg)
 
 
 @pytest.mark.slow

@@ -1,0 +1,262 @@
+"""Driver- and manager-side proxies of the ray backend: the interfaces the plain classes call.
+
+The actors run the same plain classes as the threads backend (EnvManager, RolloutServer,
+StalenessController, TrajectoryQueue, Ledger); these proxies stand in where a class would
+otherwise hold a local object:
+- `Hub`: the trajectory queue and the admission half of the staleness controller, one actor.
+- `HubAdmission`, `HubQueue`: the manager side of admission and the queue.
+- `MirroredController`: the trainer keeps the lag book-keeping locally (versions, lag
+  histogram) and mirrors publishes and refunds to the Hub, where admission is decided.
+- `RayServerTransport`: an env manager's requests go to a server actor; replies come back
+  through the ref's future (a callback, like `LocalTransport`).
+- `RemoteManager`, `RemoteServer`, `RemoteQueue`: driver-side views whose counters are
+  refreshed by `poll`; each manager counts its env steps in its own Ledger and `poll` adds
+  the increments to the run's ledger, so produced = trained + dropped holds for the run.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable, Hashable
+
+from asyncvla.policies.base import ObsBatch
+from asyncvla.runtime.data import Segment
+from asyncvla.runtime.inference.batcher import Reply
+from asyncvla.runtime.learner.staleness import Ledger, StalenessController
+from asyncvla.runtime.queues import QueueClosed, TrajectoryQueue
+
+
+# -- the hub: queue + admission -------------------------------------------------------------
+class Hub:
+    """The trajectory queue and the admission half of the staleness controller, in one actor."""
+
+    def __init__(self, max_staleness: int, samples_per_version: int, capacity: int):
+        self.controller = StalenessController(max_staleness, samples_per_version)
+        self.queue = TrajectoryQueue(capacity)
+
+    def try_admit(self, want: int) -> int:
+        return self.controller.try_admit(want)
+
+    def admit(self, want: int, timeout_s: float | None) -> int:
+        return self.controller.admit(want, timeout_s)
+
+    def refund(self, n: int) -> None:
+        self.controller.refund(n)
+
+    def advance(self, version: int, consumed: int) -> None:
+        self.controller.advance(version, consumed)
+
+    def load_state(self, state: dict) -> None:
+        self.controller.load_state_dict(state)
+
+    def put(self, seg: Segment) -> bool:
+        """Blocks while the queue is full (backpressure); False once it is closed."""
+        try:
+            return self.queue.put(seg)
+        except QueueClosed:
+            return False
+
+    def get(self, timeout_s: float | None) -> Segment | None:
+        return self.queue.get(timeout_s)
+
+    def drain(self) -> list[Segment]:
+        return self.queue.drain()
+
+    def close(self) -> None:
+        self.controller.close()
+        self.queue.close()
+
+    def queue_stats(self) -> dict:
+        return {"depth": len(self.queue), "samples": self.queue.num_samples, "put_wait_s": self.queue.put_wait_s}
+
+
+class HubAdmission:
+    """Manager side of admission (what `EnvManager` calls on a `StalenessController`)."""
+
+    def __init__(self, hub: Any):
+        self.hub = hub
+
+    def try_admit(self, want: int) -> int:
+        import ray
+
+        return ray.get(self.hub.try_admit.remote(want))
+
+    def admit(self, want: int, timeout_s: float | None = None) -> int:
+        import ray
+
+        return ray.get(self.hub.admit.remote(want, timeout_s))
+
+    def refund(self, n: int) -> None:
+        if n > 0:
+            self.hub.refund.remote(n)
+
+
+class HubQueue:
+    """Manager side of the trajectory queue: `put` blocks while the Hub's queue is full."""
+
+    def __init__(self, hub: Any):
+        self.hub = hub
+
+    def put(self, seg: Segment, timeout_s: float | None = None) -> bool:
+        import ray
+
+        if not ray.get(self.hub.put.remote(seg)):
+            raise QueueClosed("put on a closed TrajectoryQueue")
+        return True
+
+
+class RemoteQueue:
+    """Driver side of the trajectory queue (what `run_async` and `shutdown` call)."""
+
+    def __init__(self, hub: Any):
+        self.hub = hub
+        self._stats = {"depth": 0, "samples": 0, "put_wait_s": 0.0}
+
+    def get(self, timeout_s: float | None = None) -> Segment | None:
+        import ray
+
+        return ray.get(self.hub.get.remote(timeout_s))
+
+    def drain(self) -> list[Segment]:
+        import ray
+
+        return ray.get(self.hub.drain.remote())
+
+    def close(self) -> None:
+        import ray
+
+        ray.get(self.hub.close.remote())
+
+    def request(self) -> Any:
+        return self.hub.queue_stats.remote()
+
+    def take(self, stats: dict) -> None:
+        self._stats = stats
+
+    def poll(self) -> None:
+        import ray
+
+        self.take(ray.get(self.request()))
+
+    def __len__(self) -> int:
+        return self._stats["depth"]
+
+    @property
+    def num_samples(self) -> int:
+        return self._stats["samples"]
+
+    @property
+    def put_wait_s(self) -> float:
+        return self._stats["put_wait_s"]
+
+
+class MirroredController(StalenessController):
+    """The trainer's controller: lags computed here, publishes and refunds mirrored to the Hub."""
+
+    def __init__(self, hub: Any, max_staleness: int, samples_per_version: int):
+        super().__init__(max_staleness, samples_per_version)
+        self.hub = hub
+
+    def advance(self, version: int, consumed_samples: int) -> None:
+        import ray
+
+        super().advance(version, consumed_samples)
+        ray.get(self.hub.advance.remote(version, consumed_samples))  # admission reopens only after this
+
+    def refund(self, n: int) -> None:
+        super().refund(n)
+        if n > 0:
+            self.hub.refund.remote(n)
+
+    def close(self) -> None:
+        super().close()
+        self.hub.close.remote()
+
+    def load_state_dict(self, state: dict) -> None:
+        import ray
+
+        super().load_state_dict(state)
+        ray.get(self.hub.load_state.remote(state))
+
+
+class RayServerTransport:
+    """An env manager's client side of one server actor; replies arrive as callbacks."""
+
+    def __init__(self, actor: Any):
+        self.actor = actor
+
+    def submit(self, client: Hashable, payload: ObsBatch, n: int, on_reply: Callable[[Reply], None]) -> None:
+        ref = self.actor.act.remote(client, payload)
+
+        def done(fut) -> None:
+            out = fut.result()  # an error here surfaces as the manager's error (no reply, it stops)
+            on_reply(Reply(-1, client, out, int(out.version)))
+
+        ref.future().add_done_callback(done)
+
+
+class RemoteServer:
+    """Driver-side view of a server actor: counters as of the last `poll`."""
+
+    def __init__(self, actor: Any, index: int):
+        self.actor, self.index = actor, index
+        self.busy_s, self.num_samples, self.num_batches = 0.0, 0, 0
+
+    def request(self) -> Any:
+        return self.actor.stats.remote()
+
+    def take(self, s: dict) -> None:
+        self.busy_s, self.num_samples, self.num_batches = s["time/infer_s"], int(s["infer/samples"]), int(s["infer/batches"])
+
+    def poll(self) -> None:
+        import ray
+
+        self.take(ray.get(self.request()))
+
+
+
+class RemoteManager:
+    """Driver-side view of a manager actor; `poll` adds its new ledger counts to the run's ledger."""
+
+    def __init__(self, actor: Any, index: int, num_envs: int, ledger: Ledger):
+        self.actor, self.index, self.num_envs, self.run_ledger = actor, index, num_envs, ledger
+        self.env_busy_s = 0.0
+        self.error: BaseException | None = None
+        self._episodes: list[dict] = []
+        self._seen = Ledger().state_dict()
+
+    def request(self) -> Any:
+        return self.actor.stats.remote()
+
+    def take(self, s: dict) -> None:
+        self.env_busy_s = s["env_busy_s"]
+        self._episodes += s["episodes"]
+        if s["error"] is not None and self.error is None:
+            self.error = RuntimeError(s["error"])
+        add_ledger_increment(self.run_ledger, self._seen, s["ledger"])
+        self._seen = s["ledger"]
+
+    def poll(self) -> None:
+        import ray
+
+        self.take(ray.get(self.request()))
+
+    def stop(self) -> None:
+        import ray
+
+        self.take(ray.get(self.actor.stop.remote()))
+
+    def pop_episodes(self) -> list[dict]:
+        out, self._episodes = self._episodes, []
+        return out
+
+
+def add_ledger_increment(total: Ledger, before: dict, after: dict) -> None:
+    """Adds what a part's ledger counted between two `state_dict`s to `total` (pure book-keeping)."""
+    total.produced(after["produced"] - before["produced"])
+    total.trained(after["trained_samples"] - before["trained_samples"], after["trained_env_steps"] - before["trained_env_steps"])
+    steps0, samples0 = Counter(before["dropped_env_steps"]), Counter(before["dropped_samples"])
+    for reason, steps in after["dropped_env_steps"].items():
+        d_steps, d_samples = steps - steps0[reason], after["dropped_samples"].get(reason, 0) - samples0[reason]
+        if d_steps or d_samples:
+            total.dropped(reason, d_samples, d_steps)

@@ -1,0 +1,208 @@
+"""The one driver: `train(cfg)` runs (or resumes) a run in either mode, on either backend.
+
+1. warm start (SFT made and cached by the run) and the run directory with its config;
+2. the runtime from the plan (runtime/plan.py, runtime/loop.py) and, on resume, the trainer,
+   staleness and ledger state of checkpoints/last;
+3. evaluation before training, every `run.eval_every` updates and at the end; checkpoints
+   every `run.checkpoint_every` updates, `last` and `best`;
+4. one metrics record per update with the same keys in both modes (docs/metrics.md), the
+   Chrome trace, the summary that `--json` prints.
+A crash leaves intact logs and checkpoints/last; `run.resume=RUN_DIR` continues from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from asyncvla.config import TrainConfig
+from asyncvla.metrics.spans import Span, load_chrome_trace, write_chrome_trace
+from asyncvla.metrics.writer import MetricsWriter
+from asyncvla.policies.base import Policy
+from asyncvla.policies.registry import build_policy
+from asyncvla.runtime import loop
+from asyncvla.runtime.checkpoints import (RunState, load_checkpoint, prepare_run_dir, save_checkpoint, save_on_crash,
+                                          summarize)
+from asyncvla.runtime.loop import Runtime
+from asyncvla.runtime.plan import make_plan
+
+RUNTIME_STATE = "async_state.json"
+MAX_TRACE_SPANS = 500_000
+
+
+def runtime_state(run: Runtime) -> dict:
+    """What a checkpoint adds to the trainer's: staleness admission and the ledger."""
+    return {"staleness": run.controller.state_dict(), "ledger": run.ledger.state_dict()}
+
+
+def restore_runtime_state(run: Runtime, ckpt: Path) -> None:
+    """Restores staleness, ledger and the trainer's consumed count; inference restarts from the trainer's weights.
+
+    The staleness cap is consumed + (max_staleness + 1) * samples_per_version: the learner's
+    consumed count must come back with the controller's, or the cap would shrink below what
+    is admitted and admission would never reopen.
+    """
+    path = Path(ckpt) / RUNTIME_STATE
+    if path.exists():
+        state = json.loads(path.read_text())
+        run.controller.load_state_dict(state["staleness"])
+        run.ledger.load_state_dict(state["ledger"])
+        run.learner.consumed = run.controller.consumed
+    run.store.publish(run.trainer.policy.state_dict(), run.trainer.version)
+
+
+def evaluate(cfg: TrainConfig, run_dir: Path, update: int, trainer, eval_policy: Policy) -> dict:
+    """Episodes on the eval split with the trainer's current weights (in the driver)."""
+    from asyncvla.runtime.evaluation import evaluate_policy
+
+    if cfg.run.eval_episodes == 0:
+        return {}
+    eval_policy.load_state_dict(trainer.policy.state_dict())
+    env_cfg = dataclasses.replace(cfg.env, split="eval", seed=cfg.env.seed + 10_007)
+    video = run_dir / "videos" / f"update_{update:06d}.mp4" if cfg.run.eval_video else None
+    res = evaluate_policy(eval_policy, env_cfg, cfg.run.eval_episodes, deterministic=cfg.run.eval_deterministic, video=video)
+    return {"eval/success": res["success_rate"], "eval/return": res["mean_return"], "eval/episode_len": res["mean_episode_len"]}
+
+
+@dataclass
+class Driver:
+    """Per-update book-keeping, run on the driver thread between two updates."""
+
+    run: Runtime
+    cfg: TrainConfig
+    run_dir: Path
+    state: RunState
+    writer: MetricsWriter
+    progress: Callable | None
+    eval_policy: Policy
+    trace: list[Span]
+    local_updates: int = 0
+    mark: tuple[float, int] | None = None
+    """(time, produced env steps) when the previous update's book-keeping ended."""
+
+    def evaluate(self) -> dict:
+        return evaluate(self.cfg, self.run_dir, self.state.update, self.run.trainer, self.eval_policy)
+
+    def checkpoint(self, tag: str) -> None:
+        save_checkpoint(self.run.trainer, self.run_dir, self.state, tag, {RUNTIME_STATE: runtime_state(self.run)})
+
+    def done(self) -> bool:
+        r, st = self.cfg.run, self.state
+        return (r.total_env_steps is not None and st.env_steps >= r.total_env_steps) or \
+               (r.total_updates is not None and st.update >= r.total_updates)
+
+    def collect_spans(self) -> None:
+        if self.cfg.runtime.trace:
+            spans = self.run.trainer.drain_spans() + self.run.backend.spans()
+            self.trace.extend(spans[: max(0, MAX_TRACE_SPANS - len(self.trace))])
+
+    def __call__(self, _: int, m: dict) -> None:
+        st, led, now = self.state, self.run.ledger, time.time()
+        self.local_updates += 1
+        st.update += 1
+        st.version, st.env_steps, st.samples = self.run.trainer.version, led.produced_env_steps, led.trained_samples
+        # The first update of a (re)start carries start-up; it counts only when it is the last.
+        if self.mark is not None and (self.local_updates > 1 or self.done()):
+            st.window_s += now - self.mark[0]
+            st.window_env_steps += led.produced_env_steps - self.mark[1]
+        m["perf/env_steps"] = st.env_steps
+        self.collect_spans()
+        r = self.cfg.run
+        if r.eval_every and st.update % r.eval_every == 0 and not self.done():
+            m.update(self.evaluate())
+            if m.get("eval/success", -1) > st.best_success:
+                st.best_success = m["eval/success"]
+                self.checkpoint("best")
+        st.wall_s = self.writer.wall_s
+        self.writer.write(st.update, m)
+        if r.checkpoint_every and st.update % r.checkpoint_every == 0:
+            self.checkpoint(f"update_{st.update:06d}")
+            self.checkpoint("last")
+            write_chrome_trace(self.run_dir / "trace.json", self.trace)
+        if self.progress is not None:
+            self.progress(st.update, m)
+        self.mark = (time.time(), led.produced_env_steps)  # evaluation and checkpoints stay out of the window
+
+    def finish(self) -> None:
+        """After shutdown (the ledger balances): final evaluation, best and last checkpoints."""
+        st, led = self.state, self.run.ledger
+        st.version, st.env_steps, st.samples = self.run.trainer.version, led.produced_env_steps, led.trained_samples
+        if self.cfg.run.eval_episodes:
+            m = self.evaluate()
+            st.success_after = m["eval/success"]
+            if st.success_after > st.best_success:
+                st.best_success = st.success_after
+                self.checkpoint("best")
+            self.writer.write(st.update, m)
+        st.wall_s = self.writer.wall_s
+        self.checkpoint("last")
+
+
+def _start_ray(cfg: TrainConfig, plan) -> bool:
+    """Starts the embedded Ray (or joins runtime.ray_address) for the ray backend; True if this run started it."""
+    if plan.backend != "ray":
+        return False
+    import ray
+
+    from asyncvla.runtime.backends.ray import init_ray, required_cpus
+
+    if ray.is_initialized():
+        return False
+    init_ray(cfg.runtime.ray_address, min_cpus=required_cpus(plan, cfg))
+    return True
+
+
+def train(cfg: TrainConfig, progress: Callable | None = None) -> dict:
+    """Runs (or resumes) a training run, sync or async; returns the summary that `--json` prints."""
+    from asyncvla.runtime.warm_start import ensure_warm_start
+
+    plan = make_plan(cfg)  # bad combinations fail here, before anything starts
+    # The SFT start is made before the run dir's config.yaml, which then records policy.init.
+    cfg.policy.init = ensure_warm_start(cfg) or cfg.policy.init
+    run_dir = prepare_run_dir(cfg)
+    torch.manual_seed(cfg.run.seed)
+    np.random.seed(cfg.run.seed)
+    trace_path = run_dir / "trace.json"
+    trace: list[Span] = load_chrome_trace(trace_path) if cfg.run.resume and trace_path.exists() else []
+    state, run, writer, driver = RunState(), None, None, None
+    own_ray = _start_ray(cfg, plan)
+    try:
+        run = loop.build_runtime(cfg, plan)
+        ckpt = run_dir / "checkpoints" / "last"
+        if cfg.run.resume and ckpt.exists():
+            state = load_checkpoint(run.trainer, run_dir)
+            restore_runtime_state(run, ckpt)
+        writer = MetricsWriter(run_dir, wall_offset_s=state.wall_s)
+        eval_policy = build_policy(cfg.policy, run.spec["action_dim"], run.spec["proprio_dim"], cfg.run.seed).eval()
+        driver = Driver(run, cfg, run_dir, state, writer, progress, eval_policy, trace)
+        if state.success_before is None and cfg.run.eval_episodes:
+            m = driver.evaluate()
+            state.success_before = m["eval/success"]
+            writer.write(state.update, m)
+        if not driver.done():
+            left = None if cfg.run.total_updates is None else cfg.run.total_updates - state.update
+            driver.mark = (time.time(), run.ledger.produced_env_steps)
+            loop.run(run, cfg.run.total_env_steps, left, on_update=driver)
+        driver.finish()
+    except BaseException:
+        save_on_crash(run.trainer if run else None, run_dir, state, lambda: {RUNTIME_STATE: runtime_state(run)})
+        raise
+    finally:
+        if writer is not None:
+            writer.close()
+        if driver is not None:
+            driver.collect_spans()
+        if trace:
+            write_chrome_trace(trace_path, trace)
+        if own_ray:
+            import ray
+
+            ray.shutdown()
+    return summarize(state, run_dir)
