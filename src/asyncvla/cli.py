@@ -193,7 +193,7 @@ class Eval:
 
     def run(self) -> None:
         from asyncvla.policies.checkpoint import load_policy, read_checkpoint_config
-        from asyncvla.runtime.evaluation import evaluate_policy
+        from asyncvla.evaluation import evaluate_policy
 
         meta = read_checkpoint_config(self.ckpt)
         env_id = self.env or meta.get("env_id")

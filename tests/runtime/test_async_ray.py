@@ -103,3 +103,40 @@ def test_sync_grpo_on_ray_matches_the_threads_backend(tmp_path):
         train(cfg)
         losses[local] = [r["loss/policy"] for r in read_metrics(tmp_path / str(local) / "metrics.jsonl") if "loss/policy" in r]
     assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_same_plan_gives_the_same_request_sizes_on_both_backends():
+    """Lockstep sync: every request is one stage's envs, on both backends. Async: requests never
+    exceed the server's batch cap on Ray either (its env managers get the plan's max_request)."""
+    from collections import Counter
+
+    import ray
+
+    from asyncvla.config import AlgoConfig, EnvConfig, RunConfig, RuntimeConfig, TrainConfig
+    from asyncvla.runtime import loop
+    from asyncvla.runtime.backends.ray import init_ray
+
+    full = dict(async_env=True, streaming_rollout=True, decoupled_actor=True)
+    hist = {}
+    for local in (True, False):
+        for mode in ("sync", "async"):
+            rt = RuntimeConfig(mode=mode, local=local, rollout_steps=4, max_batch=2, max_wait_ms=5.0, env_cpus=0.25,
+                               trace=False, pipeline_stages=2 if mode == "sync" else 1, **(full if mode == "async" else {}))
+            cfg = TrainConfig(env=EnvConfig(id="emulated/fast", num_envs=4, image_size=16, seed=1),
+                              policy=PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
+                              algo=AlgoConfig(update_epochs=1, minibatch_size=8), runtime=rt,
+                              run=RunConfig(total_env_steps=None, total_updates=2))
+            if not local:
+                init_ray(None, min_cpus=2)
+            try:
+                run = loop.build_runtime(cfg)
+                loop.run(run, total_updates=2)
+                hist[local, mode] = sum((s.batch_sizes for s in run.servers), Counter())
+            finally:
+                if not local:
+                    ray.shutdown()
+    # 2 updates x 4 decisions x 2 stages, each request one batch of the stage's 2 envs
+    assert hist[True, "sync"] == hist[False, "sync"] == Counter({2: 16})
+    for local in (True, False):
+        assert max(hist[local, "async"]) <= 2 and sum(hist[local, "async"].values()) > 0, hist

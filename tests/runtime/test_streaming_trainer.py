@@ -8,7 +8,7 @@ import torch
 from asyncvla.config import AlgoConfig, EnvConfig, PolicyConfig
 from asyncvla.envs.base import Obs
 from asyncvla.metrics.spans import SpanRecorder
-from asyncvla.runtime.data import Segment, Step, stack_segments
+from asyncvla.runtime.data import Segment, Step
 from asyncvla.runtime.learner.staleness import Ledger, StalenessController
 from asyncvla.runtime.learner.streaming import StreamingTrainer, split_segment
 from asyncvla.runtime.inference.weight_store import WeightStore

@@ -9,10 +9,14 @@ from torch import nn
 from asyncvla.config import AlgoConfig, PolicyConfig
 from asyncvla.policies.base import ObsBatch
 from asyncvla.runtime.inference.broadcast import broadcast_module, free_port, init_group
-from asyncvla.runtime.learner.trainer import Trainer, state_equal
+from asyncvla.runtime.learner.trainer import Trainer
 
 A, P = 2, 4
 TINY = PolicyConfig(type="tiny", chunk=1, hidden_dim=32, num_layers=1, image_size=16)
+
+
+def state_equal(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 def _broadcast_rank(rank: int, port: int, out_dir: str) -> None:

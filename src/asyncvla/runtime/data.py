@@ -9,7 +9,7 @@ through Ray's shared-memory object store without copies of torch storage.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -92,8 +92,6 @@ class Rollout:
     """[B] int: decisions of each column's segment (rows past it are padding)."""
     env_steps: int = 0
     """Simulator steps behind these samples."""
-    episodes: list[dict] = field(default_factory=list)
-    """Episodes that finished while collecting: {env_id, return, length, success}."""
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -60,7 +60,7 @@ def restore_runtime_state(run: Runtime, ckpt: Path) -> None:
 
 def evaluate(cfg: TrainConfig, run_dir: Path, update: int, trainer, eval_policy: Policy) -> dict:
     """Episodes on the eval split with the trainer's current weights (in the driver)."""
-    from asyncvla.runtime.evaluation import evaluate_policy
+    from asyncvla.evaluation import evaluate_policy
 
     if cfg.run.eval_episodes == 0:
         return {}
@@ -161,12 +161,13 @@ def _start_ray(cfg: TrainConfig, plan) -> bool:
 
 def train(cfg: TrainConfig, progress: Callable | None = None) -> dict:
     """Runs (or resumes) a training run, sync or async; returns the summary that `--json` prints."""
-    from asyncvla.runtime.warm_start import ensure_warm_start
+    from asyncvla.algos.warm_start import ensure_warm_start
 
     plan = make_plan(cfg)  # bad combinations fail here, before anything starts
     # The SFT start is made before the run dir's config.yaml, which then records policy.init.
     cfg.policy.init = ensure_warm_start(cfg) or cfg.policy.init
     run_dir = prepare_run_dir(cfg)
+    (run_dir / "plan.json").write_text(json.dumps(plan.describe(), indent=1))  # the derived layout, in the open
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
     trace_path = run_dir / "trace.json"

@@ -21,6 +21,8 @@ import threading
 import time
 from typing import Any
 
+import ray
+
 from asyncvla.config import ConfigError, TrainConfig
 from asyncvla.metrics.spans import Span
 from asyncvla.policies.base import Policy
@@ -85,8 +87,6 @@ class PushingWeightStore(WeightStore):
         self.servers = servers
 
     def publish(self, state, version: int) -> None:
-        import ray
-
         super().publish(state, version)
         ref = ray.put(self.latest()[1])
         # Wait: admission reopens after publish, and a rollout admitted on `version` must find it.
@@ -101,8 +101,6 @@ class NcclWeightStore(WeightStore):
     """
 
     def __init__(self, servers: list[Any], module, version: int, backend: str = "nccl"):
-        import ray
-
         from asyncvla.runtime.inference import broadcast
 
         super().__init__(module.state_dict(), version)
@@ -114,8 +112,6 @@ class NcclWeightStore(WeightStore):
         ray.get(refs)
 
     def publish(self, state, version: int) -> None:
-        import ray
-
         from asyncvla.runtime.inference import broadcast
 
         super().publish(state, version)
@@ -139,8 +135,6 @@ class RayBackend:
         return [self.hub, *(m.actor for m in self.managers), *(s.actor for s in self.servers)]
 
     def start(self) -> None:
-        import ray
-
         ray.get([m.actor.start.remote() for m in self.managers])
 
     def poll(self, force: bool = False) -> None:
@@ -149,16 +143,12 @@ class RayBackend:
         if not self._alive or (not force and now - self._last_poll < POLL_S):
             return
         self._last_poll = now
-        import ray
-
         # All actors answer at once (one wait, not one round trip after another).
         views = [*self.managers, *self.servers, self.queue]
         for v, stats in zip(views, ray.get([v.request() for v in views])):
             v.take(stats)
 
     def _fetch_spans(self) -> None:
-        import ray
-
         refs = [m.actor.drain_spans.remote() for m in self.managers] + [s.actor.drain_spans.remote() for s in self.servers]
         self._spans += [x for part in ray.get(refs) for x in part]
 
@@ -183,8 +173,6 @@ class RayBackend:
             pass
 
     def close(self) -> None:
-        import ray
-
         self._alive = False
         for a in self.actors():
             ray.kill(a)
@@ -197,8 +185,6 @@ def required_cpus(plan: Plan, cfg: TrainConfig) -> float:
 
 def check_resources(plan: Plan, cfg: TrainConfig) -> None:
     """Fails with one line when the cluster cannot place every actor (Ray would wait forever)."""
-    import ray
-
     rt, total = cfg.runtime, ray.cluster_resources()
     need = {"CPU": required_cpus(plan, cfg),
             "GPU": len(plan.managers) * rt.env_gpus + plan.num_servers * rt.rollout_gpus}
@@ -218,8 +204,6 @@ def _server_policy(cfg: TrainConfig, a: int, p: int, state, version: int) -> Pol
 
 def build(cfg: TrainConfig, plan: Plan) -> Runtime:
     """Starts the Hub, the server actors (with the trainer's weights) and one actor per env manager."""
-    import ray
-
     check_resources(plan, cfg)
     rt = cfg.runtime
     probe = EnvWorker(dataclasses.replace(cfg.env, num_envs=1), trace=False)
@@ -265,8 +249,6 @@ def init_ray(address: str | None, min_cpus: float = 0) -> None:
     what the configured actors reserve (`min_cpus`), so a 2-core laptop still runs a layout
     of more actors than cores (oversubscribed, which the utilization metrics then show).
     """
-    import ray
-
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Workers inherit these: headless rendering and no hub access in every actor.
     env_vars = {k: os.environ[k] for k in ("MUJOCO_GL", "HF_HUB_OFFLINE", "RAY_AUTH_MODE", "TOKENIZERS_PARALLELISM") if k in os.environ}

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable, Hashable
 
+import ray
+
 from asyncvla.policies.base import ObsBatch
 from asyncvla.runtime.data import Segment
 from asyncvla.runtime.inference.batcher import Reply
@@ -77,13 +79,9 @@ class HubAdmission:
         self.hub = hub
 
     def try_admit(self, want: int) -> int:
-        import ray
-
         return ray.get(self.hub.try_admit.remote(want))
 
     def admit(self, want: int, timeout_s: float | None = None) -> int:
-        import ray
-
         return ray.get(self.hub.admit.remote(want, timeout_s))
 
     def refund(self, n: int) -> None:
@@ -98,33 +96,40 @@ class HubQueue:
         self.hub = hub
 
     def put(self, seg: Segment, timeout_s: float | None = None) -> bool:
-        import ray
-
         if not ray.get(self.hub.put.remote(seg)):
             raise QueueClosed("put on a closed TrajectoryQueue")
         return True
 
 
-class RemoteQueue:
-    """Driver side of the trajectory queue (what `run_async` and `shutdown` call)."""
+class RemoteView:
+    """A driver-side view of an actor's counters, as of the last `poll` (or `take` of a batched `request`)."""
+
+    actor: Any
+
+    def request(self) -> Any:
+        return self.actor.stats.remote()
+
+    def take(self, stats: dict) -> None:
+        raise NotImplementedError
+
+    def poll(self) -> None:
+        self.take(ray.get(self.request()))
+
+
+class RemoteQueue(RemoteView):
+    """Driver side of the trajectory queue (what `loop.run` and `loop.shutdown` call)."""
 
     def __init__(self, hub: Any):
-        self.hub = hub
+        self.hub = self.actor = hub
         self._stats = {"depth": 0, "samples": 0, "put_wait_s": 0.0}
 
     def get(self, timeout_s: float | None = None) -> Segment | None:
-        import ray
-
         return ray.get(self.hub.get.remote(timeout_s))
 
     def drain(self) -> list[Segment]:
-        import ray
-
         return ray.get(self.hub.drain.remote())
 
     def close(self) -> None:
-        import ray
-
         ray.get(self.hub.close.remote())
 
     def request(self) -> Any:
@@ -132,11 +137,6 @@ class RemoteQueue:
 
     def take(self, stats: dict) -> None:
         self._stats = stats
-
-    def poll(self) -> None:
-        import ray
-
-        self.take(ray.get(self.request()))
 
     def __len__(self) -> int:
         return self._stats["depth"]
@@ -158,8 +158,6 @@ class MirroredController(StalenessController):
         self.hub = hub
 
     def advance(self, version: int, consumed_samples: int) -> None:
-        import ray
-
         super().advance(version, consumed_samples)
         ray.get(self.hub.advance.remote(version, consumed_samples))  # admission reopens only after this
 
@@ -173,8 +171,6 @@ class MirroredController(StalenessController):
         self.hub.close.remote()
 
     def load_state_dict(self, state: dict) -> None:
-        import ray
-
         super().load_state_dict(state)
         ray.get(self.hub.load_state.remote(state))
 
@@ -195,27 +191,19 @@ class RayServerTransport:
         ref.future().add_done_callback(done)
 
 
-class RemoteServer:
-    """Driver-side view of a server actor: counters as of the last `poll`."""
+class RemoteServer(RemoteView):
+    """Driver-side view of a server actor."""
 
     def __init__(self, actor: Any, index: int):
         self.actor, self.index = actor, index
-        self.busy_s, self.num_samples, self.num_batches = 0.0, 0, 0
-
-    def request(self) -> Any:
-        return self.actor.stats.remote()
+        self.busy_s, self.num_samples, self.num_batches, self.batch_sizes = 0.0, 0, 0, Counter()
 
     def take(self, s: dict) -> None:
         self.busy_s, self.num_samples, self.num_batches = s["time/infer_s"], int(s["infer/samples"]), int(s["infer/batches"])
-
-    def poll(self) -> None:
-        import ray
-
-        self.take(ray.get(self.request()))
+        self.batch_sizes = Counter({int(k): v for k, v in s["infer/batch_sizes"].items()})
 
 
-
-class RemoteManager:
+class RemoteManager(RemoteView):
     """Driver-side view of a manager actor; `poll` adds its new ledger counts to the run's ledger."""
 
     def __init__(self, actor: Any, index: int, num_envs: int, ledger: Ledger):
@@ -225,9 +213,6 @@ class RemoteManager:
         self._episodes: list[dict] = []
         self._seen = Ledger().state_dict()
 
-    def request(self) -> Any:
-        return self.actor.stats.remote()
-
     def take(self, s: dict) -> None:
         self.env_busy_s = s["env_busy_s"]
         self._episodes += s["episodes"]
@@ -236,14 +221,7 @@ class RemoteManager:
         add_ledger_increment(self.run_ledger, self._seen, s["ledger"])
         self._seen = s["ledger"]
 
-    def poll(self) -> None:
-        import ray
-
-        self.take(ray.get(self.request()))
-
     def stop(self) -> None:
-        import ray
-
         self.take(ray.get(self.actor.stop.remote()))
 
     def pop_episodes(self) -> list[dict]:

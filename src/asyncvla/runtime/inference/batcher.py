@@ -108,10 +108,6 @@ class Transport(Protocol):
     def send(self, reply: Reply) -> None: ...
 
 
-class Clock(Protocol):
-    def __call__(self) -> float: ...
-
-
 class LocalTransport:
     """Thread-safe transport inside one process: clients `submit` and get a Future (or callback).
 

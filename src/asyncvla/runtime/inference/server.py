@@ -16,7 +16,7 @@ import itertools
 import threading
 import time
 from collections import Counter
-from typing import Callable, Hashable, Mapping, Protocol
+from typing import Callable, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -113,6 +113,7 @@ class RolloutServer:
             "infer/batches": self.num_batches,
             "infer/samples": self.num_samples,
             "infer/mean_batch": self.num_samples / max(self.num_batches, 1),
+            "infer/batch_sizes": dict(self.batch_sizes),
             "time/infer_s": self.busy_s,
         }
 
@@ -160,14 +161,13 @@ class GreedyRouter:
 
 
 class FixedRouter:
-    """Client c always goes to server mapping[c] (default: c % num_servers)."""
+    """Client c (an env manager index) always goes to server c % num_servers."""
 
-    def __init__(self, num_servers: int, mapping: Mapping[Hashable, int] | None = None):
+    def __init__(self, num_servers: int):
         self.num_servers = num_servers
-        self.mapping = dict(mapping or {})
 
     def pick(self, client: int, n: int) -> int:
-        return self.mapping.get(client, hash(client) % self.num_servers)
+        return hash(client) % self.num_servers
 
     def done(self, server: int, n: int) -> None:
         pass

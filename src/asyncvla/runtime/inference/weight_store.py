@@ -17,20 +17,17 @@ class WeightStore:
     """The latest published weights and their version; thread-safe, readers never block writers long."""
 
     def __init__(self, state: Mapping[str, torch.Tensor] | None = None, version: int = 0):
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._state = _cpu_copy(state) if state is not None else None
         self._version = version
-        self.num_published = 0
 
     def publish(self, state: Mapping[str, torch.Tensor], version: int) -> None:
         """Stores a CPU copy of `state` as `version` (must not go backwards)."""
         copy = _cpu_copy(state)  # outside the lock: copying is the slow part
-        with self._cond:
+        with self._lock:
             if version < self._version:
                 raise ValueError(f"publish: version {version} < current {self._version}")
             self._state, self._version = copy, version
-            self.num_published += 1
-            self._cond.notify_all()
 
     @property
     def version(self) -> int:
@@ -38,13 +35,8 @@ class WeightStore:
 
     def latest(self) -> tuple[int, Mapping[str, torch.Tensor] | None]:
         """(version, state) of the newest weights; state is shared, treat it as read-only."""
-        with self._cond:
+        with self._lock:
             return self._version, self._state
-
-    def wait_for(self, version: int, timeout_s: float | None = None) -> bool:
-        """Blocks until weights of at least `version` are published; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self._version >= version, timeout=timeout_s)
 
 
 def _cpu_copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,24 +1,16 @@
-"""The trainer side of the async runtime: segments stream in, updates and versions stream out.
+"""The learner: segments stream in, updates and versions stream out (`StreamingTrainer`).
 
-`StreamingTrainer` feeds the sync `Trainer`'s update math (advantages, PPO/GRPO losses,
-epochs, checkpoints) from a stream of segments, in one of three modes:
-
-- `epoch`: collect `global_batch` samples, run the full PPO epochs (`update_epochs` x
-  minibatches), publish once: the sync trainer's optimizer steps per sample. With
-  max_staleness=0 (decoupled_actor off) rollouts pause meanwhile and the loss is plain PPO
-  against the behaviour logprob: exactly the synchronous loop. With max_staleness > 0
-  rollouts go on under the previous weights and the loss is decoupled PPO.
-- `accumulate` (strict gradient accumulation): one optimizer step exactly every
-  `global_batch` samples; a segment that straddles the boundary is split and its rest
-  carried over to the next step.
-- `streaming`: one optimizer step on every micro-batch of `minibatch_size` samples as it
-  arrives (same carry-over rule, finer grain).
-
-In `accumulate` and `streaming` (and `epoch` with staleness) the loss is decoupled PPO: the trainer recomputes the
-proximal logprob under its current weights right before the step, clips against it and
-reweights to the behaviour policy with the truncated importance weight. After every update
-the weights are published, versioned, to the `WeightStore` and the `StalenessController`
-reopens admission.
+It feeds the `Trainer`'s math (advantages, PPO/GRPO losses, epochs) from the trajectory
+queue in one of three modes (the plan picks one):
+- `epoch`: collect an update's samples, run `update_epochs` x minibatches, publish once. At
+  max_staleness 0 (decoupled_actor off) rollouts wait meanwhile and the loss is plain PPO
+  against the behaviour logprob: the synchronous loop. Above 0 the loss is decoupled PPO.
+- `accumulate`: one optimizer step exactly every update's samples; a segment that straddles
+  the boundary is split and its rest carried over.
+- `streaming`: one optimizer step per `minibatch_size` samples as they arrive.
+The decoupled loss recomputes the proximal logprob right before the step, clips against it
+and reweights to the behaviour policy (truncated importance weight). After every update the
+weights are published to the `WeightStore`, then the `StalenessController` reopens admission.
 """
 
 from __future__ import annotations

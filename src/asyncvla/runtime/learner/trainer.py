@@ -13,7 +13,7 @@ import copy
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -202,12 +202,6 @@ class Trainer:
         stats.update(total=float(loss.detach()), grad_norm=float(grad_norm))
         return stats
 
-    # -- weights --------------------------------------------------------------------------
-    def get_weights(self) -> dict[str, torch.Tensor]:
-        """CPU copy of the policy state (what the object store carries)."""
-        with self.rec.span("weight_sync"):
-            return {k: v.detach().to("cpu", copy=True) for k, v in self.policy.state_dict().items()}
-
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, out_dir: str | Path, extra: dict | None = None) -> Path:
         """Policy (safetensors + config.yaml) and trainer.pt: optimizer, version, RNG states."""
@@ -240,8 +234,3 @@ class Trainer:
 
     def drain_spans(self) -> list[Span]:
         return self.rec.drain()
-
-
-def state_equal(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
-    """Same keys and bitwise-equal tensors (tests and sanity checks of weight sync)."""
-    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)

@@ -8,7 +8,7 @@ import pytest
 from asyncvla.config import ConfigError, EmulatedConfig, EnvConfig, PolicyConfig
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
 from asyncvla.policies.registry import make_policy
-from asyncvla.runtime.evaluation import episode_quotas, evaluate_policy
+from asyncvla.evaluation import episode_quotas, evaluate_policy
 
 A = 2
 

@@ -1,7 +1,7 @@
 """Warm-start cache key: what shares one SFT checkpoint and what does not."""
 
 from asyncvla.config import EnvConfig, RunConfig, TrainConfig, WarmStartConfig
-from asyncvla.runtime.warm_start import _key, _seeds
+from asyncvla.algos.warm_start import _key, _seeds
 
 
 def _cfg(run_seed: int, env_seed: int, ws_seed: int | None, sft_steps: int = 250) -> TrainConfig:
@@ -25,7 +25,7 @@ def test_default_warm_start_follows_env_and_run_seeds():
 
 
 def test_a_change_to_the_model_code_rebuilds_the_cache(monkeypatch):
-    from asyncvla.runtime import warm_start
+    from asyncvla.algos import warm_start
 
     digest = warm_start.code_digest()
     assert digest == warm_start.code_digest() and len(digest) == 16
@@ -40,7 +40,7 @@ def test_runs_started_together_build_the_cache_once(tmp_path, monkeypatch):
 
     from asyncvla.algos import sft
     from asyncvla.data import demos
-    from asyncvla.runtime import warm_start
+    from asyncvla.algos import warm_start
 
     calls = {"demos": 0, "sft": 0}
 
