@@ -340,8 +340,9 @@ class RuntimeConfig:
     """Async level 2: inference forms batches dynamically from streamed requests (mode=async only)."""
     decoupled_actor: bool = False
     """Async level 3: the trainer consumes trajectories as they arrive and publishes weights while rollouts continue (mode=async only)."""
-    max_staleness: int = 1
-    """Largest policy-version lag of a trained sample; older samples are dropped and counted (0 = on-policy)."""
+    max_staleness: int | None = None
+    """Async with decoupled_actor: largest policy-version lag of a trained sample; older samples are dropped
+    and counted (0 = on-policy); null: 1. Without decoupled_actor the lag is 0 by construction (set only null or 0)."""
     max_batch: int = 32
     """Dynamic batching: flush an inference batch at this many samples."""
     max_wait_ms: float = 5.0
@@ -355,12 +356,13 @@ class RuntimeConfig:
     env_managers: tuple[int, ...] = ()
     """Async: sizes of the env managers of each env worker (sum = env.num_envs), each with its own loop; () = one manager."""
     segment_len: int | None = None
-    """Async: decisions per trajectory segment sent to the trainer; null = rollout_steps."""
+    """Decisions per trajectory segment sent to the trainer (PPO); null = rollout_steps. GRPO sends whole episodes (set only null)."""
     emulated_accelerator: EmulatedAcceleratorConfig = field(default_factory=EmulatedAcceleratorConfig)
     """Benchmarks: hold calibrated device time in inference and training (threads backend)."""
-    trainer_mode: Literal["epoch", "accumulate", "streaming"] = "accumulate"
+    trainer_mode: Literal["epoch", "accumulate", "streaming"] | None = None
     """Async with decoupled_actor: epoch (every samples_per_update samples, sync's update_epochs x minibatches of decoupled PPO, one publish; rollouts go on meanwhile),
-    accumulate (one optimizer step every samples_per_update samples, remainder carried over) or streaming (a step per minibatch_size samples as they arrive)."""
+    accumulate (one optimizer step every samples_per_update samples, remainder carried over) or streaming (a step per minibatch_size samples as they arrive);
+    null: accumulate. Without decoupled_actor it is epoch (set only null or epoch)."""
 
     def __post_init__(self) -> None:
         _check(self.mode in ("sync", "async"), "runtime.mode", self.mode, "allowed: sync, async")
@@ -371,7 +373,7 @@ class RuntimeConfig:
         for name in ("env_cpus", "env_gpus", "rollout_cpus", "rollout_gpus"):
             _check(getattr(self, name) >= 0, f"runtime.{name}", getattr(self, name), "must be >= 0")
         _check(self.weight_sync in ("object_store", "nccl"), "runtime.weight_sync", self.weight_sync, "allowed: object_store, nccl")
-        _check(self.max_staleness >= 0, "runtime.max_staleness", self.max_staleness, "must be >= 0")
+        _check(self.max_staleness is None or self.max_staleness >= 0, "runtime.max_staleness", self.max_staleness, "must be >= 0 or null")
         _check(self.max_batch >= 1, "runtime.max_batch", self.max_batch, "must be >= 1")
         _check(self.max_wait_ms >= 0, "runtime.max_wait_ms", self.max_wait_ms, "must be >= 0")
         _check(self.queue_size >= 1, "runtime.queue_size", self.queue_size, "must be >= 1")
@@ -379,7 +381,7 @@ class RuntimeConfig:
         _check(self.router in ("fixed", "round-robin", "greedy"), "runtime.router", self.router, "allowed: fixed, round-robin, greedy")
         _check(all(n >= 1 for n in self.env_managers), "runtime.env_managers", self.env_managers, "every size must be >= 1")
         _check(self.segment_len is None or self.segment_len >= 1, "runtime.segment_len", self.segment_len, "must be >= 1 or null")
-        _check(self.trainer_mode in ("epoch", "accumulate", "streaming"), "runtime.trainer_mode", self.trainer_mode, "allowed: epoch, accumulate, streaming")
+        _check(self.trainer_mode in (None, "epoch", "accumulate", "streaming"), "runtime.trainer_mode", self.trainer_mode, "allowed: epoch, accumulate, streaming, null")
 
 
 @dataclass

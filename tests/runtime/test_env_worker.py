@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from asyncvla.config import ConfigError, EmulatedConfig, EnvConfig, RuntimeConfig, TrainConfig
+from asyncvla.config import AlgoConfig, ConfigError, EmulatedConfig, EnvConfig, RuntimeConfig, TrainConfig
 from asyncvla.policies.base import ActOut
 from asyncvla.runtime.env.worker import EnvWorker
 from asyncvla.runtime.plan import make_plan
@@ -62,4 +62,13 @@ def test_runtime_config_validation():
         make_plan(TrainConfig(runtime=RuntimeConfig(async_env=True)))
     with pytest.raises(ConfigError, match="runtime.pipeline_stages=2 is invalid with runtime.async_env"):
         make_plan(TrainConfig(runtime=RuntimeConfig(mode="async", async_env=True, pipeline_stages=2)))
-    make_plan(TrainConfig(runtime=RuntimeConfig(mode="async", async_env=True)))
+    with pytest.raises(ConfigError, match="runtime.max_staleness=2 is invalid without runtime.decoupled_actor"):
+        make_plan(TrainConfig(runtime=RuntimeConfig(mode="sync", max_staleness=2)))
+    with pytest.raises(ConfigError, match="runtime.trainer_mode='streaming' is invalid without"):
+        make_plan(TrainConfig(runtime=RuntimeConfig(mode="async", async_env=True, trainer_mode="streaming")))
+    with pytest.raises(ConfigError, match="runtime.segment_len=4 is invalid with algo.name='grpo'"):
+        make_plan(TrainConfig(algo=AlgoConfig(name="grpo", group_size=2), runtime=RuntimeConfig(segment_len=4)))
+    plan = make_plan(TrainConfig(runtime=RuntimeConfig(mode="async", async_env=True, decoupled_actor=True)))
+    assert plan.max_staleness == 1 and plan.trainer_mode == "accumulate"  # the async defaults
+    plan = make_plan(TrainConfig(runtime=RuntimeConfig(mode="sync", trainer_mode="epoch", max_staleness=0)))
+    assert plan.max_staleness == 0 and plan.trainer_mode == "epoch"

@@ -41,6 +41,9 @@ class FakeTrainer:
         self.policy.version += 1
         return {}
 
+    def train(self, rollouts, epochs):
+        return self.update(self.prepare(rollouts), epochs)
+
 
 def _streaming(mode="accumulate", global_batch=5, eta=1, algo=None):
     algo = algo or AlgoConfig(minibatch_size=2, update_epochs=3)

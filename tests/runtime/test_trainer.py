@@ -136,7 +136,7 @@ def test_one_ppo_update_lowers_loss_on_a_fixed_batch():
 
 def test_train_records_spans_and_counts_minibatches():
     trainer = Trainer(TINY, AlgoConfig(minibatch_size=6, update_epochs=2), A, P, seed=0)
-    stats = trainer.train(_fixed_rollout(trainer.policy))
+    stats = trainer.train([_fixed_rollout(trainer.policy)], epochs=2)
     assert stats["train/samples"] == 16 and stats["train/optimizer_steps"] == 2 * 3  # ceil(16 / 6) per epoch
     kinds = [s.kind for s in trainer.drain_spans()]
     assert kinds == ["advantage", "train"]
@@ -144,7 +144,7 @@ def test_train_records_spans_and_counts_minibatches():
 
 def test_checkpoint_round_trip_restores_optimizer_and_version(tmp_path):
     a = Trainer(TINY, AlgoConfig(minibatch_size=16), A, P, seed=0, trace=False)
-    a.train(_fixed_rollout(a.policy))
+    a.train([_fixed_rollout(a.policy)], epochs=2)
     a.save(tmp_path / "ckpt")
     b = Trainer(TINY, AlgoConfig(minibatch_size=16), A, P, seed=1, trace=False)
     assert b.load(tmp_path / "ckpt") == a.version == 2  # update_epochs=2, one minibatch each

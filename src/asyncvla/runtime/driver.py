@@ -90,6 +90,13 @@ class Driver:
     def evaluate(self) -> dict:
         return evaluate(self.cfg, self.run_dir, self.state.update, self.run.trainer, self.eval_policy)
 
+    def evaluate_and_keep_best(self) -> dict:
+        m = self.evaluate()
+        if m.get("eval/success", -1) > self.state.best_success:
+            self.state.best_success = m["eval/success"]
+            self.checkpoint("best")
+        return m
+
     def checkpoint(self, tag: str) -> None:
         save_checkpoint(self.run.trainer, self.run_dir, self.state, tag, {RUNTIME_STATE: runtime_state(self.run)})
 
@@ -116,10 +123,7 @@ class Driver:
         self.collect_spans()
         r = self.cfg.run
         if r.eval_every and st.update % r.eval_every == 0 and not self.done():
-            m.update(self.evaluate())
-            if m.get("eval/success", -1) > st.best_success:
-                st.best_success = m["eval/success"]
-                self.checkpoint("best")
+            m.update(self.evaluate_and_keep_best())
         st.wall_s = self.writer.wall_s
         self.writer.write(st.update, m)
         if r.checkpoint_every and st.update % r.checkpoint_every == 0:
@@ -135,11 +139,8 @@ class Driver:
         st, led = self.state, self.run.ledger
         st.version, st.env_steps, st.samples = self.run.trainer.version, led.produced_env_steps, led.trained_samples
         if self.cfg.run.eval_episodes:
-            m = self.evaluate()
+            m = self.evaluate_and_keep_best()
             st.success_after = m["eval/success"]
-            if st.success_after > st.best_success:
-                st.best_success = st.success_after
-                self.checkpoint("best")
             self.writer.write(st.update, m)
         st.wall_s = self.writer.wall_s
         self.checkpoint("last")
@@ -167,7 +168,7 @@ def train(cfg: TrainConfig, progress: Callable | None = None) -> dict:
     # The SFT start is made before the run dir's config.yaml, which then records policy.init.
     cfg.policy.init = ensure_warm_start(cfg) or cfg.policy.init
     run_dir = prepare_run_dir(cfg)
-    (run_dir / "plan.json").write_text(json.dumps(plan.describe(), indent=1))  # the derived layout, in the open
+    (run_dir / "plan.json").write_text(json.dumps(dataclasses.asdict(plan), indent=1))  # the derived layout, in the open
     torch.manual_seed(cfg.run.seed)
     np.random.seed(cfg.run.seed)
     trace_path = run_dir / "trace.json"

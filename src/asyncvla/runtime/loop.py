@@ -53,7 +53,6 @@ class Backend(Protocol):
 class Runtime:
     """Every part of one run, whatever the backend."""
 
-    cfg: TrainConfig
     plan: Plan
     managers: list[Any]
     """EnvManagers (or driver-side views of manager actors): num_envs, env_busy_s, error, pop_episodes()."""
@@ -71,10 +70,6 @@ class Runtime:
     @property
     def trainer(self) -> Trainer:
         return self.learner.trainer
-
-    @property
-    def num_envs(self) -> int:
-        return self.plan.num_envs
 
 
 BACKENDS = {"threads": "asyncvla.runtime.backends.threads", "ray": "asyncvla.runtime.backends.ray"}
@@ -124,7 +119,7 @@ def window_metrics(run: Runtime, w0: Window, w1: Window | None = None) -> dict:
     dt = max(w1.t - w0.t, 1e-9)
     env, infer = w1.env_busy_s - w0.env_busy_s, w1.infer_busy_s - w0.infer_busy_s
     train, publish = w1.train_s - w0.train_s, w1.publish_s - w0.publish_s
-    n_env, n_srv = run.num_envs, len(run.servers)
+    n_env, n_srv = run.plan.num_envs, len(run.servers)
     return {
         "perf/env_steps_per_s": (w1.env_steps - w0.env_steps) / dt,
         "perf/trained_samples_per_s": (w1.samples - w0.samples) / dt,

@@ -6,13 +6,10 @@ the inference request and batch limits, the trainer mode, the staleness bound, t
 length, the GRPO group size and the samples per update. The runtime, both backends, the
 driver and the benches read the plan and never re-derive any of it.
 
-Sync (the RLinf baseline) is the same runtime with the switches off:
-
-| switch off | what the plan says |
-|---|---|
-| async_env | lockstep managers, one per pipeline stage (all of a stage's envs step, then one request) |
-| streaming_rollout | max_batch 1, no wait: each request is its own inference batch |
-| decoupled_actor | trainer_mode epoch, max_staleness 0: collect an update's samples, run the epochs, publish; rollouts wait |
+Sync (the RLinf baseline) is the same runtime with the switches off: lockstep managers, one
+per pipeline stage; every request its own inference batch; the trainer in epoch mode at
+staleness 0 (collect an update, run its epochs, publish, then rollouts go on). The table of
+what each switch changes is in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -73,12 +70,6 @@ class Plan:
     def num_envs(self) -> int:
         return sum(m.num_envs for m in self.managers)
 
-    def describe(self) -> dict:
-        """The plan as plain data (recorded in the run directory, printed by benches)."""
-        from dataclasses import asdict
-
-        return asdict(self)
-
 
 def manager_sizes(cfg: TrainConfig, lockstep: bool) -> tuple[int, ...]:
     rt, n = cfg.runtime, cfg.env.num_envs
@@ -93,6 +84,12 @@ def manager_sizes(cfg: TrainConfig, lockstep: bool) -> tuple[int, ...]:
         raise ConfigError(f"runtime.pipeline_stages={rt.pipeline_stages} is invalid with runtime.async_env=true: every env "
                           "already steps on its own; allowed: 1 (or turn async_env off)")
     return tuple(rt.env_managers) or (n,)
+
+
+def _ignored(bad: bool, name: str, value, allowed: str) -> None:
+    if bad:
+        raise ConfigError(f"runtime.{name}={value!r} is invalid without runtime.decoupled_actor (mode sync, or the "
+                          f"switch off): that trainer ignores it; allowed: {allowed}")
 
 
 def make_plan(cfg: TrainConfig) -> Plan:
@@ -113,12 +110,19 @@ def make_plan(cfg: TrainConfig) -> Plan:
             index, first = index + 1, first + size
     algorithm = make_algorithm(cfg.algo)
     group_size = algorithm.group_size
+    if group_size and rt.segment_len is not None:
+        raise ConfigError(f"runtime.segment_len={rt.segment_len} is invalid with algo.name={cfg.algo.name!r}: a GRPO "
+                          "segment is a whole episode; allowed: null")
     for m in managers:
         if group_size and m.num_envs % group_size:
             raise ConfigError(f"algo.group_size={group_size} is invalid: must divide the envs of every env manager "
                               f"(sizes {list(sizes)}); a group plays from one initial state on one loop")
     max_batch, max_wait_s = (rt.max_batch, rt.max_wait_ms / 1000) if streaming else (1, 0.0)
-    trainer_mode = rt.trainer_mode if decoupled else "epoch"
+    if not decoupled:
+        # The synchronous trainer publishes before rollouts go on: epoch mode, lag 0, whatever was asked.
+        _ignored(rt.max_staleness not in (None, 0), "max_staleness", rt.max_staleness, "null or 0")
+        _ignored(rt.trainer_mode not in (None, "epoch"), "trainer_mode", rt.trainer_mode, "null or 'epoch'")
+    trainer_mode = (rt.trainer_mode or "accumulate") if decoupled else "epoch"
     if group_size and trainer_mode != "epoch":
         raise ConfigError(f"runtime.trainer_mode={trainer_mode!r} is invalid with algo.name={cfg.algo.name!r}: allowed: "
                           "epoch (a GRPO group is scored as a whole, never split into micro-batches)")
@@ -131,7 +135,8 @@ def make_plan(cfg: TrainConfig) -> Plan:
         backend="threads" if rt.local else "ray", managers=tuple(managers), envs_per_worker=cfg.env.num_envs,
         num_servers=rt.num_rollout_servers, max_request=max_batch if streaming else 1,
         max_batch=max_batch, max_wait_s=max_wait_s, trainer_mode=trainer_mode,
-        max_staleness=rt.max_staleness if decoupled else 0, samples_per_update=per_update,
+        max_staleness=(1 if rt.max_staleness is None else rt.max_staleness) if decoupled else 0,
+        samples_per_update=per_update,
         samples_per_version=cfg.algo.minibatch_size if trainer_mode == "streaming" else per_update,
         segment_len=rt.segment_len or rt.rollout_steps, group_size=group_size,
         shared_device=rt.placement == "colocated" and (cfg.run.device.startswith("cuda") or rt.emulated_accelerator.enabled),

@@ -25,11 +25,9 @@ import ray
 
 from asyncvla.config import ConfigError, TrainConfig
 from asyncvla.metrics.spans import Span
-from asyncvla.policies.base import Policy
-from asyncvla.policies.registry import build_policy
 from asyncvla.runtime.backends.ray_proxies import (Hub, HubAdmission, HubQueue, MirroredController, RayServerTransport,
                                                    RemoteManager, RemoteQueue, RemoteServer)
-from asyncvla.runtime.backends.threads import make_manager, make_trainer, make_worker
+from asyncvla.runtime.backends.threads import make_manager, make_server_policy, make_trainer, make_worker
 from asyncvla.runtime.device import DeviceGate
 from asyncvla.runtime.env.manager import RolloutClient
 from asyncvla.runtime.env.worker import EnvWorker
@@ -131,9 +129,6 @@ class RayBackend:
         self._spans: list[Span] = []
         self._alive = True
 
-    def actors(self) -> list[Any]:
-        return [self.hub, *(m.actor for m in self.managers), *(s.actor for s in self.servers)]
-
     def start(self) -> None:
         ray.get([m.actor.start.remote() for m in self.managers])
 
@@ -174,7 +169,7 @@ class RayBackend:
 
     def close(self) -> None:
         self._alive = False
-        for a in self.actors():
+        for a in [self.hub, *(m.actor for m in self.managers), *(s.actor for s in self.servers)]:
             ray.kill(a)
 
 
@@ -195,13 +190,6 @@ def check_resources(plan: Plan, cfg: TrainConfig) -> None:
                               f"lower them or add nodes")
 
 
-def _server_policy(cfg: TrainConfig, a: int, p: int, state, version: int) -> Policy:
-    policy = build_policy(cfg.policy, a, p, cfg.run.seed)
-    policy.load_state_dict(state)
-    policy.version = version
-    return policy.eval()
-
-
 def build(cfg: TrainConfig, plan: Plan) -> Runtime:
     """Starts the Hub, the server actors (with the trainer's weights) and one actor per env manager."""
     check_resources(plan, cfg)
@@ -215,7 +203,7 @@ def build(cfg: TrainConfig, plan: Plan) -> Runtime:
                                                                         rt.queue_size)
     server_cls = make_ray_rollout_server(num_cpus=rt.rollout_cpus, num_gpus=rt.rollout_gpus)
     state = WeightStore(trainer.policy.state_dict(), trainer.version).latest()[1]  # one CPU copy for every server
-    make = functools.partial(_server_policy, cfg, spec["action_dim"], spec["proprio_dim"], state, trainer.version)
+    make = functools.partial(make_server_policy, cfg, spec, state, trainer.version)
     actors = [server_cls.remote(make, plan.max_batch, plan.max_wait_s, i, rt.trace, DeviceGate(rt.emulated_accelerator))
               for i in range(plan.num_servers)]
     if rt.weight_sync == "nccl":
@@ -231,7 +219,7 @@ def build(cfg: TrainConfig, plan: Plan) -> Runtime:
     learner = make_learner(cfg, plan, trainer, store, controller, ledger)
     servers = [RemoteServer(s, i) for i, s in enumerate(actors)]
     queue = RemoteQueue(hub)
-    return Runtime(cfg, plan, managers, servers, queue, controller, ledger, store, learner,
+    return Runtime(plan, managers, servers, queue, controller, ledger, store, learner,
                    RayBackend(hub, managers, servers, queue), spec)
 
 

@@ -41,6 +41,14 @@ def make_worker(cfg: TrainConfig, spec: ManagerSpec) -> EnvWorker:
                      first_env=spec.first_env)
 
 
+def make_server_policy(cfg: TrainConfig, env_spec: dict, state, version: int):
+    """A rollout server's policy: the configured architecture holding the trainer's weights `version`."""
+    policy = build_policy(cfg.policy, env_spec["action_dim"], env_spec["proprio_dim"], cfg.run.seed)
+    policy.load_state_dict(state)
+    policy.version = version
+    return policy.eval()
+
+
 def make_trainer(cfg: TrainConfig, env_spec: dict, gate: DeviceGate | None = None) -> Trainer:
     return Trainer(cfg.policy, cfg.algo, env_spec["action_dim"], env_spec["proprio_dim"], seed=cfg.run.seed,
                    trace=cfg.runtime.trace, device=gate)
@@ -100,17 +108,13 @@ def build(cfg: TrainConfig, plan: Plan) -> Runtime:
     ledger = Ledger()
     controller = StalenessController(plan.max_staleness, plan.samples_per_version)
     store = WeightStore(trainer.policy.state_dict(), trainer.version)
-    servers = []
-    for s in range(plan.num_servers):
-        policy = build_policy(cfg.policy, spec["action_dim"], spec["proprio_dim"], cfg.run.seed)
-        policy.load_state_dict(trainer.policy.state_dict())
-        policy.version = trainer.version
-        servers.append(RolloutServer(policy.eval(), plan.max_batch, plan.max_wait_s, weights=store, index=s,
-                                     trace=rt.trace, device=gate))
+    servers = [RolloutServer(make_server_policy(cfg, spec, trainer.policy.state_dict(), trainer.version), plan.max_batch,
+                             plan.max_wait_s, weights=store, index=s, trace=rt.trace, device=gate)
+               for s in range(plan.num_servers)]
     transports = [LocalTransport() for _ in servers]
     client = RolloutClient(transports, make_router(rt.router, len(servers)))
     queue = TrajectoryQueue(rt.queue_size)
     managers = [make_manager(cfg, plan, m, w, client, controller, queue, ledger) for m, w in zip(plan.managers, workers)]
     learner = make_learner(cfg, plan, trainer, store, controller, ledger)
-    return Runtime(cfg, plan, managers, servers, queue, controller, ledger, store, learner,
+    return Runtime(plan, managers, servers, queue, controller, ledger, store, learner,
                    ThreadBackend(managers, servers, transports), spec)

@@ -75,7 +75,7 @@ class EnvManager:
                  trajectories: TrajectoryQueue, ledger: Ledger, segment_len: int, async_env: bool,
                  max_request: int | None = None, groups: EnvGroups | None = None, chunk: int = 1):
         """max_request: most envs per inference request in async_env mode (None: every ready env in one).
-        groups: GRPO (async_env only): whole-episode segments, emitted and restarted per group (runtime/groups.py);
+        groups: GRPO: whole-episode segments, emitted and restarted per group (env/groups.py);
         chunk: actions per decision, so an episode's admission covers max_episode_steps."""
         self.index = index
         self.worker = worker

@@ -182,10 +182,7 @@ class StreamingTrainer:
         rollouts = self._rollouts(segs)
         lags = self.controller.record_lags(np.concatenate([r.version[r.mask] for r in rollouts]))
         t0 = time.perf_counter()
-        with self.trainer.rec.span("advantage"):
-            batch = self.trainer.prepare(rollouts)
-        with self.trainer.rec.span("train"):
-            stats = self.trainer.update(batch, self.epochs)
+        stats = self.trainer.train(rollouts, self.epochs)
         t1 = time.perf_counter()
         self.train_s += t1 - t0
         n = sum(r.num_samples for r in rollouts)

@@ -1,10 +1,9 @@
 """Trainer: rollouts in, PPO/GRPO updates out. The math lives in algos/; this wires it.
 
-`train(rollouts)` = advantages (GAE with truncation bootstrap, or GRPO) → `update_epochs`
-passes of shuffled minibatches (clipped policy loss + clipped value loss + entropy, KL to
-the initial policy if asked) with gradient clipping → loss stats. The async runtime reuses
-`prepare` and `update` with the decoupled loss (`decoupled=True` recomputes the proximal
-logprob before the first minibatch).
+`train(rollouts, epochs)` = advantages (the algorithm's: GAE with truncation bootstrap, or
+GRPO) → `epochs` passes of shuffled minibatches (clipped policy loss + clipped value loss +
+entropy, KL to the initial policy if asked) with gradient clipping → loss stats. With
+`decoupled=True` the proximal logprob is recomputed before the first minibatch (decoupled PPO).
 """
 
 from __future__ import annotations
@@ -102,16 +101,12 @@ class Trainer:
         return self.policy.version
 
     # -- the update -----------------------------------------------------------------------
-    def train(self, *rollouts: Rollout) -> dict[str, float]:
-        """One sync-mode update: advantages of all rollouts (one per env worker), then the PPO/GRPO epochs.
-
-        Rollouts come as separate arguments so Ray resolves each object reference.
-        """
+    def train(self, rollouts: Sequence[Rollout], epochs: int) -> dict[str, float]:
+        """One update: advantages of the rollouts (one per env worker), then `epochs` passes."""
         with self.rec.span("advantage"):
             batch = self.prepare(rollouts)
         with self.rec.span("train"):
-            stats = self.update(batch, self.algo.update_epochs)
-        return stats
+            return self.update(batch, epochs)
 
     def prepare(self, rollouts: Sequence[Rollout]) -> Batch:
         """Advantages per rollout (time-major), then flattened to the valid samples, normalised."""
