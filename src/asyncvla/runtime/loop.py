@@ -178,9 +178,13 @@ def run(rt: Runtime, total_env_steps: int | None = None, total_updates: int | No
                 or (total_env_steps is not None and rt.ledger.produced_env_steps >= total_env_steps)
                 or (max_seconds is not None and time.time() - t_start >= max_seconds))
 
-    rt.learner.is_last = lambda: done(ahead=1)
+    # Remote env-step counts must be current when the learner asks (poll returns None).
+    rt.learner.is_last = lambda: rt.backend.poll(force=True) or done(ahead=1)
+    # Budgets are checked after each update, so the update that reaches an env-step budget still
+    # trains (as in the synchronous loop); only the time budget also ends a wait for data.
+    stop = False
     try:
-        while not done():
+        while not stop and not (max_seconds is not None and time.time() - t_start >= max_seconds):
             rt.backend.poll()
             for m in rt.managers:
                 if m.error is not None:
@@ -195,6 +199,7 @@ def run(rt: Runtime, total_env_steps: int | None = None, total_updates: int | No
                     on_update(updates, update_metrics(rt, stats, prev, now))
                 prev = now
                 first = first or now
+                stop = done()
         summary = window_metrics(rt, first) if first is not None and updates > 1 else {}
     finally:
         shutdown(rt)

@@ -96,17 +96,18 @@ class StreamingTrainer:
         """Buffers one segment; runs as many updates as full batches are buffered; returns their stats."""
         if not all(st.valid for st in seg.steps):
             raise ValueError(f"segment of env {seg.env_id} holds invalid steps; cut them before queueing")
-        if self.groups is not None:
-            return self._add_grouped(seg)
-        if len(seg):
+        grouped = self.groups is not None  # GRPO: whole groups only, never split
+        if len(seg) and grouped:
+            self.groups.add(seg)
+        elif len(seg):
             self._buf.append(seg)
             self._buf_n += len(seg)
         out = []
         while True:
-            self._drop_stale()
-            if self._buf_n < self.batch_samples:
+            self._drop_stale_groups() if grouped else self._drop_stale()
+            if (self.groups.samples if grouped else self._buf_n) < self.batch_samples:
                 return out
-            out.append(self._update(self._cut(self.batch_samples)))
+            out.append(self._update(self.groups.take(self.batch_samples) if grouped else self._cut(self.batch_samples)))
 
     def drop_buffered(self, reason: str) -> int:
         """Drops the carried-over remainder (shutdown), counting it; returns the samples dropped."""
@@ -120,16 +121,6 @@ class StreamingTrainer:
         return n
 
     # -- internals ------------------------------------------------------------------------
-    def _add_grouped(self, seg: Segment) -> list[dict]:
-        if len(seg):
-            self.groups.add(seg)
-        out = []
-        while True:
-            self._drop_stale_groups()
-            if self.groups.samples < self.batch_samples:
-                return out
-            out.append(self._update(self.groups.take(self.batch_samples)))
-
     def _drop_stale_groups(self) -> None:
         # A group is scored as a whole: one stale member drops (and counts) all of it.
         kept = []
