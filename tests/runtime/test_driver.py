@@ -109,3 +109,14 @@ def test_crash_mid_run_leaves_resumable_checkpoint_and_logs(tmp_path):
     json.loads((run_dir / "trace.json").read_text())  # intact
     summary = train(load_run_config(run_dir))
     assert summary["updates"] == 3
+
+
+def test_the_update_that_reaches_the_env_step_budget_still_trains(tmp_path):
+    # 4 envs x 6 decisions x 2 actions = 48 env steps per update: a budget of 3 updates' steps
+    # trains 3 updates, and no rollout starts after the last (nothing dropped at shutdown).
+    cfg = tiny_cfg(tmp_path, local=True)
+    cfg.run.total_env_steps, cfg.run.total_updates, cfg.run.eval_episodes = 3 * 48, None, 0
+    summary = train(cfg)
+    assert summary["updates"] == 3 and summary["env_steps"] == 3 * 48
+    led = json.loads((tmp_path / "run" / "checkpoints" / "last" / "async_state.json").read_text())["ledger"]
+    assert led["trained_env_steps"] == 3 * 48 and not led["dropped_env_steps"]
