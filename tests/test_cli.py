@@ -73,6 +73,8 @@ def test_train_shorthands_set_the_runtime_fields():
     cfg = cmd.resolved_config()
     assert cfg.runtime.ray_address == "10.0.0.1:6379"
     assert cfg.runtime.mode == "async" and cfg.runtime.async_env and cfg.runtime.streaming_rollout
+    # the preset's 2 pipeline stages of 4 envs become 2 env managers of 2 (each its own loop)
+    assert cfg.runtime.pipeline_stages == 1 and cfg.runtime.env_managers == (2, 2)
     plain = _parse_train("--preset", "emulated-e2e").resolved_config()
     assert plain.runtime.ray_address is None and plain.runtime.mode == "sync"
 

@@ -415,7 +415,8 @@ class Train:
     preset: str = "default"
     """Preset in configs/ (or a path to a YAML file); read before the other options apply."""
     mode: Literal["sync", "async"] | None = None
-    """Shorthand for --runtime.mode; `async` also turns on all three levels of asynchrony unless one was set."""
+    """Shorthand for --runtime.mode; `async` also turns on all three levels of asynchrony unless one was set
+    (and makes the pipeline stages env managers of the same sizes)."""
     ray_address: str | None = None
     """Shorthand for --runtime.ray-address: join this Ray cluster (HEAD_IP:6379, or auto for the
     one `ray start` made on this node) instead of starting a local Ray; also applies on --resume."""
@@ -435,8 +436,12 @@ class Train:
             rt = cfg.runtime
             levels = {}
             if self.mode == "async" and not (rt.async_env or rt.streaming_rollout or rt.decoupled_actor):
-                # The full RL-VLA³ pipeline; every env steps on its own, so RLinf's stages go.
-                levels = dict(async_env=True, streaming_rollout=True, decoupled_actor=True, pipeline_stages=1)
+                # The full RL-VLA³ pipeline. Every env steps on its own, so RLinf's stages become env
+                # managers of the same sizes: each its own loop (and, on Ray, its own process).
+                stages = rt.pipeline_stages
+                managers = rt.env_managers or ((cfg.env.num_envs // stages,) * stages if stages > 1 else ())
+                levels = dict(async_env=True, streaming_rollout=True, decoupled_actor=True, pipeline_stages=1,
+                              env_managers=managers)
             cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(rt, mode=self.mode, **levels))
         if self.ray_address is not None:
             # A resumed run may continue on another cluster than the one that saved it.
