@@ -171,18 +171,22 @@ def run(rt: Runtime, total_env_steps: int | None = None, total_updates: int | No
     rt.backend.start()
     t_start = time.time()
     first, prev = None, Window.take(rt)  # the first update's record covers the start-up
-    updates = 0
+    updates, stop = 0, False
 
     def done(ahead: int = 0) -> bool:
         return ((total_updates is not None and updates + ahead >= total_updates)
                 or (total_env_steps is not None and rt.ledger.produced_env_steps >= total_env_steps)
                 or (max_seconds is not None and time.time() - t_start >= max_seconds))
 
-    # Remote env-step counts must be current when the learner asks (poll returns None).
-    rt.learner.is_last = lambda: rt.backend.poll(force=True) or done(ahead=1)
-    # Budgets are checked after each update, so the update that reaches an env-step budget still
-    # trains (as in the synchronous loop); only the time budget also ends a wait for data.
-    stop = False
+    def last_update() -> bool:
+        # Asked before an update reopens admission, while the env steps are what it covers (sync:
+        # exactly): the update that reaches a budget still trains, and the run stops after it.
+        nonlocal stop
+        rt.backend.poll(force=True)  # remote env-step counts must be current
+        stop = done(ahead=1)
+        return stop
+
+    rt.learner.is_last = last_update
     try:
         while not stop and not (max_seconds is not None and time.time() - t_start >= max_seconds):
             rt.backend.poll()
@@ -199,7 +203,6 @@ def run(rt: Runtime, total_env_steps: int | None = None, total_updates: int | No
                     on_update(updates, update_metrics(rt, stats, prev, now))
                 prev = now
                 first = first or now
-                stop = done()
         summary = window_metrics(rt, first) if first is not None and updates > 1 else {}
     finally:
         shutdown(rt)
