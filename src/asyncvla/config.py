@@ -343,10 +343,11 @@ class RuntimeConfig:
     max_staleness: int | None = None
     """Async with decoupled_actor: largest policy-version lag of a trained sample; older samples are dropped
     and counted (0 = on-policy); null: 1. Without decoupled_actor the lag is 0 by construction (set only null or 0)."""
-    max_batch: int = 32
-    """Dynamic batching: flush an inference batch at this many samples."""
-    max_wait_ms: float = 5.0
-    """Dynamic batching: flush when the oldest request has waited this long."""
+    max_batch: int | None = None
+    """Dynamic batching (streaming_rollout): flush an inference batch at this many samples; null: 32.
+    Without streaming_rollout every request is its own batch (set only null)."""
+    max_wait_ms: float | None = None
+    """Dynamic batching (streaming_rollout): flush when the oldest request has waited this long; null: 5."""
     queue_size: int = 8
     """Trajectory queue capacity in segments; a full queue blocks producers (backpressure)."""
     num_rollout_servers: int = 1
@@ -374,8 +375,8 @@ class RuntimeConfig:
             _check(getattr(self, name) >= 0, f"runtime.{name}", getattr(self, name), "must be >= 0")
         _check(self.weight_sync in ("object_store", "nccl"), "runtime.weight_sync", self.weight_sync, "allowed: object_store, nccl")
         _check(self.max_staleness is None or self.max_staleness >= 0, "runtime.max_staleness", self.max_staleness, "must be >= 0 or null")
-        _check(self.max_batch >= 1, "runtime.max_batch", self.max_batch, "must be >= 1")
-        _check(self.max_wait_ms >= 0, "runtime.max_wait_ms", self.max_wait_ms, "must be >= 0")
+        _check(self.max_batch is None or self.max_batch >= 1, "runtime.max_batch", self.max_batch, "must be >= 1 or null")
+        _check(self.max_wait_ms is None or self.max_wait_ms >= 0, "runtime.max_wait_ms", self.max_wait_ms, "must be >= 0 or null")
         _check(self.queue_size >= 1, "runtime.queue_size", self.queue_size, "must be >= 1")
         _check(self.num_rollout_servers >= 1, "runtime.num_rollout_servers", self.num_rollout_servers, "must be >= 1")
         _check(self.router in ("fixed", "round-robin", "greedy"), "runtime.router", self.router, "allowed: fixed, round-robin, greedy")

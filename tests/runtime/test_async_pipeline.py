@@ -14,8 +14,9 @@ LADDER = {
 
 
 def _cfg(env_id="emulated/fast", **rt):
+    batching = {"max_batch": 4, "max_wait_ms": 2.0} if rt.get("streaming_rollout") else {}
     rt = {"mode": "async", "rollout_steps": 4, "env_managers": (3, 1), "num_rollout_servers": 2,
-          "router": "greedy", "max_batch": 4, "max_wait_ms": 2.0, "queue_size": 2, "trace": False, "local": True, **rt}
+          "router": "greedy", "queue_size": 2, "trace": False, "local": True, **batching, **rt}
     return TrainConfig(
         env=EnvConfig(id=env_id, num_envs=4, image_size=16, seed=1),
         policy=PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),

@@ -121,8 +121,9 @@ def test_the_same_plan_gives_the_same_request_sizes_on_both_backends():
     hist = {}
     for local in (True, False):
         for mode in ("sync", "async"):
-            rt = RuntimeConfig(mode=mode, local=local, rollout_steps=4, max_batch=2, max_wait_ms=5.0, env_cpus=0.25,
-                               trace=False, pipeline_stages=2 if mode == "sync" else 1, **(full if mode == "async" else {}))
+            batching = dict(full, max_batch=2, max_wait_ms=5.0) if mode == "async" else {}
+            rt = RuntimeConfig(mode=mode, local=local, rollout_steps=4, env_cpus=0.25, trace=False,
+                               pipeline_stages=2 if mode == "sync" else 1, **batching)
             cfg = TrainConfig(env=EnvConfig(id="emulated/fast", num_envs=4, image_size=16, seed=1),
                               policy=PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
                               algo=AlgoConfig(update_epochs=1, minibatch_size=8), runtime=rt,

@@ -68,7 +68,11 @@ def test_runtime_config_validation():
         make_plan(TrainConfig(runtime=RuntimeConfig(mode="async", async_env=True, trainer_mode="streaming")))
     with pytest.raises(ConfigError, match="runtime.segment_len=4 is invalid with algo.name='grpo'"):
         make_plan(TrainConfig(algo=AlgoConfig(name="grpo", group_size=2), runtime=RuntimeConfig(segment_len=4)))
-    plan = make_plan(TrainConfig(runtime=RuntimeConfig(mode="async", async_env=True, decoupled_actor=True)))
+    with pytest.raises(ConfigError, match="runtime.max_batch=4 is invalid without runtime.streaming_rollout"):
+        make_plan(TrainConfig(runtime=RuntimeConfig(mode="async", async_env=True, max_batch=4)))
+    plan = make_plan(TrainConfig(runtime=RuntimeConfig(mode="async", async_env=True, streaming_rollout=True,
+                                                       decoupled_actor=True)))
     assert plan.max_staleness == 1 and plan.trainer_mode == "accumulate"  # the async defaults
+    assert plan.max_batch == 32 and plan.max_wait_s == 0.005
     plan = make_plan(TrainConfig(runtime=RuntimeConfig(mode="sync", trainer_mode="epoch", max_staleness=0)))
     assert plan.max_staleness == 0 and plan.trainer_mode == "epoch"

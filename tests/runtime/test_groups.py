@@ -88,7 +88,7 @@ def test_async_grpo_rejects_micro_batch_trainer_modes():
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_every_round_of_a_group_starts_its_members_from_one_state(mode):
     rt = {"mode": "sync", "async_env": False, "streaming_rollout": False, "decoupled_actor": False, "trainer_mode": None,
-          "max_staleness": None} if mode == "sync" else {}
+          "max_staleness": None, "max_batch": None, "max_wait_ms": None} if mode == "sync" else {}
     run = loop.build_runtime(_cfg(**rt))
     firsts: dict[tuple, list] = {}
     orig = run.learner._update

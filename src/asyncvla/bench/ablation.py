@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from asyncvla.bench.report import THROUGHPUT_COLUMNS, Column
-from asyncvla.bench.throughput import (BOUND_FORMULA, MODES, Workload, bound_env_steps_per_s, operating_point, ray_session,
+from asyncvla.bench.throughput import (BOUND_FORMULA, MODES, OFF, Workload, bound_env_steps_per_s, operating_point, ray_session,
                                        result_row, run_config)
 from asyncvla.bench.workloads import build_workload, calibrate, get_spec
 from asyncvla.config import ConfigError, TrainConfig
@@ -63,7 +63,7 @@ def rung_config(cfg: TrainConfig, rung: Rung) -> TrainConfig:
     n = cfg.env.num_envs
     if n % rung.stages:
         raise ConfigError(f"env.num_envs={n} is invalid for rung {rung.name}: must be divisible by {rung.stages}")
-    rt = dataclasses.replace(cfg.runtime, **{**MODES["sync"], **rung.runtime}, pipeline_stages=rung.stages)
+    rt = dataclasses.replace(cfg.runtime, **{"mode": "sync", **OFF, **rung.runtime}, pipeline_stages=rung.stages)
     return dataclasses.replace(cfg, runtime=rt)
 
 

@@ -98,9 +98,11 @@ REAL = {"real-metaworld"}
 
 # The ladder: each rung adds one level of asynchrony.
 OFF = dict(async_env=False, streaming_rollout=False, decoupled_actor=False)
+NO_BATCHING = dict(max_batch=None, max_wait_ms=None)
+"""Without streaming_rollout each request is its own batch: the workload's batching fields go too."""
 MODES: dict[str, dict] = {
-    "sync": dict(mode="sync", **OFF),
-    "async_env": dict(mode="async", **{**OFF, "async_env": True}),
+    "sync": dict(mode="sync", **OFF, **NO_BATCHING),
+    "async_env": dict(mode="async", **{**OFF, "async_env": True}, **NO_BATCHING),
     "streaming_rollout": dict(mode="async", **{**OFF, "async_env": True, "streaming_rollout": True}),
     "async": dict(mode="async", async_env=True, streaming_rollout=True, decoupled_actor=True, max_staleness=1),
 }

@@ -86,10 +86,10 @@ def manager_sizes(cfg: TrainConfig, lockstep: bool) -> tuple[int, ...]:
     return tuple(rt.env_managers) or (n,)
 
 
-def _ignored(bad: bool, name: str, value, allowed: str) -> None:
+def _ignored(bad: bool, name: str, value, allowed: str, switch: str = "decoupled_actor") -> None:
     if bad:
-        raise ConfigError(f"runtime.{name}={value!r} is invalid without runtime.decoupled_actor (mode sync, or the "
-                          f"switch off): that trainer ignores it; allowed: {allowed}")
+        raise ConfigError(f"runtime.{name}={value!r} is invalid without runtime.{switch} (mode sync, or the switch "
+                          f"off), which ignores it; allowed: {allowed}")
 
 
 def make_plan(cfg: TrainConfig) -> Plan:
@@ -108,8 +108,7 @@ def make_plan(cfg: TrainConfig) -> Plan:
         for size in sizes:
             managers.append(ManagerSpec(index, w, first, size))
             index, first = index + 1, first + size
-    algorithm = make_algorithm(cfg.algo)
-    group_size = algorithm.group_size
+    group_size = make_algorithm(cfg.algo).group_size
     if group_size and rt.segment_len is not None:
         raise ConfigError(f"runtime.segment_len={rt.segment_len} is invalid with algo.name={cfg.algo.name!r}: a GRPO "
                           "segment is a whole episode; allowed: null")
@@ -117,9 +116,12 @@ def make_plan(cfg: TrainConfig) -> Plan:
         if group_size and m.num_envs % group_size:
             raise ConfigError(f"algo.group_size={group_size} is invalid: must divide the envs of every env manager "
                               f"(sizes {list(sizes)}); a group plays from one initial state on one loop")
-    max_batch, max_wait_s = (rt.max_batch, rt.max_wait_ms / 1000) if streaming else (1, 0.0)
-    if not decoupled:
-        # The synchronous trainer publishes before rollouts go on: epoch mode, lag 0, whatever was asked.
+    if not streaming:  # each request is its own batch, whatever was asked
+        _ignored(rt.max_batch is not None, "max_batch", rt.max_batch, "null", "streaming_rollout")
+        _ignored(rt.max_wait_ms is not None, "max_wait_ms", rt.max_wait_ms, "null", "streaming_rollout")
+    max_batch, max_wait_s = (rt.max_batch or 32, (5.0 if rt.max_wait_ms is None else rt.max_wait_ms) / 1000) \
+        if streaming else (1, 0.0)
+    if not decoupled:  # the trainer publishes before rollouts go on: epoch mode, lag 0, whatever was asked
         _ignored(rt.max_staleness not in (None, 0), "max_staleness", rt.max_staleness, "null or 0")
         _ignored(rt.trainer_mode not in (None, "epoch"), "trainer_mode", rt.trainer_mode, "null or 'epoch'")
     trainer_mode = (rt.trainer_mode or "accumulate") if decoupled else "epoch"
@@ -135,8 +137,7 @@ def make_plan(cfg: TrainConfig) -> Plan:
         backend="threads" if rt.local else "ray", managers=tuple(managers), envs_per_worker=cfg.env.num_envs,
         num_servers=rt.num_rollout_servers, max_request=max_batch if streaming else 1,
         max_batch=max_batch, max_wait_s=max_wait_s, trainer_mode=trainer_mode,
-        max_staleness=(1 if rt.max_staleness is None else rt.max_staleness) if decoupled else 0,
-        samples_per_update=per_update,
+        max_staleness=(1 if rt.max_staleness is None else rt.max_staleness) if decoupled else 0, samples_per_update=per_update,
         samples_per_version=cfg.algo.minibatch_size if trainer_mode == "streaming" else per_update,
         segment_len=rt.segment_len or rt.rollout_steps, group_size=group_size,
         shared_device=rt.placement == "colocated" and (cfg.run.device.startswith("cuda") or rt.emulated_accelerator.enabled),
