@@ -34,7 +34,7 @@ def test_steps_are_assembled_per_env_into_segments_with_global_ids():
     assert [st.version for st in seg.steps] == [0, 1, 2] and all(st.valid for st in seg.steps)
     # chunks of 2 in episodes of 3 steps: the 2nd decision truncates after 1 step, with its final obs
     assert [st.truncated for st in seg.steps] == [False, True, False] and seg.steps[1].final_obs is not None
-    assert w.env_steps == 4 * (2 + 1 + 2) and len(w.pop_episodes()) == 4
+    assert sum(s.env_steps for s in segs) == 4 * (2 + 1 + 2) and len(w.pop_episodes()) == 4
     assert w.pop_segments()[0].steps == []  # buffers emptied
     w.close()
 

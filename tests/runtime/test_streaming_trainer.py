@@ -148,7 +148,8 @@ def test_async_update_at_zero_staleness_equals_sync(algo_name):
 
     def learner(mode: str, decoupled: bool):
         trainer = Trainer(pol_cfg, algo, spec["action_dim"], spec["proprio_dim"], seed=0, trace=False)
-        st = StreamingTrainer(trainer, mode, n, WeightStore(), StalenessController(0, n), envs_per_worker=4)
+        st = StreamingTrainer(trainer, mode, n, WeightStore(), StalenessController(0, n), envs_per_worker=4,
+                              group_size=2 if grpo else 0)
         trainer.decoupled = decoupled
         return st
 

@@ -171,19 +171,22 @@ class VectorEnv:
         """
         self._ready.put(_WAKE)
 
-    def step(self, actions: np.ndarray) -> list[EnvResult]:
-        """Lockstep: one chunk on every env, results ordered by env id (the sync baseline)."""
-        self.send(range(self.num_envs), actions)
-        results = self.recv(min_ready=self.num_envs)
-        while len(results) < self.num_envs:
-            results += self.recv(min_ready=self.num_envs - len(results))
+    def recv_all(self, n: int) -> list[EnvResult]:
+        """The results of `n` envs, ordered by env id; a `wake` does not cut the wait short (lockstep)."""
+        results: list[EnvResult] = []
+        while len(results) < n:
+            results += self.recv(min_ready=n - len(results))
         return sorted(results, key=lambda r: r.env_id)
+
+    def step(self, actions: np.ndarray) -> list[EnvResult]:
+        """Lockstep: one chunk on every env, results ordered by env id."""
+        self.send(range(self.num_envs), actions)
+        return self.recv_all(self.num_envs)
 
     def reset(self) -> list[EnvResult]:
         """Lockstep reset of every env; returns the first observations ordered by env id."""
         self.reset_all()
-        results = self.recv(min_ready=self.num_envs)
-        return sorted(results, key=lambda r: r.env_id)
+        return self.recv_all(self.num_envs)
 
     def reset_some(self, env_ids: Sequence[int], seeds: Sequence[int]) -> None:
         """Restarts the episodes of `env_ids` from their new `seeds` (a GRPO group: one seed for all);
@@ -195,11 +198,6 @@ class VectorEnv:
             slot.rng = np.random.default_rng(int(s))
             slot.busy = True
             self._submit(self._first_reset, int(i))
-
-    def reseed(self, seeds: Sequence[int]) -> None:
-        """Restarts env i's reset-seed stream from seeds[i] (GRPO: equal seeds, equal initial states)."""
-        for slot, s in zip(self._slots, seeds):
-            slot.rng = np.random.default_rng(int(s))
 
     @property
     def instructions(self) -> list[str]:

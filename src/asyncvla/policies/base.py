@@ -69,12 +69,12 @@ def sample_key(seed: int, env_id: int, decision: int) -> int:
 
 
 def row_noise(keys: np.ndarray | None, shape: tuple[int, ...], kind: str, device: torch.device | str = "cpu") -> torch.Tensor:
-    """[B, *shape] noise (`kind`: uniform or normal), row b from its own generator seeded with
-    keys[b]; from the global torch RNG when keys is None (e.g. evaluation)."""
+    """Noise of `shape` = [B, ...] (`kind`: uniform or normal), row b from its own generator seeded
+    with keys[b]; from the global torch RNG when keys is None (e.g. evaluation)."""
     draw = torch.rand if kind == "uniform" else torch.randn
     if keys is None:
         return draw(shape, device=device)
-    rows = [draw(shape, generator=torch.Generator().manual_seed(int(k))) for k in keys]
+    rows = [draw(shape[1:], generator=torch.Generator().manual_seed(int(k))) for k in keys]
     return torch.stack(rows).to(device)
 
 
@@ -117,10 +117,7 @@ class Policy(nn.Module):
 
     def _noise(self, obs: ObsBatch, shape: torch.Size, kind: str) -> torch.Tensor:
         """Sampling noise of `shape` ([B, ...]) for `act`: per row from obs.sample_keys when set."""
-        device = next(self.parameters()).device
-        if obs.sample_keys is None:
-            return row_noise(None, tuple(shape), kind, device)
-        return row_noise(obs.sample_keys, tuple(shape[1:]), kind, device)
+        return row_noise(obs.sample_keys, tuple(shape), kind, next(self.parameters()).device)
 
     # -- LeRobot-compatible names ---------------------------------------------------------
     def predict_action_chunk(self, obs: ObsBatch) -> np.ndarray:

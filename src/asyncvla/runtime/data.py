@@ -57,6 +57,11 @@ class Segment:
     def __len__(self) -> int:
         return len(self.steps)
 
+    @property
+    def env_steps(self) -> int:
+        """Simulator steps behind these decisions."""
+        return sum(st.num_steps for st in self.steps)
+
 
 @dataclass
 class Rollout:
@@ -143,5 +148,5 @@ def stack_segments(segments: Sequence[Segment]) -> Rollout:
         next_obs=ObsBatch.stack([s.next_obs for s in segments]),
         env_ids=np.asarray([s.env_id for s in segments], np.int64),
         lengths=np.asarray([max(len(s), 1) for s in segments], np.int64),
-        env_steps=sum(st.num_steps for s in segments for st in s.steps),
+        env_steps=sum(s.env_steps for s in segments),
     )

@@ -40,7 +40,7 @@ class DeviceGate:
 
     def infer(self, batch: int):
         """Around one inference batch of `batch` samples."""
-        return self._hold(self.accel.infer_s(batch) if self.accel.enabled else 0.0)
+        return self._hold(self.accel.infer_s(batch))
 
     def train(self, samples: int):
         """Around one update over `samples` samples (times epochs)."""

@@ -102,8 +102,7 @@ class Driver:
 
     def done(self) -> bool:
         r, st = self.cfg.run, self.state
-        return (r.total_env_steps is not None and st.env_steps >= r.total_env_steps) or \
-               (r.total_updates is not None and st.update >= r.total_updates)
+        return loop.budget_reached(r.total_env_steps, r.total_updates, st.env_steps, st.update)
 
     def collect_spans(self) -> None:
         if self.cfg.runtime.trace:

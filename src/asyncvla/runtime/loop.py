@@ -88,7 +88,7 @@ def build_runtime(cfg: TrainConfig, plan: Plan | None = None) -> Runtime:
 def make_learner(cfg: TrainConfig, plan: Plan, trainer: Trainer, store: WeightStore, controller: StalenessController,
                  ledger: Ledger) -> StreamingTrainer:
     return StreamingTrainer(trainer, plan.trainer_mode, plan.samples_per_update, store, controller, ledger,
-                            envs_per_worker=plan.envs_per_worker)
+                            envs_per_worker=plan.envs_per_worker, group_size=plan.group_size)
 
 
 # -- counters, windows and metrics ----------------------------------------------------------------
@@ -151,6 +151,12 @@ def update_metrics(run: Runtime, stats: dict, w_prev: Window, w_now: Window) -> 
 
 # -- running ------------------------------------------------------------------------------------
 
+def budget_reached(total_env_steps: int | None, total_updates: int | None, env_steps: int, updates: int) -> bool:
+    """Whether a run at `env_steps` and `updates` has spent its budget (null: no limit; first wins)."""
+    return ((total_updates is not None and updates >= total_updates)
+            or (total_env_steps is not None and env_steps >= total_env_steps))
+
+
 def shutdown(run: Runtime) -> None:
     """Stops admission, managers, then servers; counts everything left in flight as dropped."""
     run.controller.close()
@@ -158,7 +164,7 @@ def shutdown(run: Runtime) -> None:
     run.backend.stop_managers()
     run.learner.drop_buffered("shutdown")
     for seg in run.trajectories.drain():
-        run.ledger.dropped("shutdown", len(seg), sum(st.num_steps for st in seg.steps))
+        run.ledger.dropped("shutdown", len(seg), seg.env_steps)
     run.backend.close()
 
 
@@ -174,8 +180,7 @@ def run(rt: Runtime, total_env_steps: int | None = None, total_updates: int | No
     updates, stop = 0, False
 
     def done(ahead: int = 0) -> bool:
-        return ((total_updates is not None and updates + ahead >= total_updates)
-                or (total_env_steps is not None and rt.ledger.produced_env_steps >= total_env_steps)
+        return (budget_reached(total_env_steps, total_updates, rt.ledger.produced_env_steps, updates + ahead)
                 or (max_seconds is not None and time.time() - t_start >= max_seconds))
 
     def last_update() -> bool:

@@ -125,8 +125,8 @@ class EnvManager:
 
     def _reset_all(self) -> None:
         # GRPO: every group's first round starts its members from one shared state too.
-        self._resets += self.vec.num_envs
         if self.groups is None:
+            self._resets += self.vec.num_envs
             self.vec.reset_all()
             return
         for g in range(self.vec.num_envs // self.groups.group_size):
@@ -134,6 +134,7 @@ class EnvManager:
 
     def _reset_group(self, g: int) -> None:
         members = self.groups.members(g)
+        self._resets += len(members)
         self.vec.reset_some(members, [self.groups.round_seed(g)] * len(members))
 
     def _run_async(self) -> None:
@@ -180,19 +181,13 @@ class EnvManager:
             act = self.client.act(self.index, self.worker.batch(go))
             with self.worker.rec.span("env_step"):
                 self.worker.send(go, act)
-                results = self._recv_all(len(go))
+                results = self.vec.recv_all(len(go))
             # A GRPO env whose episode ended waits for its group; the group's restart arrives as resets.
             waiting = sorted(waiting + [r.env_id for r in results if self._on_result(r)] + self._finish_resets())
 
-    def _recv_all(self, n: int) -> list[EnvResult]:
-        results: list[EnvResult] = []
-        while len(results) < n:
-            results += self.vec.recv(min_ready=n - len(results))
-        return sorted(results, key=lambda r: r.env_id)
-
     def _finish_resets(self) -> list[int]:
         """Lockstep: waits for the first observations of every reset submitted; returns those envs."""
-        ready = [r.env_id for r in self._recv_all(self._resets) if self._on_result(r)]
+        ready = [r.env_id for r in self.vec.recv_all(self._resets) if self._on_result(r)]
         self._resets = 0
         return ready
 
@@ -260,7 +255,6 @@ class EnvManager:
             else:
                 for member_seg in segs:
                     self._emit(member_seg)
-            self._resets += self.groups.group_size
             self._reset_group(g)
         return False
 
@@ -279,7 +273,7 @@ class EnvManager:
         try:
             self.queue.put(seg)  # blocks while the queue is full: backpressure
         except QueueClosed:
-            self.ledger.dropped("shutdown", len(seg), sum(st.num_steps for st in seg.steps))
+            self.ledger.dropped("shutdown", len(seg), seg.env_steps)
 
     def _settle(self, busy: set[int]) -> None:
         """After stop: collect chunks still executing, so their env steps are counted."""

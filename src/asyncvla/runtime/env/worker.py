@@ -43,8 +43,6 @@ class EnvWorker:
         self._buffers: list[list[Step]] = [[] for _ in range(n)]
         self._in_flight: dict[int, Step] = {}  # env -> the step whose chunk is executing
         self._episodes: list[dict] = []
-        self.env_steps = 0
-        """Simulator steps executed by this worker since it started."""
 
     # -- description ----------------------------------------------------------------------
     def spec(self) -> dict:
@@ -80,7 +78,6 @@ class EnvWorker:
         st.final_obs = r.final_obs if r.truncated else None
         self._buffers[r.env_id].append(st)
         self._obs[r.env_id] = r.obs
-        self.env_steps += r.num_steps
         if r.done and r.error is None:
             self._episodes.append({"env_id": self.global_id(r.env_id), "return": r.episode_return,
                                    "length": r.episode_len, "success": bool(r.episode_success)})

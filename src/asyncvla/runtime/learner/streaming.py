@@ -31,10 +31,6 @@ from asyncvla.runtime.inference.weight_store import WeightStore
 TRAINER_MODES = ("epoch", "accumulate", "streaming")
 
 
-def segment_env_steps(seg: Segment) -> int:
-    return sum(st.num_steps for st in seg.steps)
-
-
 def split_segment(seg: Segment, k: int) -> tuple[Segment, Segment]:
     """The first k decisions and the rest; the head bootstraps from the tail's first observation."""
     if not 0 < k < len(seg):
@@ -46,9 +42,10 @@ class StreamingTrainer:
     """Consumes segments one at a time and runs an update whenever a full batch is buffered."""
 
     def __init__(self, trainer: Trainer, mode: str, global_batch: int, store: WeightStore,
-                 controller: StalenessController, ledger: Ledger | None = None, envs_per_worker: int | None = None):
-        """envs_per_worker: a batch is stacked into one rollout per env worker, columns in env order
-        (the same batch, in the same order, whatever order the segments arrived in)."""
+                 controller: StalenessController, ledger: Ledger | None = None, envs_per_worker: int | None = None,
+                 group_size: int = 0):
+        """envs_per_worker: a batch is one rollout per env worker, columns in env order, whatever order
+        the segments arrived in; group_size: GRPO's, whole groups only (0: ungrouped segments)."""
         if mode not in TRAINER_MODES:
             raise ConfigError(f"runtime.trainer_mode={mode!r} is invalid: allowed: {', '.join(TRAINER_MODES)}")
         self.trainer = trainer
@@ -64,7 +61,6 @@ class StreamingTrainer:
             # One minibatch = the whole update: exactly one optimizer step per batch_samples.
             trainer.algo = dataclasses.replace(algo, minibatch_size=self.batch_samples)
         trainer.decoupled = mode != "epoch" or controller.max_staleness > 0
-        group_size = trainer.algorithm.group_size if hasattr(trainer, "algorithm") else 0
         self.groups = GroupBuffer(group_size) if group_size else None
         """GRPO: whole groups of whole-episode segments only (runtime/groups.py)."""
         if self.groups is not None and mode != "epoch":
@@ -116,7 +112,7 @@ class StreamingTrainer:
             self._buf_n = sum(map(len, self._buf))
         n = self._buf_n
         for seg in self._buf:
-            self.ledger.dropped(reason, len(seg), segment_env_steps(seg))
+            self.ledger.dropped(reason, len(seg), seg.env_steps)
         self._buf, self._buf_n = [], 0
         return n
 
@@ -127,7 +123,7 @@ class StreamingTrainer:
         for group in self.groups.groups:
             if any(self.controller.is_stale(st.version) for seg in group for st in seg.steps):
                 for seg in group:
-                    self.ledger.dropped("stale", len(seg), segment_env_steps(seg))
+                    self.ledger.dropped("stale", len(seg), seg.env_steps)
                     self.controller.refund(len(seg))
             else:
                 kept.append(group)
@@ -142,7 +138,7 @@ class StreamingTrainer:
             if stale:
                 k = stale[-1] + 1
                 head, seg = (seg, None) if k == len(seg) else split_segment(seg, k)
-                self.ledger.dropped("stale", len(head), segment_env_steps(head))
+                self.ledger.dropped("stale", len(head), head.env_steps)
                 self.controller.refund(len(head))
                 self._buf_n -= len(head)
             if seg is not None:
@@ -186,7 +182,7 @@ class StreamingTrainer:
         if self.is_last():
             self.controller.close()  # first: the advance below then records the version but admits nothing
         self.controller.advance(self.trainer.version, self.consumed)
-        self.ledger.trained(n, sum(segment_env_steps(s) for s in segs))
+        self.ledger.trained(n, sum(s.env_steps for s in segs))
         stats.update({"lag/batch_max": int(lags.max(initial=0)), "lag/batch_mean": float(lags.mean()) if len(lags) else 0.0,
                       "train/env_steps": float(sum(r.env_steps for r in rollouts))})
         return stats
