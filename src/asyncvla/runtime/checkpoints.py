@@ -97,8 +97,8 @@ def save_on_crash(trainer: Trainer | None, run_dir: Path, state: RunState,
         pass
 
 
-WINDOW_NOTE = ("updates 2..N of each (re)start (env steps produced outside evaluation and checkpoints, "
-               "over the wall time outside them)")
+WINDOW_NOTE = ("updates 2..N of each (re)start (env steps trained in them, over the wall time outside "
+               "evaluation and checkpoints)")
 
 
 def summarize(state: RunState, run_dir: Path) -> dict:

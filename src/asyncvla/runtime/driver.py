@@ -85,7 +85,7 @@ class Driver:
     trace: list[Span]
     local_updates: int = 0
     mark: tuple[float, int] | None = None
-    """(time, produced env steps) when the previous update's book-keeping ended."""
+    """(time, trained env steps) when the previous update's book-keeping ended."""
 
     def evaluate(self) -> dict:
         return evaluate(self.cfg, self.run_dir, self.state.update, self.run.trainer, self.eval_policy)
@@ -117,7 +117,8 @@ class Driver:
         # The first update of a (re)start carries start-up; it counts only when it is the last.
         if self.mark is not None and (self.local_updates > 1 or self.done()):
             st.window_s += now - self.mark[0]
-            st.window_env_steps += led.produced_env_steps - self.mark[1]
+            # Trained, not produced: rollouts may run during the book-keeping that the window leaves out.
+            st.window_env_steps += led.trained_env_steps - self.mark[1]
         m["perf/env_steps"] = st.env_steps
         self.collect_spans()
         r = self.cfg.run
@@ -131,7 +132,7 @@ class Driver:
             write_chrome_trace(self.run_dir / "trace.json", self.trace)
         if self.progress is not None:
             self.progress(st.update, m)
-        self.mark = (time.time(), led.produced_env_steps)  # evaluation and checkpoints stay out of the window
+        self.mark = (time.time(), led.trained_env_steps)  # evaluation and checkpoints stay out of the window
 
     def finish(self) -> None:
         """After shutdown (the ledger balances): final evaluation, best and last checkpoints."""
@@ -189,7 +190,7 @@ def train(cfg: TrainConfig, progress: Callable | None = None) -> dict:
             writer.write(state.update, m)
         if not driver.done():
             left = None if cfg.run.total_updates is None else cfg.run.total_updates - state.update
-            driver.mark = (time.time(), run.ledger.produced_env_steps)
+            driver.mark = (time.time(), run.ledger.trained_env_steps)
             loop.run(run, cfg.run.total_env_steps, left, on_update=driver)
         driver.finish()
     except BaseException:
