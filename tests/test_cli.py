@@ -52,6 +52,10 @@ def test_env_bench_json_last_line():
         (["env-bench", "nope/reach", "--json"], "backend 'nope' is invalid"),
         (["env-bench", "emulated/nope", "--json"], "unknown emulated task"),
         (["env-bench", "emulated/fast", "--num-envs", "0"], "env.num_envs=0 is invalid"),
+        (["env-bench", "emulated/fast", "--fast-render", "False"], "env (EmulatedEnvConfig): unknown field(s) fast_render"),
+        (["train", "--policy.type", "nope"], "policy.type='nope' is invalid: allowed: tiny, tiny-gaussian"),
+        (["train", "--preset", "emulated-e2e", "--env.id", "metaworld/reach-v3"],
+         "preset emulated-e2e.yaml.env (RenderedEnvConfig): unknown field(s) emulated"),
     ],
 )
 def test_bad_input_is_one_line_error(args, needle):
@@ -77,6 +81,19 @@ def test_train_shorthands_set_the_runtime_fields():
     assert cfg.runtime.pipeline_stages == 1 and cfg.runtime.env_managers == (2, 2)
     plain = _parse_train("--preset", "emulated-e2e").resolved_config()
     assert plain.runtime.ray_address is None and plain.runtime.mode == "sync"
+
+
+def test_type_and_env_flags_pick_the_config_class_before_parsing():
+    """`--policy.type` / `--env.id` choose which fields exist, as `--preset` chooses their defaults."""
+    cfg = _parse_train("--policy.type", "tiny-gaussian", "--policy.hidden-dim", "32").cfg
+    assert type(cfg.policy).__name__ == "TinyGaussianConfig" and cfg.policy.hidden_dim == 32
+    cfg = _parse_train("--preset", "emulated-e2e", "--env.id", "emulated/fast", "--env.emulated.episode-len", "9").cfg
+    assert cfg.env.id == "emulated/fast" and cfg.env.emulated.episode_len == 9
+    with pytest.raises(SystemExit):  # tiny-gaussian has no action tokens
+        _parse_train("--policy.type", "tiny-gaussian", "--policy.action-bins", "8")
+    from asyncvla.cli import parse
+
+    assert type(parse(["bench", "policy", "--policy.type", "tiny-gaussian"]).cmd.policy).__name__ == "TinyGaussianConfig"
 
 
 def test_ray_address_shorthand_also_applies_on_resume(tmp_path):

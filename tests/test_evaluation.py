@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asyncvla.config import ConfigError, EmulatedConfig, EnvConfig, PolicyConfig
+from asyncvla.config import ConfigError, EnvConfig, env_config, policy_config
+from asyncvla.envs.emulated import EmulatedConfig
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
 from asyncvla.policies.registry import make_policy
 from asyncvla.evaluation import episode_quotas, evaluate_policy
@@ -27,7 +28,7 @@ class _PointExpert(Policy):
 
 
 def _env(num_envs: int = 3, episode_len: int = 20) -> EnvConfig:
-    return EnvConfig(id="emulated/fast", num_envs=num_envs, image_size=16,
+    return env_config(id="emulated/fast", num_envs=num_envs, image_size=16,
                      emulated=EmulatedConfig(episode_len=episode_len, proprio_dim=2 * A, action_dim=A))
 
 
@@ -45,7 +46,7 @@ def test_expert_succeeds_and_counts_are_exact():
 
 
 def test_random_tiny_policy_runs_and_truncates(tmp_path):
-    policy = make_policy(PolicyConfig(chunk=4, hidden_dim=16, num_layers=1, num_heads=2, image_size=16), A, 2 * A)
+    policy = make_policy(policy_config(chunk=4, hidden_dim=16, num_layers=1, num_heads=2, image_size=16), A, 2 * A)
     video = tmp_path / "eval.mp4"
     res = evaluate_policy(policy, _env(num_envs=2, episode_len=8), episodes=3, video=video)
     assert res["episodes"] == 3 and 0 <= res["success_rate"] <= 1

@@ -16,10 +16,20 @@ from typing import Annotated, Literal, Union
 
 import tyro
 
-from asyncvla.config import ConfigError, EnvConfig, PolicyConfig, TrainConfig, load_preset
+from asyncvla.config import ConfigError, PolicyConfig, TrainConfig, env_config, load_preset, policy_config
 from asyncvla.sim.model import SimConfig
 
 Positional = tyro.conf.Positional
+
+# Flags that pick a config class (tyro builds the options of the default's class), so they must be
+# read before parsing, like `--preset`.
+CHOICE_FLAGS = {"--policy.type": ("policy", "type"), "--env.id": ("env", "id")}
+_argv_policy_type = PolicyConfig.type
+
+
+def _argv_policy() -> PolicyConfig:
+    """Default of a command's `policy` field: the class `--policy.type` names."""
+    return policy_config(_argv_policy_type)
 
 
 def _print_json(obj) -> None:
@@ -75,15 +85,17 @@ class EnvBench:
     chunk: int = 1
     """Actions per send (action-chunk execution)."""
     executor: str = "inline"
-    fast_render: bool = True
+    fast_render: bool | None = None
+    """Rendering backends only (env.fast_render); null: the backend's default."""
     seed: int = 0
     json: bool = False
 
     def run(self) -> None:
         from asyncvla.bench.envs import env_bench
 
-        cfg = EnvConfig(id=self.env_id, num_envs=self.num_envs, image_size=self.image_size, executor=self.executor,
-                        fast_render=self.fast_render, seed=self.seed)
+        render = {} if self.fast_render is None else {"fast_render": self.fast_render}
+        cfg = env_config(id=self.env_id, num_envs=self.num_envs, image_size=self.image_size, executor=self.executor,
+                         seed=self.seed, **render)
         result = env_bench(cfg, steps=self.steps, chunk=self.chunk)
         _report(result, self.json)
 
@@ -105,7 +117,7 @@ class Demos:
     def run(self) -> None:
         from asyncvla.data.demos import record_demos
 
-        cfg = EnvConfig(id=self.env_id, num_envs=1, image_size=self.image_size, seed=self.seed)
+        cfg = env_config(id=self.env_id, num_envs=1, image_size=self.image_size, seed=self.seed)
         summary = record_demos(cfg, episodes=self.episodes, out=self.out, progress=not self.json, action_noise=self.action_noise)
         _report(summary, self.json)
 
@@ -159,7 +171,7 @@ class Sft:
     (targets stay the expert's clean actions). Off by default: no gain measured on MetaWorld
     reach (0.60 at 0.1 vs 0.67); DART demos (`asyncvla demos --action-noise`) fixed it instead."""
     seed: int = 0
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    policy: PolicyConfig = field(default_factory=_argv_policy)
     """The policy to train (`--type tiny-gaussian`, `--chunk 8`, ...)."""
     json: bool = False
 
@@ -201,7 +213,7 @@ class Eval:
             raise ConfigError(f"env=None is invalid: checkpoint {self.ckpt} records no env id; pass --env ENV_ID")
         policy = load_policy(self.ckpt)
         size = self.image_size or meta.get("env_image_size") or policy.cfg.image_size
-        cfg = EnvConfig(id=env_id, num_envs=self.num_envs, image_size=size, seed=self.seed, split="eval")
+        cfg = env_config(id=env_id, num_envs=self.num_envs, image_size=size, seed=self.seed, split="eval")
         result = evaluate_policy(policy, cfg, self.episodes, deterministic=not self.sample, video=self.video)
         _report(result, self.json)
 
@@ -215,7 +227,7 @@ class BenchPolicy:
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
     budget_s: float = 1.0
     """Seconds per measurement (at least 3 calls each)."""
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    policy: PolicyConfig = field(default_factory=_argv_policy)
     json: bool = False
     """Print one JSON line per batch size (the table goes to stderr)."""
 
@@ -459,19 +471,28 @@ class Train:
         _report(summary, self.json)
 
 
-def _preset_from_argv(argv: list[str]) -> str:
-    """`--preset NAME` must be known before parsing: it supplies the defaults of every option."""
+def _flag(argv: list[str], name: str) -> str | None:
+    """The value of `--name V` or `--name=V` in argv (the last one wins, as in tyro)."""
+    value = None
     for i, a in enumerate(argv):
-        if a == "--preset" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--preset="):
-            return a.split("=", 1)[1]
-    return "default"
+        if a == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(name + "="):
+            value = a.split("=", 1)[1]
+    return value
 
 
 def _command(argv: list[str]):
-    """The subcommand union; `train` gets its preset as the default config."""
-    train_default = Train(cfg=load_preset(TrainConfig, _preset_from_argv(argv))) if argv[:1] == ["train"] else None
+    """The subcommand union; `train` gets its preset, with the class-picking flags applied, as its default."""
+    global _argv_policy_type
+    choices: dict[str, dict[str, str]] = {}
+    for flag, (section, key) in CHOICE_FLAGS.items():
+        if (value := _flag(argv, flag)) is not None:
+            choices.setdefault(section, {})[key] = value
+    _argv_policy_type = choices.get("policy", {}).get("type", PolicyConfig.type)
+    train_default = None
+    if argv[:1] == ["train"]:
+        train_default = Train(cfg=load_preset(TrainConfig, _flag(argv, "--preset") or "default", choices))
     return Union[
         Annotated[Train, tyro.conf.subcommand("train", default=train_default)],
         Command,

@@ -10,6 +10,8 @@ preset through tyro (`--env.num-envs 8`).
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,41 +29,6 @@ class ConfigError(ValueError):
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{name}={value!r} is invalid: {allowed}")
-
-
-@dataclass
-class EmulatedConfig:
-    """An emulated simulator: it holds wall time without using CPU, as a GPU renderer would."""
-
-    step_mean_s: float = 0.02
-    """Mean wall time of one env step, in seconds."""
-    step_tail_prob: float = 0.0
-    """Probability that a step falls into the long tail."""
-    step_tail_factor: float = 10.0
-    """A tail step takes this many times the mean."""
-    step_jitter: float = 0.1
-    """Relative spread of ordinary steps (uniform in mean*(1±jitter))."""
-    reset_s: float = 0.1
-    """Wall time of a reset, in seconds."""
-    episode_len: int = 100
-    """Steps until the episode truncates."""
-    success_radius: float = 0.15
-    """The task (move the point to the goal) succeeds within this distance."""
-    proprio_dim: int = 8
-    """Size of the proprio vector."""
-    action_dim: int = 4
-    """Size of one action."""
-
-    def __post_init__(self) -> None:
-        _check(self.step_mean_s >= 0, "env.emulated.step_mean_s", self.step_mean_s, "must be >= 0")
-        _check(0 <= self.step_tail_prob <= 1, "env.emulated.step_tail_prob", self.step_tail_prob, "must be in [0, 1]")
-        _check(self.step_tail_factor >= 1, "env.emulated.step_tail_factor", self.step_tail_factor, "must be >= 1")
-        _check(0 <= self.step_jitter < 1, "env.emulated.step_jitter", self.step_jitter, "must be in [0, 1)")
-        _check(self.reset_s >= 0, "env.emulated.reset_s", self.reset_s, "must be >= 0")
-        _check(self.episode_len >= 1, "env.emulated.episode_len", self.episode_len, "must be >= 1")
-        _check(self.success_radius > 0, "env.emulated.success_radius", self.success_radius, "must be > 0")
-        _check(self.action_dim >= 1, "env.emulated.action_dim", self.action_dim, "must be >= 1")
-        _check(self.proprio_dim >= 2 * self.action_dim, "env.emulated.proprio_dim", self.proprio_dim, f"must be >= 2 * action_dim = {2 * self.action_dim} (position and goal)")
 
 
 @dataclass
@@ -94,7 +61,8 @@ class WrapperConfig:
 
 @dataclass
 class EnvConfig:
-    """Which simulator and how many copies of it."""
+    """Which simulator and how many copies of it. Each backend owns a subclass with its own
+    fields (`Backend.config`); the backend of `id` picks it, as `policy.type` picks the policy's."""
 
     id: str = "metaworld/reach-v3"
     """Env id `backend/task`, e.g. metaworld/reach-v3, libero/libero_spatial/0, maniskill/PickCube-v1, emulated/balanced."""
@@ -106,21 +74,18 @@ class EnvConfig:
     """Truncate episodes after this many env steps; None takes the backend's default."""
     seed: int = 0
     """Base seed; env i of worker w is seeded from (seed, w, i)."""
-    fast_render: bool = True
-    """Render without shadows, reflections and MSAA (2-5x faster on a CPU; changes success rates, so it is recorded)."""
     end_on_success: bool = True
     """End an episode (terminated) as soon as the task succeeds."""
     executor: Literal["inline", "thread"] = "inline"
     """inline: `send` steps the envs in the caller's thread; thread: one thread per env, so envs that hold wall time (emulated, remote renderers) overlap."""
     split: Literal["train", "eval"] = "train"
-    """Which initial states resets draw: train and eval are disjoint (LIBERO: fixed init states; MetaWorld: separate seed streams)."""
-    emulated: EmulatedConfig = field(default_factory=EmulatedConfig)
-    """Parameters of `emulated/*` envs (the task name picks a preset of them)."""
+    """Which initial states resets draw: train and eval are disjoint (LIBERO: fixed init states; other backends: separate seed streams)."""
     wrappers: WrapperConfig = field(default_factory=WrapperConfig)
     """Latency and fault injection."""
 
     def __post_init__(self) -> None:
-        _check("/" in self.id and not self.id.startswith("/"), "env.id", self.id, "expected backend/task, e.g. metaworld/reach-v3")
+        cls = env_config_class(self.id)
+        _check(type(self) is cls, "env.id", self.id, f"its backend's config is {cls.__name__}, not {type(self).__name__} (build it with env_config)")
         _check(self.num_envs >= 1, "env.num_envs", self.num_envs, "must be >= 1")
         _check(8 <= self.image_size <= 1024, "env.image_size", self.image_size, "must be in [8, 1024]")
         _check(self.max_episode_steps is None or self.max_episode_steps >= 1, "env.max_episode_steps", self.max_episode_steps, "must be >= 1 or null")
@@ -136,14 +101,70 @@ class EnvConfig:
         return self.id.split("/", 1)[1]
 
 
+@dataclass
+class RenderedEnvConfig(EnvConfig):
+    """A simulator that renders its cameras (MetaWorld, LIBERO, ManiSkill)."""
+
+    fast_render: bool = True
+    """Render without shadows, reflections and MSAA (2-5x faster on a CPU; changes success rates, so it is recorded)."""
+
+
+def env_config_class(env_id: str) -> type[EnvConfig]:
+    """The config class of `env_id`'s backend; one-line ConfigError for an unknown backend."""
+    from asyncvla.envs.registry import get_backend
+
+    _check("/" in env_id and not env_id.startswith("/"), "env.id", env_id, "expected backend/task, e.g. metaworld/reach-v3")
+    return get_backend(env_id.split("/", 1)[0]).config
+
+
+def env_config(id: str = EnvConfig.id, **fields: Any) -> EnvConfig:
+    """The config of env `id`, of its backend's class (`env_config("emulated/fast", num_envs=2)`)."""
+    return _build(env_config_class(id), "env", id=id, **fields)
+
+
+def _build(cls: type, where: str, **fields: Any) -> Any:
+    """`cls(**fields)`, with a one-line ConfigError naming a field `cls` does not have."""
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where} ({cls.__name__}): unknown field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    return cls(**fields)
+
+
+def _subclass_for(cls: type, data: dict, where: str) -> type:
+    """The registered subclass a dict of base class `cls` names (env: by `id`, policy: by `type`)."""
+    if cls is EnvConfig:
+        return env_config_class(data.get("id", EnvConfig.id))
+    if cls is PolicyConfig:
+        return policy_config_class(data.get("type", PolicyConfig.type))
+    return cls
+
+
+def _resolve_choices(cls: type, data: dict, where: str) -> dict:
+    """Builds every env / policy section of `data` as the subclass it names, so dacite sees instances."""
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        value, hint = out.get(f.name), hints[f.name]
+        if isinstance(value, dict) and hint in (EnvConfig, PolicyConfig):
+            out[f.name] = from_dict(hint, value, where=f"{where + '.' if where else ''}{f.name}")
+    return out
+
+
 def from_dict(cls: type, data: dict, where: str = "") -> Any:
-    """Builds dataclass `cls` from a plain dict, rejecting unknown keys with the field path."""
+    """Builds dataclass `cls` from a plain dict, rejecting unknown keys with the field path.
+
+    An `EnvConfig` or `PolicyConfig` is built as the subclass its `id` / `type` picks, so a
+    field of another backend or policy is an unknown field."""
+    cls = _subclass_for(cls, data, where)
+    data = _resolve_choices(cls, data, where)
     try:
         return dacite.from_dict(cls, data, config=dacite.Config(strict=True, cast=[tuple]))
     except dacite.UnexpectedDataError as e:
         keys = ", ".join(sorted(e.keys))
         allowed = ", ".join(f.name for f in dataclasses.fields(cls))
-        raise ConfigError(f"{where or cls.__name__}: unknown field(s) {keys}; allowed: {allowed}") from None
+        of = f" ({cls.__name__})" if issubclass(cls, (EnvConfig, PolicyConfig)) else ""
+        raise ConfigError(f"{where or cls.__name__}{of}: unknown field(s) {keys}; allowed: {allowed}") from None
     except dacite.WrongTypeError as e:
         raise ConfigError(f"{where + '.' if where else ''}{e.field_path}={e.value!r} is invalid: expected {e.field_type}") from None
     except dacite.DaciteError as e:
@@ -158,60 +179,77 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def load_preset(cls: type, name: str) -> Any:
-    """Loads preset `name` (a file in configs/, or a path to a YAML file) onto `cls`'s defaults."""
+def load_preset(cls: type, name: str, choices: dict[str, dict[str, str]] | None = None) -> Any:
+    """Loads preset `name` (a file in configs/, or a path to a YAML file) onto `cls`'s defaults.
+
+    `choices` ({"policy": {"type": "tiny-gaussian"}}) override the preset's fields that pick a
+    config class, before the class is picked."""
     path = Path(name)
     if not path.suffix:
         path = PRESET_DIR / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"preset={name!r} is invalid: allowed: {', '.join(list_presets())} or a path to a .yaml file")
     data = yaml.safe_load(path.read_text()) or {}
+    for section, values in (choices or {}).items():
+        data[section] = {**data.get(section, {}), **values}
     return from_dict(cls, data, where=f"preset {path.name}")
 
 
 @dataclass
 class PolicyConfig:
-    """Which VLA and its shape. `type` picks a class from the policy registry."""
+    """What every policy has. `type` picks the policy, and with it the config subclass that holds
+    its own fields (`--policy.type tiny-gaussian`; LeRobot's PreTrainedConfig registry)."""
 
     type: str = "tiny"
-    """Registered policy: tiny (discrete action tokens) or tiny-gaussian (continuous head)."""
+    """Registered policy (`asyncvla.policies.registry`): tiny (discrete action tokens) or tiny-gaussian (continuous head)."""
     chunk: int = 4
     """Actions per decision (K): the env executes the whole chunk."""
-    action_bins: int = 256
-    """Bins per action dimension for discretized heads (OpenVLA style)."""
-    hidden_dim: int = 128
-    """Width of the transformer trunk."""
-    num_layers: int = 2
-    """Transformer trunk layers."""
-    num_heads: int = 4
     image_size: int = 64
-    """Images are resized to this before the encoder (matches env.image_size by default)."""
-    proprio_std_min: float = 0.01
-    """Floor of the per-dim std that normalises proprio (in proprio units, fit on the demos):
-    dims that barely move in the demos carry simulator jitter, which unit-variance scaling
-    would blow up into the policy's largest inputs. 0 scales every non-constant dim to unit std."""
+    """Images are resized to this before the encoder (in training runs: env.image_size)."""
     temperature: float = 1.0
     """Sampling temperature of rollouts (1.0 = the policy's own distribution)."""
     device: str = "cpu"
-    """cpu or cuda[:n]; the same code runs on both."""
+    """cpu or cuda[:n]; the same code runs on both (in training runs: run.device)."""
     init: str | None = None
-    """Checkpoint directory to start from (e.g. an SFT checkpoint)."""
-    rl_spread: bool = False
-    """Let RL train the spread of the action distribution (tiny: each token's std and residual logits;
-    tiny-gaussian: log std). Off, RL moves the action means only and exploration stays at the SFT
-    level: with a few hundred episodes the spread grew faster than the means improved (measured)."""
-    detach_value: bool = True
-    """The value head reads the trunk through a stop-gradient: critic learning (large, noisy
-    gradients while the value head is new) cannot move the policy outside PPO's clip."""
+    """Checkpoint directory to start from (e.g. an SFT checkpoint); it fixes the architecture."""
 
     def __post_init__(self) -> None:
+        cls = policy_config_class(self.type)
+        _check(type(self) is cls, "policy.type", self.type, f"its config is {cls.__name__}, not {type(self).__name__} (build it with policy_config)")
         _check(self.chunk >= 1, "policy.chunk", self.chunk, "must be >= 1")
-        _check(2 <= self.action_bins <= 4096, "policy.action_bins", self.action_bins, "must be in [2, 4096]")
-        _check(self.hidden_dim >= 8 and self.hidden_dim % self.num_heads == 0, "policy.hidden_dim", self.hidden_dim, f"must be >= 8 and divisible by policy.num_heads={self.num_heads}")
-        _check(self.num_layers >= 1, "policy.num_layers", self.num_layers, "must be >= 1")
         _check(self.temperature > 0, "policy.temperature", self.temperature, "must be > 0")
-        _check(self.proprio_std_min >= 0, "policy.proprio_std_min", self.proprio_std_min, "must be >= 0")
         _check(self.device == "cpu" or self.device.startswith("cuda"), "policy.device", self.device, "allowed: cpu, cuda, cuda:N")
+
+
+_POLICY_CONFIGS: dict[str, type[PolicyConfig]] = {}
+# Modules whose import registers the built-in policies' configs (torch-free, so parsing stays fast).
+_POLICY_CONFIG_MODULES = ("asyncvla.policies.tiny.config",)
+
+
+def register_policy_config(name: str):
+    """Class decorator: `@register_policy_config("tiny")` makes `policy.type=tiny` parse into that class."""
+
+    def deco(cls: type[PolicyConfig]) -> type[PolicyConfig]:
+        if name in _POLICY_CONFIGS and _POLICY_CONFIGS[name] is not cls:
+            raise ValueError(f"policy config {name!r} is already registered by {_POLICY_CONFIGS[name].__qualname__}")
+        _POLICY_CONFIGS[name] = cls
+        return cls
+
+    return deco
+
+
+def policy_config_class(name: str) -> type[PolicyConfig]:
+    """The config class of `policy.type=name`; one-line ConfigError when none is registered."""
+    for mod in _POLICY_CONFIG_MODULES:
+        importlib.import_module(mod)
+    if name not in _POLICY_CONFIGS:
+        raise ConfigError(f"policy.type={name!r} is invalid: allowed: {', '.join(sorted(_POLICY_CONFIGS))}")
+    return _POLICY_CONFIGS[name]
+
+
+def policy_config(type: str = PolicyConfig.type, **fields: Any) -> PolicyConfig:
+    """The config of policy `type`, of its registered class (`policy_config("tiny", chunk=2)`)."""
+    return _build(policy_config_class(type), "policy", type=type, **fields)
 
 
 @dataclass
@@ -221,7 +259,9 @@ class AlgoConfig:
     name: Literal["ppo", "grpo"] = "ppo"
     """ppo: GAE with a value head; grpo: group-relative advantages, no critic."""
     gamma: float = 0.99
+    """Discount per decision (action chunk)."""
     lam: float = 0.95
+    """GAE lambda (PPO)."""
     clip_eps: float = 0.2
     """PPO ratio clip."""
     dual_clip: float | None = 3.0
@@ -229,7 +269,9 @@ class AlgoConfig:
     value_clip: float | None = 0.2
     """Clip of the value change; null disables it."""
     value_coef: float = 0.5
+    """Weight of the value loss (PPO)."""
     entropy_coef: float = 0.0
+    """Weight of the entropy bonus; 0 disables it."""
     kl_coef: float = 0.0
     """Weight of a KL penalty to the initial policy (k3 estimator); 0 disables it."""
     is_cap: float = 2.0
@@ -245,12 +287,15 @@ class AlgoConfig:
     tokens); token_mean = its geometric mean per token (GSPO-style length normalisation), so the clip
     range bounds the change per action token instead of per chunk of 16+ tokens."""
     normalize_advantages: bool = True
+    """Scale the advantages of each update batch to zero mean and unit std."""
     reward_scale: float = 1.0
     """Rewards are multiplied by this before GAE (keeps value targets O(1), e.g. 0.01 for MetaWorld's 0-10 per step)."""
     lr: float = 3e-4
+    """Adam learning rate of the policy (and of the value head unless value_lr is set)."""
     value_lr: float | None = None
     """Learning rate of the value head; null uses lr."""
     max_grad_norm: float = 1.0
+    """Clip of the global gradient norm per optimizer step."""
     critic_warmup: int = 0
     """First updates that train only the value head (policy loss off): the advantages of a
     fresh critic after SFT are noise, and PPO would follow them."""
@@ -431,7 +476,9 @@ class WarmStartConfig:
     sft_steps: int = 300
     """Behaviour-cloning optimizer steps."""
     sft_batch_size: int = 64
+    """Demo frames per behaviour-cloning step."""
     sft_lr: float = 1e-3
+    """Peak behaviour-cloning learning rate (linear warm-up, cosine decay)."""
     seed: int | None = None
     """Seed of the SFT; None: run.seed. Fix it (and demo_seed) to start every RL seed from one SFT checkpoint."""
     demo_seed: int | None = None
@@ -456,12 +503,18 @@ class WarmStartConfig:
 class TrainConfig:
     """Everything `asyncvla train` needs. Derived: policy.image_size and policy.device follow env and run."""
 
-    env: EnvConfig = field(default_factory=EnvConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    env: EnvConfig = field(default_factory=env_config)
+    """The simulator; its fields depend on the backend of env.id."""
+    policy: PolicyConfig = field(default_factory=policy_config)
+    """The policy; its fields depend on policy.type."""
     algo: AlgoConfig = field(default_factory=AlgoConfig)
+    """The RL algorithm (`algo.name`) and its hyper-parameters."""
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    """Mode, switches of asynchrony, layout and backend (read once, by runtime/plan.py)."""
     run: RunConfig = field(default_factory=RunConfig)
+    """Budget, evaluation, checkpoints, run directory, seed and device."""
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    """The SFT start the run makes itself (off by default)."""
 
     def __post_init__(self) -> None:
         # One source of truth: the policy sees what the env renders, on the run's device.

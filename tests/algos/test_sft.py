@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from asyncvla.algos.sft import DemoData, chunk_targets, drop_images, fit_bc, perturb_proprio, shift_augment
-from asyncvla.config import EmulatedConfig, EnvConfig, PolicyConfig
+from asyncvla.config import env_config, policy_config
+from asyncvla.envs.emulated import EmulatedConfig
 from asyncvla.envs.registry import make_env
 from asyncvla.policies.base import ObsBatch
 from asyncvla.policies.registry import make_policy
@@ -66,7 +67,7 @@ def test_perturb_proprio_adds_noise_in_units_of_the_demo_std():
 
 def emulated_demos(episodes: int, episode_len: int = 15, image_size: int = 16) -> DemoData:
     """Scripted-expert demos of emulated/fast (step straight at the goal)."""
-    cfg = EnvConfig(id="emulated/fast", num_envs=1, image_size=image_size,
+    cfg = env_config(id="emulated/fast", num_envs=1, image_size=image_size,
                     emulated=EmulatedConfig(episode_len=episode_len, proprio_dim=2 * A, action_dim=A))
     env = make_env(cfg)
     cols: dict[str, list] = {k: [] for k in ("images", "proprio", "actions", "episode_index", "instructions")}
@@ -88,7 +89,7 @@ def emulated_demos(episodes: int, episode_len: int = 15, image_size: int = 16) -
 def test_bc_on_emulated_demos_reduces_the_loss(type_):
     data = emulated_demos(episodes=12)
     torch.manual_seed(0)
-    policy = make_policy(PolicyConfig(type=type_, chunk=2, hidden_dim=32, num_layers=1, num_heads=2, image_size=16), A, 2 * A)
+    policy = make_policy(policy_config(type=type_, chunk=2, hidden_dim=32, num_layers=1, num_heads=2, image_size=16), A, 2 * A)
     policy.processor.fit(data.proprio, data.actions)
     losses = fit_bc(policy, data, steps=60, batch_size=32, lr=3e-3, seed=0)
     assert len(losses) == 60 and np.isfinite(losses).all()
@@ -123,7 +124,7 @@ def test_train_sft_writes_checkpoint_and_loss_curve(tmp_path):
     _write_dataset(tmp_path / "demos", data, failed_episode=3)
     loaded = load_demos(tmp_path / "demos")
     assert len(loaded) == len(data) - int((data.episode_index == 3).sum())  # the failed episode is dropped
-    cfg = PolicyConfig(chunk=2, hidden_dim=32, num_layers=1, num_heads=2, image_size=16)
+    cfg = policy_config(chunk=2, hidden_dim=32, num_layers=1, num_heads=2, image_size=16)
     summary = train_sft("emulated/fast", tmp_path / "demos", tmp_path / "ckpt", steps=40, batch_size=16, lr=3e-3,
                         policy_cfg=cfg, seed=0, progress=False)
     assert summary["final_loss"] < summary["first_loss"] and summary["episodes"] == 7

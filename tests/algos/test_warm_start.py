@@ -1,11 +1,11 @@
 """Warm-start cache key: what shares one SFT checkpoint and what does not."""
 
-from asyncvla.config import EnvConfig, RunConfig, TrainConfig, WarmStartConfig
+from asyncvla.config import RunConfig, TrainConfig, WarmStartConfig, env_config
 from asyncvla.algos.warm_start import _key, _seeds
 
 
 def _cfg(run_seed: int, env_seed: int, ws_seed: int | None, sft_steps: int = 250) -> TrainConfig:
-    return TrainConfig(env=EnvConfig(id="metaworld/reach-v3", seed=env_seed), run=RunConfig(seed=run_seed),
+    return TrainConfig(env=env_config(id="metaworld/reach-v3", seed=env_seed), run=RunConfig(seed=run_seed),
                        warm_start=WarmStartConfig(demo_episodes=2, sft_steps=sft_steps, seed=ws_seed,
                                                    demo_seed=None if ws_seed is None else 0))
 

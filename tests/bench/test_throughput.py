@@ -7,7 +7,7 @@ import pytest
 
 from asyncvla.bench.throughput import (AcceleratorCosts, best_batch, bound_env_steps_per_s, emulated_balanced, operating_point,
                                        stage_capacities, throughput_bench)
-from asyncvla.config import ConfigError
+from asyncvla.config import ConfigError, env_config, policy_config
 from asyncvla.runtime.device import DeviceGate
 
 
@@ -93,7 +93,7 @@ def test_train_sync_and_the_benches_sync_rows_run_the_same_code_path(tmp_path, m
     `runtime.loop.run` on a plan with every switch off: there is no second loop."""
     from asyncvla.bench import ablation, throughput
     from asyncvla.runtime import loop
-    from asyncvla.config import EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
+    from asyncvla.config import RunConfig, RuntimeConfig, TrainConfig
     from asyncvla.runtime.driver import train
 
     plans, real_run = [], loop.run
@@ -103,8 +103,8 @@ def test_train_sync_and_the_benches_sync_rows_run_the_same_code_path(tmp_path, m
         return real_run(rt, *args, **kwargs)
 
     monkeypatch.setattr(loop, "run", spy)
-    train(TrainConfig(env=EnvConfig(id="emulated/fast", num_envs=4, image_size=16),
-                      policy=PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
+    train(TrainConfig(env=env_config(id="emulated/fast", num_envs=4, image_size=16),
+                      policy=policy_config(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
                       runtime=RuntimeConfig(mode="sync", num_env_workers=2, pipeline_stages=2, rollout_steps=8, local=True),
                       run=RunConfig(out_dir=str(tmp_path / "train"), total_env_steps=None, total_updates=1, eval_episodes=0)))
     w = emulated_balanced()

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from asyncvla.config import ConfigError, EnvConfig
+from asyncvla.config import ConfigError, env_config
 from asyncvla.data import load_dataset
 from asyncvla.data.demos import record_demos
 from asyncvla.data.lerobot import DatasetWriter, Episode
@@ -53,12 +53,12 @@ def test_writer_rejects_empty_datasets(tmp_path):
 
 def test_demos_need_a_backend_with_an_expert(tmp_path):
     with pytest.raises(ConfigError, match="no scripted expert"):
-        record_demos(EnvConfig(id="emulated/fast", num_envs=1), episodes=1, out=tmp_path, progress=False)
+        record_demos(env_config(id="emulated/fast", num_envs=1), episodes=1, out=tmp_path, progress=False)
 
 
 @needs_metaworld
 def test_record_metaworld_demos(tmp_path):
-    cfg = EnvConfig(id="metaworld/reach-v3", num_envs=1, image_size=24, max_episode_steps=120, seed=1)
+    cfg = env_config(id="metaworld/reach-v3", num_envs=1, image_size=24, max_episode_steps=120, seed=1)
     summary = record_demos(cfg, episodes=2, out=tmp_path, progress=False)
     assert summary["episodes"] == 2 and summary["success_rate"] == 1.0
     ds = load_dataset(tmp_path)
@@ -82,7 +82,7 @@ def test_record_metaworld_demos(tmp_path):
 
 @needs_metaworld
 def test_failed_episodes_are_recorded_as_failures(tmp_path):
-    cfg = EnvConfig(id="metaworld/reach-v3", num_envs=1, image_size=16, max_episode_steps=4)
+    cfg = env_config(id="metaworld/reach-v3", num_envs=1, image_size=16, max_episode_steps=4)
     summary = record_demos(cfg, episodes=2, out=tmp_path, progress=False)
     ds = load_dataset(tmp_path)
     assert summary["success_rate"] == 0.0 and not ds.episode_success.any()
@@ -91,7 +91,7 @@ def test_failed_episodes_are_recorded_as_failures(tmp_path):
 
 @needs_metaworld
 def test_dart_demos_execute_noisy_actions_but_record_the_experts(tmp_path):
-    cfg = EnvConfig(id="metaworld/reach-v3", num_envs=1, image_size=16, max_episode_steps=200, seed=1)
+    cfg = env_config(id="metaworld/reach-v3", num_envs=1, image_size=16, max_episode_steps=200, seed=1)
     record_demos(cfg, episodes=1, out=tmp_path / "clean", progress=False, action_noise=0.0)
     summary = record_demos(cfg, episodes=1, out=tmp_path / "dart", progress=False, action_noise=0.3)
     clean, dart = load_dataset(tmp_path / "clean"), load_dataset(tmp_path / "dart")
@@ -104,12 +104,12 @@ def test_dart_demos_execute_noisy_actions_but_record_the_experts(tmp_path):
 
 def test_demos_reject_negative_action_noise(tmp_path):
     with pytest.raises(ConfigError, match="action_noise"):
-        record_demos(EnvConfig(id="metaworld/reach-v3", num_envs=1), episodes=1, out=tmp_path, progress=False, action_noise=-0.1)
+        record_demos(env_config(id="metaworld/reach-v3", num_envs=1), episodes=1, out=tmp_path, progress=False, action_noise=-0.1)
 
 
 @needs_metaworld
 def test_slow_expert_demos_scale_the_arm_actions_and_take_longer(tmp_path):
-    cfg = EnvConfig(id="metaworld/reach-v3", num_envs=1, image_size=16, seed=0)
+    cfg = env_config(id="metaworld/reach-v3", num_envs=1, image_size=16, seed=0)
     fast = record_demos(cfg, episodes=1, out=tmp_path / "fast", progress=False, action_noise=0.0)
     slow = record_demos(cfg, episodes=1, out=tmp_path / "slow", progress=False, action_noise=0.0, expert_speed=0.5)
     actions = np.asarray(load_dataset(tmp_path / "slow").actions)

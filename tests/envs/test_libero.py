@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from asyncvla.config import ConfigError, EnvConfig
+from asyncvla.config import ConfigError, env_config
 from asyncvla.envs import libero
 from asyncvla.envs.registry import make_vector_env, validate_env_id
 
@@ -58,7 +58,7 @@ def test_tasks_cover_all_five_suites():
 @pytest.mark.parametrize("env_id", ["libero/libero_spatial/99", "libero/nope/0"])
 def test_bad_task_is_one_line_config_error(env_id):
     with pytest.raises(ConfigError) as e:
-        validate_env_id(EnvConfig(id=env_id))
+        validate_env_id(env_config(id=env_id))
     assert "\n" not in str(e.value) and env_id in str(e.value)
 
 
@@ -67,7 +67,7 @@ def test_bad_task_is_one_line_config_error(env_id):
 def env():
     if not OK:
         pytest.skip(f"LIBERO unavailable: {WHY}")
-    cfg = EnvConfig(id="libero/libero_spatial/0", image_size=64, fast_render=True)
+    cfg = env_config(id="libero/libero_spatial/0", image_size=64, fast_render=True)
     e = libero.BACKEND.make(cfg.task, cfg, 0)
     yield e
     e.close()
@@ -125,7 +125,7 @@ def test_step_moves_the_arm_up(env):
 def test_vector_env_uses_eval_states():
     if not OK:
         pytest.skip(f"LIBERO unavailable: {WHY}")
-    cfg = EnvConfig(id="libero/libero_spatial/0", num_envs=1, image_size=32, split="eval")
+    cfg = env_config(id="libero/libero_spatial/0", num_envs=1, image_size=32, split="eval")
     with make_vector_env(cfg) as venv:
         first = venv.reset()[0]
         assert first.obs.image.shape == (32, 32, 3)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from asyncvla.config import ConfigError, EnvConfig
+from asyncvla.config import ConfigError, env_config
 from asyncvla.envs import maniskill
 from asyncvla.envs.registry import make_vector_env, validate_env_id
 
@@ -18,7 +18,7 @@ def test_instruction_falls_back_to_words_of_the_id():
 def test_bad_task_is_one_line_config_error():
     # Without Vulkan the backend itself is refused, which is also a one-line ConfigError.
     with pytest.raises(ConfigError) as e:
-        validate_env_id(EnvConfig(id="maniskill/Nope-v1"))
+        validate_env_id(env_config(id="maniskill/Nope-v1"))
     assert "\n" not in str(e.value) and "maniskill/Nope-v1" in str(e.value)
 
 
@@ -42,7 +42,7 @@ def test_tasks_come_from_the_registry():
 def env():
     if not OK:
         pytest.skip(f"ManiSkill unavailable: {WHY}")
-    cfg = EnvConfig(id="maniskill/PickCube-v1", image_size=64)
+    cfg = env_config(id="maniskill/PickCube-v1", image_size=64)
     e = maniskill.BACKEND.make(cfg.task, cfg, 0)
     yield e
     e.close()
@@ -73,7 +73,7 @@ def test_step_and_raw_step(env):
 
 @needs_vulkan
 def test_vector_env_steps_chunks():
-    cfg = EnvConfig(id="maniskill/PushCube-v1", num_envs=1, image_size=32)
+    cfg = env_config(id="maniskill/PushCube-v1", num_envs=1, image_size=32)
     with make_vector_env(cfg) as venv:
         assert venv.reset()[0].obs.image.shape == (32, 32, 3)
         res = venv.step(np.zeros((1, 3, 7), np.float32))[0]

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from asyncvla.config import ConfigError, EnvConfig
+from asyncvla.config import ConfigError, EnvConfig, env_config
 from asyncvla.envs import metaworld as mw
 from asyncvla.envs.base import flip_upright
 from asyncvla.envs.registry import make_vector_env, validate_env_id
@@ -15,7 +15,7 @@ SIZE = 32
 
 
 def _cfg(**kw) -> EnvConfig:
-    return EnvConfig(**{"id": "metaworld/reach-v3", "num_envs": 1, "image_size": SIZE, **kw})
+    return env_config(**{"id": "metaworld/reach-v3", "num_envs": 1, "image_size": SIZE, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +136,7 @@ def test_fps_matches_the_simulator(env):
 
 def test_bad_task_and_too_long_episodes_are_one_line_config_errors():
     with pytest.raises(ConfigError) as e:
-        validate_env_id(EnvConfig(id="metaworld/reach-v9"))
+        validate_env_id(env_config(id="metaworld/reach-v9"))
     assert "\n" not in str(e.value) and "reach-v9" in str(e.value) and "allowed" in str(e.value)
     with pytest.raises(ConfigError, match="max_episode_steps"):
         mw.BACKEND.make("reach-v3", _cfg(max_episode_steps=501), 0)
@@ -147,7 +147,7 @@ def test_bad_task_and_too_long_episodes_are_one_line_config_errors():
 def test_reset_some_restarts_a_group_from_one_shared_initial_state():
     from asyncvla.envs import make_vector_env
 
-    with make_vector_env(EnvConfig(id="metaworld/reach-v3", num_envs=3, image_size=16, seed=0)) as vec:
+    with make_vector_env(env_config(id="metaworld/reach-v3", num_envs=3, image_size=16, seed=0)) as vec:
         first = {r.env_id: r.obs.proprio for r in vec.reset()}
         assert not np.allclose(first[0][36:39], first[1][36:39])  # different goals by default
         vec.reset_some([0, 1], [123, 123])

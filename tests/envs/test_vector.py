@@ -5,13 +5,14 @@ import time
 import numpy as np
 import pytest
 
-from asyncvla.config import EmulatedConfig, EnvConfig
+from asyncvla.config import EnvConfig, env_config
+from asyncvla.envs.emulated import EmulatedConfig
 from asyncvla.envs import make_vector_env
 
 
 def _cfg(**kw) -> EnvConfig:
     emu = EmulatedConfig(step_mean_s=0.0, step_jitter=0.0, reset_s=0.0, episode_len=kw.pop("episode_len", 50))
-    return EnvConfig(id=kw.pop("id", "emulated/custom"), num_envs=kw.pop("num_envs", 3), image_size=16, emulated=emu, **kw)
+    return env_config(id=kw.pop("id", "emulated/custom"), num_envs=kw.pop("num_envs", 3), image_size=16, emulated=emu, **kw)
 
 
 def test_reset_returns_first_obs_per_env():
@@ -96,7 +97,7 @@ def test_send_to_busy_env_is_an_error():
 
 def test_thread_executor_overlaps_wall_time():
     emu = EmulatedConfig(step_mean_s=0.05, step_jitter=0.0, reset_s=0.0)
-    cfg = EnvConfig(id="emulated/custom", num_envs=4, image_size=16, emulated=emu, executor="thread")
+    cfg = env_config(id="emulated/custom", num_envs=4, image_size=16, emulated=emu, executor="thread")
     with make_vector_env(cfg) as venv:
         venv.reset()
         t0 = time.perf_counter()
@@ -109,10 +110,10 @@ def test_wake_returns_a_blocked_recv_early_without_results():
     import threading
     import time as _time
 
-    from asyncvla.config import EnvConfig
+    from asyncvla.config import env_config
     from asyncvla.envs.registry import make_vector_env
 
-    vec = make_vector_env(EnvConfig(id="emulated/fast", num_envs=1, image_size=16))
+    vec = make_vector_env(env_config(id="emulated/fast", num_envs=1, image_size=16))
     vec.reset_all()
     assert len(vec.recv(min_ready=1)) == 1
     threading.Timer(0.05, vec.wake).start()

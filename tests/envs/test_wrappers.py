@@ -4,7 +4,8 @@ import time
 
 import numpy as np
 
-from asyncvla.config import EmulatedConfig, EnvConfig, WrapperConfig
+from asyncvla.config import WrapperConfig, env_config
+from asyncvla.envs.emulated import EmulatedConfig
 from asyncvla.envs import EnvCrashed, make_env, make_vector_env
 from asyncvla.envs.emulated import EmulatedEnv
 from asyncvla.envs.wrappers import ResizeImage
@@ -21,7 +22,7 @@ def test_resize_wrapper_changes_every_image():
 
 
 def test_latency_wrapper_adds_wall_time():
-    cfg = EnvConfig(id="emulated/custom", emulated=FAST, image_size=16, wrappers=WrapperConfig(latency_s=0.03))
+    cfg = env_config(id="emulated/custom", emulated=FAST, image_size=16, wrappers=WrapperConfig(latency_s=0.03))
     env = make_env(cfg)
     env.reset(seed=0)
     t0 = time.perf_counter()
@@ -31,7 +32,7 @@ def test_latency_wrapper_adds_wall_time():
 
 
 def test_crash_injection_raises_and_vector_env_rebuilds():
-    cfg = EnvConfig(id="emulated/custom", emulated=FAST, image_size=16, num_envs=2,
+    cfg = env_config(id="emulated/custom", emulated=FAST, image_size=16, num_envs=2,
                     wrappers=WrapperConfig(fault_prob=0.2, fault_kind="crash"))
     env = make_env(cfg)
     env.reset(seed=0)
@@ -52,7 +53,7 @@ def test_crash_injection_raises_and_vector_env_rebuilds():
 
 
 def test_hang_injection_surfaces_as_error_after_hang_time():
-    cfg = EnvConfig(id="emulated/custom", emulated=FAST, image_size=16, num_envs=1,
+    cfg = env_config(id="emulated/custom", emulated=FAST, image_size=16, num_envs=1,
                     wrappers=WrapperConfig(fault_prob=1.0, fault_kind="hang", fault_hang_s=0.1))
     with make_vector_env(cfg) as venv:
         venv.reset()
@@ -63,9 +64,9 @@ def test_hang_injection_surfaces_as_error_after_hang_time():
 
 
 def test_success_reward_pays_one_exactly_on_success_steps():
-    base = EnvConfig(id="emulated/custom", emulated=EmulatedConfig(step_mean_s=0.0, step_jitter=0.0, reset_s=0.0,
+    base = env_config(id="emulated/custom", emulated=EmulatedConfig(step_mean_s=0.0, step_jitter=0.0, reset_s=0.0,
                                                                    success_radius=0.6), image_size=16)
-    plain, sparse = make_env(base), make_env(EnvConfig(**{**base.__dict__, "wrappers": WrapperConfig(reward="success")}))
+    plain, sparse = make_env(base), make_env(env_config(**{**base.__dict__, "wrappers": WrapperConfig(reward="success")}))
     plain.reset(seed=3), sparse.reset(seed=3)
     rng = np.random.default_rng(0)
     successes = 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from asyncvla.config import ConfigError, PolicyConfig
+from asyncvla.config import ConfigError, PolicyConfig, policy_config
 from asyncvla.policies.base import ObsBatch
 from asyncvla.policies.checkpoint import load_policy, save_policy
 from asyncvla.policies.registry import make_policy, policy_types
@@ -18,7 +18,7 @@ TYPES = ["tiny", "tiny-gaussian"]
 
 
 def _cfg(type_: str, **kw) -> PolicyConfig:
-    return PolicyConfig(type=type_, chunk=K, hidden_dim=32, num_layers=1, num_heads=2, image_size=32, **kw)
+    return policy_config(type=type_, chunk=K, hidden_dim=32, num_layers=1, num_heads=2, image_size=32, **kw)
 
 
 def _obs(b: int = 5, size: int = 32, seed: int = 0) -> ObsBatch:
@@ -42,7 +42,7 @@ def test_registry_lists_both_types():
 
 def test_unknown_type_is_one_line_config_error():
     with pytest.raises(ConfigError, match=r"policy.type='nope' is invalid: allowed: .*tiny") as e:
-        make_policy(PolicyConfig(type="nope"), 4, 4)
+        make_policy(policy_config(type="nope"), 4, 4)
     assert "\n" not in str(e.value)
 
 
@@ -150,7 +150,7 @@ def test_processor_does_not_blow_up_simulator_jitter(std_min):
 
 def test_policy_config_rejects_a_negative_proprio_std_min():
     with pytest.raises(ConfigError, match="proprio_std_min"):
-        PolicyConfig(proprio_std_min=-1.0)
+        policy_config(proprio_std_min=-1.0)
 
 
 @pytest.mark.parametrize("type_", TYPES)

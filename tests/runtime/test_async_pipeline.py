@@ -2,7 +2,7 @@
 
 import pytest
 
-from asyncvla.config import AlgoConfig, EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
+from asyncvla.config import AlgoConfig, RunConfig, RuntimeConfig, TrainConfig, env_config, policy_config
 from asyncvla.runtime import loop
 
 LADDER = {
@@ -18,8 +18,8 @@ def _cfg(env_id="emulated/fast", **rt):
     rt = {"mode": "async", "rollout_steps": 4, "env_managers": (3, 1), "num_rollout_servers": 2,
           "router": "greedy", "queue_size": 2, "trace": False, "local": True, **batching, **rt}
     return TrainConfig(
-        env=EnvConfig(id=env_id, num_envs=4, image_size=16, seed=1),
-        policy=PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
+        env=env_config(id=env_id, num_envs=4, image_size=16, seed=1),
+        policy=policy_config(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
         algo=AlgoConfig(update_epochs=1, minibatch_size=8),
         runtime=RuntimeConfig(**rt),
         run=RunConfig(total_env_steps=None, total_updates=3),

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from asyncvla.config import PolicyConfig
+from asyncvla.config import env_config, policy_config
 from asyncvla.policies.base import ObsBatch
 from asyncvla.runtime.backends.ray_proxies import add_ledger_increment
 from asyncvla.runtime.learner.staleness import Ledger
@@ -56,7 +56,7 @@ def test_dynamic_batching_through_a_ray_server(ray_local):
 
     ray = ray_local
     # A library function, not one of this module's: the actor process cannot import test modules.
-    policy_fn = functools.partial(build_policy, PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2, image_size=16), 4, 3, 0)
+    policy_fn = functools.partial(build_policy, policy_config(chunk=2, hidden_dim=16, num_layers=1, num_heads=2, image_size=16), 4, 3, 0)
     server = make_ray_rollout_server(num_cpus=0).remote(policy_fn, 4, 0.2, 0, False)
 
     def obs(n):
@@ -113,7 +113,7 @@ def test_the_same_plan_gives_the_same_request_sizes_on_both_backends():
 
     import ray
 
-    from asyncvla.config import AlgoConfig, EnvConfig, RunConfig, RuntimeConfig, TrainConfig
+    from asyncvla.config import AlgoConfig, RunConfig, RuntimeConfig, TrainConfig
     from asyncvla.runtime import loop
     from asyncvla.runtime.backends.ray import init_ray
 
@@ -124,8 +124,8 @@ def test_the_same_plan_gives_the_same_request_sizes_on_both_backends():
             batching = dict(full, max_batch=2, max_wait_ms=5.0) if mode == "async" else {}
             rt = RuntimeConfig(mode=mode, local=local, rollout_steps=4, env_cpus=0.25, trace=False,
                                pipeline_stages=2 if mode == "sync" else 1, **batching)
-            cfg = TrainConfig(env=EnvConfig(id="emulated/fast", num_envs=4, image_size=16, seed=1),
-                              policy=PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
+            cfg = TrainConfig(env=env_config(id="emulated/fast", num_envs=4, image_size=16, seed=1),
+                              policy=policy_config(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
                               algo=AlgoConfig(update_epochs=1, minibatch_size=8), runtime=rt,
                               run=RunConfig(total_env_steps=None, total_updates=2))
             if not local:

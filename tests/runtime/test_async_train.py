@@ -2,7 +2,8 @@
 
 import json
 
-from asyncvla.config import AlgoConfig, EmulatedConfig, EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
+from asyncvla.config import AlgoConfig, RunConfig, RuntimeConfig, TrainConfig, env_config, policy_config
+from asyncvla.envs.emulated import EmulatedConfig
 from asyncvla.metrics.writer import read_metrics
 from asyncvla.runtime.checkpoints import load_run_config
 from asyncvla.runtime.driver import train as train_async
@@ -12,8 +13,8 @@ FULL = dict(async_env=True, streaming_rollout=True, decoupled_actor=True)
 
 def async_cfg(tmp_path, updates=3, max_staleness=1, **run) -> TrainConfig:
     return TrainConfig(
-        env=EnvConfig(id="emulated/fast", num_envs=4, image_size=16, seed=1, emulated=EmulatedConfig(episode_len=12)),
-        policy=PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
+        env=env_config(id="emulated/fast", num_envs=4, image_size=16, seed=1, emulated=EmulatedConfig(episode_len=12)),
+        policy=policy_config(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
         algo=AlgoConfig(update_epochs=1, minibatch_size=8),
         runtime=RuntimeConfig(mode="async", local=True, rollout_steps=4, max_batch=4, max_wait_ms=2.0, queue_size=2,
                               trace=False, max_staleness=max_staleness, **FULL),

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from asyncvla.config import AlgoConfig, ConfigError, EmulatedConfig, EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
+from asyncvla.config import AlgoConfig, ConfigError, RunConfig, RuntimeConfig, TrainConfig, env_config, policy_config
+from asyncvla.envs.emulated import EmulatedConfig
 from asyncvla.metrics.writer import NAMESPACES, read_metrics
 from asyncvla.runtime.checkpoints import load_run_config
 from asyncvla.runtime.driver import train
@@ -14,8 +15,8 @@ from asyncvla.runtime.plan import make_plan
 
 def tiny_cfg(tmp_path, algo="ppo", updates=2, **runtime) -> TrainConfig:
     return TrainConfig(
-        env=EnvConfig(id="emulated/fast", num_envs=4, image_size=16, emulated=EmulatedConfig(episode_len=12)),
-        policy=PolicyConfig(chunk=2, hidden_dim=32, num_layers=1),
+        env=env_config(id="emulated/fast", num_envs=4, image_size=16, emulated=EmulatedConfig(episode_len=12)),
+        policy=policy_config(chunk=2, hidden_dim=32, num_layers=1),
         algo=AlgoConfig(name=algo, group_size=2, minibatch_size=16, update_epochs=1),
         runtime=RuntimeConfig(rollout_steps=6, pipeline_stages=2, **runtime),
         run=RunConfig(out_dir=str(tmp_path / "run"), total_env_steps=None, total_updates=updates, eval_episodes=2,
@@ -68,7 +69,7 @@ def test_local_mode_grpo(tmp_path):
 
 
 def test_grpo_group_must_fit_a_stage(tmp_path):
-    cfg = TrainConfig(env=EnvConfig(num_envs=4), algo=AlgoConfig(name="grpo", group_size=4), runtime=RuntimeConfig(pipeline_stages=2))
+    cfg = TrainConfig(env=env_config(num_envs=4), algo=AlgoConfig(name="grpo", group_size=4), runtime=RuntimeConfig(pipeline_stages=2))
     with pytest.raises(ConfigError, match="group_size"):
         make_plan(cfg)
 

@@ -40,13 +40,13 @@ class _ImmediateClient:
 def test_inline_envs_send_their_request_before_the_next_env_steps():
     # Inline executor: each `send` runs a whole chunk. With two replies pending, env 0's next
     # request must leave before env 1's chunk runs (its inference then overlaps that chunk).
-    from asyncvla.config import EnvConfig
+    from asyncvla.config import env_config
     from asyncvla.runtime.env.manager import EnvManager
     from asyncvla.runtime.env.worker import EnvWorker
     from asyncvla.runtime.queues import TrajectoryQueue
     from asyncvla.runtime.learner.staleness import Ledger
 
-    cfg = EnvConfig(id="emulated/balanced", num_envs=2, image_size=8, executor="inline", seed=0)
+    cfg = env_config(id="emulated/balanced", num_envs=2, image_size=8, executor="inline", seed=0)
     worker = EnvWorker(cfg, 0, trace=False)
     events: list = []
     client = _ImmediateClient(events, limit=6, chunk=2, action_dim=worker.vec.action_dim)

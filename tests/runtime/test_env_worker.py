@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
 
-from asyncvla.config import AlgoConfig, ConfigError, EmulatedConfig, EnvConfig, RuntimeConfig, TrainConfig
+from asyncvla.config import AlgoConfig, ConfigError, RuntimeConfig, TrainConfig, env_config
+from asyncvla.envs.emulated import EmulatedConfig
 from asyncvla.policies.base import ActOut
 from asyncvla.runtime.env.worker import EnvWorker
 from asyncvla.runtime.plan import make_plan
 
-CFG = EnvConfig(id="emulated/fast", num_envs=4, image_size=16, emulated=EmulatedConfig(episode_len=3))
+CFG = env_config(id="emulated/fast", num_envs=4, image_size=16, emulated=EmulatedConfig(episode_len=3))
 
 
 def act(n, version=0, value=0.5):
@@ -41,7 +42,7 @@ def test_steps_are_assembled_per_env_into_segments_with_global_ids():
 
 def test_an_env_plays_the_same_episodes_and_samples_however_the_envs_are_split():
     whole = EnvWorker(CFG)
-    half = EnvWorker(EnvConfig(**{**vars(CFG), "num_envs": 2}), first_env=2)  # envs 2, 3 of the same run
+    half = EnvWorker(env_config(**{**vars(CFG), "num_envs": 2}), first_env=2)  # envs 2, 3 of the same run
     for w in (whole, half):
         for r in w.vec.reset():
             w.record(r)

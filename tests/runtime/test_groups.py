@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from asyncvla.config import AlgoConfig, ConfigError, EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
+from asyncvla.config import AlgoConfig, ConfigError, RunConfig, RuntimeConfig, TrainConfig, env_config, policy_config
 from asyncvla.envs.base import Obs
 from asyncvla.runtime import loop
 from asyncvla.runtime.data import Segment, Step
@@ -57,8 +57,8 @@ def _cfg(**rt):
           "trainer_mode": "epoch", "max_staleness": 1, "env_managers": (4, 2), "max_batch": 4, "max_wait_ms": 2.0,
           "queue_size": 4, "trace": False, "local": True, **rt}
     return TrainConfig(
-        env=EnvConfig(id="emulated/fast", num_envs=6, image_size=16, seed=1, max_episode_steps=10, end_on_success=False),
-        policy=PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
+        env=env_config(id="emulated/fast", num_envs=6, image_size=16, seed=1, max_episode_steps=10, end_on_success=False),
+        policy=policy_config(chunk=2, hidden_dim=16, num_layers=1, num_heads=2),
         algo=AlgoConfig(name="grpo", group_size=2, update_epochs=1, minibatch_size=10),
         runtime=RuntimeConfig(**rt),
         run=RunConfig(total_env_steps=None, total_updates=3),

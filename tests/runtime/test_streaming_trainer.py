@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from asyncvla.config import AlgoConfig, EnvConfig, PolicyConfig
+from asyncvla.config import AlgoConfig, env_config, policy_config
 from asyncvla.envs.base import Obs
 from asyncvla.metrics.spans import SpanRecorder
 from asyncvla.runtime.data import Segment, Step
@@ -134,9 +134,9 @@ def test_async_update_at_zero_staleness_equals_sync(algo_name):
     from asyncvla.runtime.learner.trainer import Trainer
 
     grpo = algo_name == "grpo"
-    env_cfg = EnvConfig(id="emulated/fast", num_envs=4, image_size=16, seed=3, end_on_success=False,
+    env_cfg = env_config(id="emulated/fast", num_envs=4, image_size=16, seed=3, end_on_success=False,
                         max_episode_steps=12 if grpo else None)
-    pol_cfg = PolicyConfig(chunk=2, hidden_dim=16, num_layers=1, num_heads=2, image_size=16)
+    pol_cfg = policy_config(chunk=2, hidden_dim=16, num_layers=1, num_heads=2, image_size=16)
     T = 6
     n = env_cfg.num_envs * T
     algo = AlgoConfig(name=algo_name, group_size=2, update_epochs=1, minibatch_size=n, dual_clip=None)

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from asyncvla.config import AlgoConfig, EmulatedConfig, EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
+from asyncvla.config import AlgoConfig, RunConfig, RuntimeConfig, TrainConfig, env_config, policy_config
+from asyncvla.envs.emulated import EmulatedConfig
 from asyncvla.metrics.writer import read_metrics
 from asyncvla.runtime.learner.trainer import Trainer
 
@@ -29,9 +30,9 @@ BATCH_FIELDS = ("behav_logprob", "old_values", "advantages", "returns", "version
 def characterization_cfg(out_dir: Path, algo: str) -> TrainConfig:
     return TrainConfig(
         # One whole episode per env per update (12 steps = 6 decisions of 2), so GRPO's groups are whole episodes.
-        env=EnvConfig(id="emulated/fast", num_envs=4, image_size=16, end_on_success=False, seed=3,
+        env=env_config(id="emulated/fast", num_envs=4, image_size=16, end_on_success=False, seed=3,
                       emulated=EmulatedConfig(episode_len=12)),
-        policy=PolicyConfig(chunk=2, hidden_dim=32, num_layers=1),
+        policy=policy_config(chunk=2, hidden_dim=32, num_layers=1),
         algo=AlgoConfig(name=algo, group_size=2, minibatch_size=16, update_epochs=2),
         runtime=RuntimeConfig(mode="sync", num_env_workers=2, rollout_steps=6, pipeline_stages=2, local=True, trace=False),
         run=RunConfig(out_dir=str(out_dir), total_env_steps=None, total_updates=3, eval_episodes=0, checkpoint_every=0,

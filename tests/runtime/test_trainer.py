@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from asyncvla.algos.losses import ppo_policy_loss, value_loss
-from asyncvla.config import AlgoConfig, PolicyConfig
+from asyncvla.config import AlgoConfig, policy_config
 from asyncvla.envs.base import Obs
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
 from asyncvla.runtime.data import Segment, Step, stack_segments
@@ -13,7 +13,7 @@ from asyncvla.algos.registry import make_algorithm
 from asyncvla.runtime.learner.trainer import Trainer, next_values
 
 A, P, S = 2, 4, 16  # action dim, proprio dim, image size
-TINY = PolicyConfig(type="tiny", chunk=2, hidden_dim=32, num_layers=1, image_size=S)
+TINY = policy_config(type="tiny", chunk=2, hidden_dim=32, num_layers=1, image_size=S)
 
 
 def obs(x: float) -> Obs:
@@ -197,7 +197,7 @@ def test_value_gradient_reaches_the_trunk_only_without_detach():
 def test_rl_keeps_the_sft_spread_unless_rl_spread(ptype):
     for rl_spread in (False, True):
         torch.manual_seed(0)
-        cfg = dataclasses.replace(TINY, type=ptype, rl_spread=rl_spread)
+        cfg = policy_config(ptype, chunk=2, hidden_dim=32, num_layers=1, image_size=S, rl_spread=rl_spread)
         trainer = Trainer(cfg, AlgoConfig(lr=1e-2, minibatch_size=16), A, P, seed=0, trace=False)
         before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
         trainer.update(trainer.prepare([_fixed_rollout(trainer.policy)]), epochs=1)

@@ -6,13 +6,13 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from asyncvla.config import AlgoConfig, PolicyConfig
+from asyncvla.config import AlgoConfig, policy_config
 from asyncvla.policies.base import ObsBatch
 from asyncvla.runtime.inference.broadcast import broadcast_module, free_port, init_group
 from asyncvla.runtime.learner.trainer import Trainer
 
 A, P = 2, 4
-TINY = PolicyConfig(type="tiny", chunk=1, hidden_dim=32, num_layers=1, image_size=16)
+TINY = policy_config(type="tiny", chunk=1, hidden_dim=32, num_layers=1, image_size=16)
 
 
 def state_equal(a, b) -> bool:

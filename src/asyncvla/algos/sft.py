@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from asyncvla.config import ConfigError, PolicyConfig
+from asyncvla.config import ConfigError, PolicyConfig, policy_config
 from asyncvla.policies.base import ObsBatch, Policy
 
 
@@ -217,7 +217,7 @@ def train_sft(
         raise ConfigError(f"sft.image_dropout={image_dropout!r} is invalid: must be in [0, 1)")
     if not proprio_noise >= 0:
         raise ConfigError(f"sft.proprio_noise={proprio_noise!r} is invalid: must be >= 0")
-    policy_cfg = policy_cfg or PolicyConfig()
+    policy_cfg = policy_cfg or policy_config()
     data = load_demos(demos_dir)
     torch.manual_seed(seed)
     policy = make_policy(policy_cfg, action_dim=data.actions.shape[1], proprio_dim=data.proprio.shape[1])

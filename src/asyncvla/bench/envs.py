@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from asyncvla.config import EnvConfig
+from asyncvla.config import EnvConfig, env_config
 from asyncvla.envs.registry import env_fns
 from asyncvla.envs.vector import VectorEnv
 
@@ -76,7 +76,7 @@ def env_bench(cfg: EnvConfig, steps: int, chunk: int = 1, repeats: int = 3) -> d
         "image_size": cfg.image_size,
         "chunk": chunk,
         "executor": cfg.executor,
-        "fast_render": cfg.fast_render,
+        "fast_render": getattr(cfg, "fast_render", None),  # rendering backends only
         "env_steps": 2 * repeats * rounds * cfg.num_envs * chunk,
         "create_s": round(create_s, 3),
         "reset_s": round(reset_s, 3),
@@ -113,7 +113,7 @@ def envs_bench(backends: list[str] | None = None, num_envs: int = 2, steps: int 
         if ok:
             # Emulated envs hold wall time: threads overlap them, as the runtime runs them.
             executor = "thread" if b == "emulated" else "inline"
-            cfg = EnvConfig(id=BACKEND_TASKS[b], num_envs=num_envs, image_size=image_size, executor=executor)
+            cfg = env_config(id=BACKEND_TASKS[b], num_envs=num_envs, image_size=image_size, executor=executor)
             row = {"mode": b, **env_bench(cfg, steps=steps, chunk=chunk)}
         else:
             row = {"mode": b, "env_id": BACKEND_TASKS[b], "skipped": why}

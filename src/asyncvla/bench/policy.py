@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from asyncvla.config import ConfigError, PolicyConfig
+from asyncvla.config import ConfigError, PolicyConfig, policy_config
 from asyncvla.policies.base import ObsBatch, Policy
 from asyncvla.policies.registry import make_policy
 
@@ -75,7 +75,7 @@ def bench_policy(
     Each row also names the policy, its size and the torch thread count, so rows compare
     across commits and machines. `budget_s` is the time spent per measurement (at least 3 calls).
     """
-    cfg = policy_cfg or PolicyConfig()
+    cfg = policy_cfg or policy_config()
     if not batch_sizes or min(batch_sizes) < 1:
         raise ConfigError(f"batch_sizes={list(batch_sizes)!r} is invalid: need at least one size, all >= 1")
     torch.manual_seed(0)

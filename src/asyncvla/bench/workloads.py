@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from asyncvla.bench.throughput import AcceleratorCosts, Workload
-from asyncvla.config import AlgoConfig, ConfigError, EnvConfig, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig
+from asyncvla.config import AlgoConfig, ConfigError, EnvConfig, RunConfig, RuntimeConfig, TrainConfig, env_config, policy_config
 
 # Lockstep: the slowest of 8 envs (±10% jitter) sets each step, about 1.05 x the mean.
 LOCKSTEP_FACTOR = 1.05
@@ -115,9 +115,9 @@ def get_spec(name: str) -> WorkloadSpec:
 def train_config(spec: WorkloadSpec) -> TrainConfig:
     """The TrainConfig a workload runs (the async runtime; the ablation switches are set per rung)."""
     return TrainConfig(
-        env=EnvConfig(id=spec.env_id, num_envs=spec.num_envs, image_size=spec.image_size, executor="thread", seed=0,
+        env=env_config(id=spec.env_id, num_envs=spec.num_envs, image_size=spec.image_size, executor="thread", seed=0,
                       **spec.extra),
-        policy=PolicyConfig(chunk=spec.chunk, hidden_dim=spec.hidden_dim, num_layers=spec.num_layers, num_heads=2),
+        policy=policy_config(chunk=spec.chunk, hidden_dim=spec.hidden_dim, num_layers=spec.num_layers, num_heads=2),
         algo=AlgoConfig(update_epochs=1, minibatch_size=spec.num_envs * spec.rollout_steps),
         # Emulated: the threads backend, roles on their own (emulated) devices; real: Ray actors.
         runtime=RuntimeConfig(mode="async", rollout_steps=spec.rollout_steps, max_batch=spec.max_batch or spec.num_envs,

@@ -10,11 +10,55 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from asyncvla.config import EmulatedConfig, EnvConfig
+from asyncvla.config import EnvConfig, _check
 from asyncvla.envs.base import Obs, StepOut
+
+@dataclass
+class EmulatedConfig:
+    """An emulated simulator: it holds wall time without using CPU, as a GPU renderer would."""
+
+    step_mean_s: float = 0.02
+    """Mean wall time of one env step, in seconds."""
+    step_tail_prob: float = 0.0
+    """Probability that a step falls into the long tail."""
+    step_tail_factor: float = 10.0
+    """A tail step takes this many times the mean."""
+    step_jitter: float = 0.1
+    """Relative spread of ordinary steps (uniform in mean*(1±jitter))."""
+    reset_s: float = 0.1
+    """Wall time of a reset, in seconds."""
+    episode_len: int = 100
+    """Steps until the episode truncates."""
+    success_radius: float = 0.15
+    """The task (move the point to the goal) succeeds within this distance."""
+    proprio_dim: int = 8
+    """Size of the proprio vector."""
+    action_dim: int = 4
+    """Size of one action."""
+
+    def __post_init__(self) -> None:
+        _check(self.step_mean_s >= 0, "env.emulated.step_mean_s", self.step_mean_s, "must be >= 0")
+        _check(0 <= self.step_tail_prob <= 1, "env.emulated.step_tail_prob", self.step_tail_prob, "must be in [0, 1]")
+        _check(self.step_tail_factor >= 1, "env.emulated.step_tail_factor", self.step_tail_factor, "must be >= 1")
+        _check(0 <= self.step_jitter < 1, "env.emulated.step_jitter", self.step_jitter, "must be in [0, 1)")
+        _check(self.reset_s >= 0, "env.emulated.reset_s", self.reset_s, "must be >= 0")
+        _check(self.episode_len >= 1, "env.emulated.episode_len", self.episode_len, "must be >= 1")
+        _check(self.success_radius > 0, "env.emulated.success_radius", self.success_radius, "must be > 0")
+        _check(self.action_dim >= 1, "env.emulated.action_dim", self.action_dim, "must be >= 1")
+        _check(self.proprio_dim >= 2 * self.action_dim, "env.emulated.proprio_dim", self.proprio_dim, f"must be >= 2 * action_dim = {2 * self.action_dim} (position and goal)")
+
+
+@dataclass
+class EmulatedEnvConfig(EnvConfig):
+    """`emulated/*` envs: the task name picks a latency profile, `emulated` holds the rest."""
+
+    emulated: EmulatedConfig = field(default_factory=EmulatedConfig)
+    """Parameters of the emulated env (a profile's fields override these)."""
+
 
 # Named step-latency profiles; `emulated/custom` takes env.emulated as given.
 PROFILES: dict[str, dict] = {
@@ -80,6 +124,7 @@ class EmulatedEnv:
 
 class EmulatedBackend:
     name = "emulated"
+    config = EmulatedEnvConfig
     description = "point reaching whose steps hold configurable wall time without CPU (benchmarks)"
 
     def available(self) -> tuple[bool, str]:
@@ -88,7 +133,7 @@ class EmulatedBackend:
     def tasks(self) -> list[str]:
         return list(PROFILES)
 
-    def make(self, task: str, cfg: EnvConfig, index: int) -> EmulatedEnv:
+    def make(self, task: str, cfg: EmulatedEnvConfig, index: int) -> EmulatedEnv:
         ecfg = dataclasses.replace(cfg.emulated, **PROFILES[task])
         return EmulatedEnv(ecfg, cfg.image_size, index)
 

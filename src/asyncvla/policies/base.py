@@ -115,6 +115,10 @@ class Policy(nn.Module):
         """(logprob [B], entropy [B], value [B]) of actions [B, K, A], with grad."""
         raise NotImplementedError
 
+    def prepare_rl(self, cfg: "PolicyConfig") -> None:
+        """Called once by the RL trainer with the run's policy config (of this policy's type), which
+        may differ from the checkpoint's in settings that only RL reads (e.g. tiny's rl_spread)."""
+
     def _noise(self, obs: ObsBatch, shape: torch.Size, kind: str) -> torch.Tensor:
         """Sampling noise of `shape` ([B, ...]) for `act`: per row from obs.sample_keys when set."""
         return row_noise(obs.sample_keys, tuple(shape), kind, next(self.parameters()).device)

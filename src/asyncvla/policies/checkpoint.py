@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from asyncvla.config import ConfigError, PolicyConfig, from_dict, to_dict
+from asyncvla.config import ConfigError, PolicyConfig, from_dict, policy_config_class, to_dict
 from asyncvla.policies.base import Policy
 from asyncvla.policies.registry import make_policy
 
@@ -55,10 +55,20 @@ def read_checkpoint_config(ckpt_dir: str | Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
+# Written by every policy type before each type had its own config class.
+_LEGACY_FIELDS = frozenset({"action_bins"})
+
+
+def _current_fields(policy: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's policy config without the legacy fields its type does not have."""
+    names = {f.name for f in dataclasses.fields(policy_config_class(policy.get("type", PolicyConfig.type)))}
+    return {k: v for k, v in policy.items() if k in names or k not in _LEGACY_FIELDS}
+
+
 def load_policy(ckpt_dir: str | Path, device: str | None = None) -> Policy:
     """Rebuilds the saved policy with its weights, statistics and version (on `device` if given)."""
     meta = read_checkpoint_config(ckpt_dir)
-    cfg = from_dict(PolicyConfig, meta["policy"], where="checkpoint policy")
+    cfg = from_dict(PolicyConfig, _current_fields(meta["policy"]), where="checkpoint policy")
     if device is not None:
         cfg = dataclasses.replace(cfg, device=device)
     policy = make_policy(cfg, meta["action_dim"], meta["proprio_dim"])

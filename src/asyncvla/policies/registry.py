@@ -22,7 +22,8 @@ _BUILTIN_MODULES = ("asyncvla.policies.tiny.model",)
 def register(name: str) -> Callable[[P], P]:
     """Class decorator: `@register("tiny")` makes `policy.type=tiny` build that class.
 
-    The class is built as `cls(cfg: PolicyConfig, action_dim: int, proprio_dim: int)`.
+    The class is built as `cls(cfg, action_dim, proprio_dim)`, where cfg is of the config class
+    registered under the same name with `asyncvla.config.register_policy_config`.
     """
 
     def deco(cls: P) -> P:
@@ -49,7 +50,7 @@ def make_policy(cfg: PolicyConfig, action_dim: int, proprio_dim: int) -> Policy:
     """Builds the policy `cfg.type` for an env with these action and proprio sizes, on cfg.device."""
     types = policy_types()
     if cfg.type not in _REGISTRY:
-        raise ConfigError(f"policy.type={cfg.type!r} is invalid: allowed: {', '.join(types)}")
+        raise ConfigError(f"policy.type={cfg.type!r} is invalid: no model registered; allowed: {', '.join(types)}")
     if action_dim < 1 or proprio_dim < 1:
         raise ConfigError(f"policy action_dim={action_dim}, proprio_dim={proprio_dim} are invalid: both must be >= 1")
     return _REGISTRY[cfg.type](cfg, action_dim, proprio_dim).to(cfg.device)
@@ -64,6 +65,8 @@ def build_policy(cfg: PolicyConfig, action_dim: int, proprio_dim: int, seed: int
         from asyncvla.policies.checkpoint import load_policy
 
         policy = load_policy(cfg.init, device=cfg.device)
+        if policy.cfg.type != cfg.type:
+            raise ConfigError(f"policy.type={cfg.type!r} is invalid: policy.init {cfg.init} holds a {policy.cfg.type!r} policy")
         # The checkpoint fixes the architecture; the run's sampling temperature still applies.
         policy.temperature = cfg.temperature
         return policy

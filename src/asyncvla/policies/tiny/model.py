@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asyncvla.config import PolicyConfig
 from asyncvla.policies import text
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
 from asyncvla.policies.registry import register
+from asyncvla.policies.tiny.config import TinyConfig, TinyGaussianConfig, TinyTrunkConfig
 from asyncvla.policies.tiny.processor import TinyProcessor, actions_to_bins, bin_centers, bins_to_actions
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -92,7 +92,7 @@ class ImageEncoder(nn.Module):
 class TinyBase(Policy):
     """Shared trunk, processor and value head; subclasses add an action head."""
 
-    def __init__(self, cfg: PolicyConfig, action_dim: int, proprio_dim: int, num_queries: int):
+    def __init__(self, cfg: TinyTrunkConfig, action_dim: int, proprio_dim: int, num_queries: int):
         super().__init__()
         self.freeze_spread = False
         """Set by the RL trainer from policy.rl_spread (SFT always trains the spread)."""
@@ -119,6 +119,9 @@ class TinyBase(Policy):
     def device(self) -> torch.device:
         return self.queries.device
 
+    def prepare_rl(self, cfg: TinyTrunkConfig) -> None:
+        self.freeze_spread = not cfg.rl_spread
+
     def features(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(query outputs [B, Q, H], value [B])."""
         images, proprio, instr = self.processor(obs)
@@ -143,7 +146,7 @@ class TinyBase(Policy):
 class TinyVLA(TinyBase):
     """Discrete action tokens: `action_bins` bins per dimension over [-1, 1], K*A tokens per chunk."""
 
-    def __init__(self, cfg: PolicyConfig, action_dim: int, proprio_dim: int):
+    def __init__(self, cfg: TinyConfig, action_dim: int, proprio_dim: int):
         super().__init__(cfg, action_dim, proprio_dim, num_queries=cfg.chunk * action_dim)
         self.num_bins = cfg.action_bins
         self.action_head = nn.Linear(cfg.hidden_dim, 2 + cfg.action_bins)  # see ordinal_logits
@@ -184,7 +187,7 @@ class TinyGaussianVLA(TinyBase):
     """Diagonal Gaussian over the chunk (no tanh; the env clips): mean per step from a query
     token, in units of the demo action statistics; state-independent learned log std."""
 
-    def __init__(self, cfg: PolicyConfig, action_dim: int, proprio_dim: int):
+    def __init__(self, cfg: TinyGaussianConfig, action_dim: int, proprio_dim: int):
         super().__init__(cfg, action_dim, proprio_dim, num_queries=cfg.chunk)
         self.mean_head = nn.Linear(cfg.hidden_dim, action_dim)
         self.log_std = nn.Parameter(torch.full((cfg.chunk, action_dim), -0.5))

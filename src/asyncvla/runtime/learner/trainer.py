@@ -77,8 +77,7 @@ class Trainer:
         self.decoupled = decoupled
         self.seed = seed
         self.policy = policy if policy is not None else build_policy(policy_cfg, action_dim, proprio_dim, seed)
-        if hasattr(self.policy, "freeze_spread"):
-            self.policy.freeze_spread = not policy_cfg.rl_spread
+        self.policy.prepare_rl(policy_cfg)
         self.device = self.policy.device if hasattr(self.policy, "device") else torch.device(policy_cfg.device)
         self.optimizer = torch.optim.Adam(self._param_groups(), lr=algo_cfg.lr, eps=1e-5)
         self.ref_policy = copy.deepcopy(self.policy).eval() if algo_cfg.kl_coef > 0 else None
