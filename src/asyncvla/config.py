@@ -263,13 +263,20 @@ class AlgoConfig:
     lam: float = 0.95
     """GAE lambda (PPO)."""
     clip_eps: float = 0.2
-    """PPO ratio clip."""
+    """PPO ratio clip: the ratio is kept in [1 - clip_eps, 1 + clip_high]."""
+    clip_high: float | None = None
+    """Upper ratio clip (DAPO's clip-higher, RLinf's clip_ratio_high); null: clip_eps."""
+    target_kl: float | None = None
+    """KL early stop: end an update's epochs at the first minibatch whose approx KL to the batch's
+    policy exceeds this (in the ratio's units: per chunk, or per token with ratio=token_mean); null: off."""
     dual_clip: float | None = 3.0
     """Dual-clip constant c (> 1) bounding the loss of negative advantages; null disables it."""
     value_clip: float | None = 0.2
     """Clip of the value change; null disables it."""
     value_coef: float = 0.5
     """Weight of the value loss (PPO)."""
+    value_huber_delta: float | None = None
+    """Huber value loss with this delta (RLinf uses 10); null: squared error."""
     entropy_coef: float = 0.0
     """Weight of the entropy bonus; 0 disables it."""
     kl_coef: float = 0.0
@@ -291,7 +298,13 @@ class AlgoConfig:
     reward_scale: float = 1.0
     """Rewards are multiplied by this before GAE (keeps value targets O(1), e.g. 0.01 for MetaWorld's 0-10 per step)."""
     lr: float = 3e-4
-    """Adam learning rate of the policy (and of the value head unless value_lr is set)."""
+    """Adam learning rate of the policy (and of the value head unless value_lr is set); with
+    step_kl set, the largest one the controller may use."""
+    step_kl: float | None = None
+    """Trust region per optimizer step: after each step the policy's learning rate is rescaled so
+    that the next step moves the action distribution by about this KL per action token
+    (`algos/step_size.py`); until a step has calibrated it, a step that overshoots 4x is undone
+    and retaken smaller. null: a constant lr."""
     value_lr: float | None = None
     """Learning rate of the value head; null uses lr."""
     max_grad_norm: float = 1.0
@@ -309,6 +322,10 @@ class AlgoConfig:
         _check(0 < self.gamma <= 1, "algo.gamma", self.gamma, "must be in (0, 1]")
         _check(0 <= self.lam <= 1, "algo.lam", self.lam, "must be in [0, 1]")
         _check(self.clip_eps > 0, "algo.clip_eps", self.clip_eps, "must be > 0")
+        _check(self.clip_high is None or self.clip_high > 0, "algo.clip_high", self.clip_high, "must be > 0 or null")
+        _check(self.target_kl is None or self.target_kl > 0, "algo.target_kl", self.target_kl, "must be > 0 or null")
+        _check(self.value_huber_delta is None or self.value_huber_delta > 0, "algo.value_huber_delta", self.value_huber_delta,
+               "must be > 0 or null")
         _check(self.dual_clip is None or self.dual_clip > 1, "algo.dual_clip", self.dual_clip, "must be > 1 or null")
         _check(self.value_clip is None or self.value_clip > 0, "algo.value_clip", self.value_clip, "must be > 0 or null")
         _check(self.is_cap >= 1, "algo.is_cap", self.is_cap, "must be >= 1")
@@ -318,6 +335,7 @@ class AlgoConfig:
         _check(self.ratio in ("chunk", "token_mean"), "algo.ratio", self.ratio, "allowed: chunk, token_mean")
         _check(self.reward_scale > 0, "algo.reward_scale", self.reward_scale, "must be > 0")
         _check(self.lr > 0, "algo.lr", self.lr, "must be > 0")
+        _check(self.step_kl is None or self.step_kl > 0, "algo.step_kl", self.step_kl, "must be > 0 or null")
         _check(self.critic_warmup >= 0, "algo.critic_warmup", self.critic_warmup, "must be >= 0")
         _check(self.update_epochs >= 1, "algo.update_epochs", self.update_epochs, "must be >= 1")
         _check(self.minibatch_size >= 1, "algo.minibatch_size", self.minibatch_size, "must be >= 1")

@@ -93,6 +93,19 @@ def test_ppo_dual_clip_hand_values():
     assert (loss, grad) == (pytest.approx(0.8), 0.0) and stats["clip_frac"] == 1.0
 
 
+def test_ppo_clip_high_widens_only_the_upper_bound():
+    """DAPO's clip-higher: a positive advantage may push the ratio to 1 + clip_high, not 1 + eps."""
+    lp, old, adv, mask = (torch.tensor([math.log(1.25)], requires_grad=True), torch.zeros(1), torch.ones(1),
+                          torch.ones(1, dtype=torch.bool))
+    loss, stats = ppo_policy_loss(lp, old, adv, mask, clip_eps=0.2, clip_high=0.28)
+    loss.backward()
+    assert loss.item() == pytest.approx(-1.25) and lp.grad.item() == pytest.approx(-1.25) and stats["clip_frac"] == 0.0
+    assert ppo_policy_loss(lp, old, adv, mask, clip_eps=0.2)[0].item() == pytest.approx(-1.2)
+    # The lower bound stays 1 - clip_eps: A < 0, r = 0.5 is clipped at 0.8 either way.
+    low = ppo_policy_loss(torch.tensor([math.log(0.5)]), old, -adv, mask, clip_eps=0.2, clip_high=0.28)
+    assert low[0].item() == pytest.approx(0.8) and low[1]["clip_frac"] == 1.0 and low[1]["ratio_min"] == pytest.approx(0.5)
+
+
 def test_ppo_all_masked_is_zero_without_nan_even_with_garbage():
     logprob = torch.tensor([math.nan, 50.0, -math.inf], dtype=F64, requires_grad=True)
     old = torch.tensor([0.0, -50.0, math.nan], dtype=F64)
@@ -294,3 +307,19 @@ def test_kl_gradient_flows_to_logprob_only():
     # d/dlp [exp(ref - lp) - 1 - (ref - lp)] = 1 - exp(ref - lp); one valid sample.
     torch.testing.assert_close(logprob.grad, torch.tensor([1 - math.exp(-0.5), 0.0], dtype=F64))
     assert ref.grad is None
+
+
+def test_step_kl_is_k3_per_token_and_next_lr_aims_at_the_target():
+    from asyncvla.algos.step_size import next_lr, step_kl
+
+    before, after = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
+    log_r = after - before
+    assert step_kl(before, after, tokens=4) == pytest.approx(float((log_r.exp() - 1 - log_r).mean()) / 4)
+    assert step_kl(before, before, tokens=4) == 0.0
+    # KL ~ lr^2 for small steps: a step 4x over the target halves the lr; far under, at most doubles it.
+    assert next_lr(1e-3, kl=0.04, target=0.01, lr_max=1.0, lr_min=1e-9) == pytest.approx(5e-4)
+    assert next_lr(1e-3, kl=0.0, target=0.01, lr_max=1.0, lr_min=1e-9) == pytest.approx(2e-3)
+    assert next_lr(1e-3, kl=0.0, target=0.01, lr_max=1.5e-3, lr_min=1e-9) == 1.5e-3
+    assert next_lr(1e-3, kl=1e6, target=0.01, lr_max=1.0, lr_min=1e-6) == 1e-6
+    with pytest.raises(ValueError, match="target"):
+        next_lr(1e-3, kl=0.1, target=0.0, lr_max=1.0, lr_min=1e-6)

@@ -142,6 +142,68 @@ def test_train_records_spans_and_counts_minibatches():
     assert kinds == ["advantage", "train"]
 
 
+def test_update_reports_each_minibatch_and_the_first_steps_logprob_change():
+    torch.manual_seed(0)
+    trainer = Trainer(TINY, AlgoConfig(lr=1e-3, minibatch_size=16, value_clip=None), A, P, seed=0, trace=False)
+    batch = trainer.prepare([_fixed_rollout(trainer.policy)])  # 16 samples: one minibatch, one step
+    with torch.no_grad():
+        before = trainer.policy.evaluate(batch.obs, batch.actions)[0]
+    stats = trainer.update(batch, epochs=1)
+    with torch.no_grad():
+        moved = trainer.policy.evaluate(batch.obs, batch.actions)[0] - before
+    assert stats["train/first_step_dlogp"] == pytest.approx(float(moved.mean()), abs=1e-5)
+    assert stats["train/first_step_dlogp_abs"] == pytest.approx(float(moved.abs().mean()), abs=1e-5)
+    assert stats["train/first_step_dlogp_abs"] > 0
+    assert stats["train/first_step_dlogp_token_abs"] == pytest.approx(stats["train/first_step_dlogp_abs"] / (2 * A))
+    assert [r["step"] for r in trainer.drain_minibatches()] == [0]
+
+    trainer.algo = AlgoConfig(lr=1e-3, minibatch_size=8, value_clip=None)
+    stats = trainer.update(batch, epochs=2)
+    rows = trainer.drain_minibatches()
+    assert [(r["update"], r["epoch"], r["step"], r["stepped"]) for r in rows] == [(2, 0, 0, True), (2, 0, 1, True), (2, 1, 2, True), (2, 1, 3, True)]
+    assert stats["loss/approx_kl_max"] == max(r["approx_kl"] for r in rows)
+    assert stats["loss/ratio_min"] == min(r["ratio_min"] for r in rows) and stats["loss/ratio_max"] == max(r["ratio_max"] for r in rows)
+    assert "first_step_dlogp" in rows[0] and "first_step_dlogp" not in rows[1]
+    assert trainer.drain_minibatches() == []
+
+
+def test_target_kl_stops_the_update_at_the_first_minibatch_past_it():
+    torch.manual_seed(0)
+    trainer = Trainer(TINY, AlgoConfig(lr=1e-2, minibatch_size=4, target_kl=1e-6), A, P, seed=0, trace=False)
+    stats = trainer.update(trainer.prepare([_fixed_rollout(trainer.policy)]), epochs=4)
+    rows = trainer.drain_minibatches()
+    # The first minibatch always steps (KL 0); the second sees the moved policy and stops the update.
+    assert [r["stepped"] for r in rows] == [True, False] and rows[1]["approx_kl"] > 1e-6
+    assert stats["train/optimizer_steps"] == 1 and stats["train/early_stopped"] == 1.0 and trainer.version == 1
+
+
+def test_step_kl_retakes_an_overshooting_first_step_and_holds_the_target():
+    """lr 1e-1 moves a fresh policy far in one Adam step; the controller undoes it and steps smaller."""
+    torch.manual_seed(0)
+    target = 1e-3
+    trainer = Trainer(TINY, AlgoConfig(lr=1e-1, minibatch_size=4, step_kl=target), A, P, seed=0, trace=False)
+    batch = trainer.prepare([_fixed_rollout(trainer.policy)])
+    stats = trainer.update(batch, epochs=2)
+    rows = trainer.drain_minibatches()
+    assert stats["train/retakes"] >= 1 and rows[0]["first_step_kl"] <= 4 * target
+    assert trainer.version == 8 == stats["train/optimizer_steps"]  # retaken steps are not versions
+    assert 1e-1 * 1e-4 <= stats["train/lr"] < 1e-1
+    assert max(r["step_kl"] for r in rows) < 10 * target  # no step far outside the trust region
+    # The first update's first epoch stays inside an early-stop target it would otherwise blow through.
+    torch.manual_seed(0)
+    kl_stop = 0.05
+    guarded = Trainer(TINY, AlgoConfig(lr=1e-1, minibatch_size=4, step_kl=target, target_kl=kl_stop), A, P, seed=0, trace=False)
+    guarded.update(guarded.prepare([_fixed_rollout(guarded.policy)]), epochs=2)
+    first_epoch = [r for r in guarded.drain_minibatches() if r["epoch"] == 0]
+    assert len(first_epoch) == 4 and all(r["stepped"] and r["approx_kl"] < kl_stop for r in first_epoch)
+    # Without the controller the same first step overshoots by orders of magnitude.
+    torch.manual_seed(0)
+    plain = Trainer(TINY, AlgoConfig(lr=1e-1, minibatch_size=4), A, P, seed=0, trace=False)
+    plain.update(plain.prepare([_fixed_rollout(plain.policy)]), epochs=1)
+    rows = plain.drain_minibatches()
+    assert rows[0]["first_step_kl"] > 100 * target and max(r["approx_kl"] for r in rows) > kl_stop
+
+
 def test_checkpoint_round_trip_restores_optimizer_and_version(tmp_path):
     a = Trainer(TINY, AlgoConfig(minibatch_size=16), A, P, seed=0, trace=False)
     a.train([_fixed_rollout(a.policy)], epochs=2)

@@ -18,9 +18,11 @@ import torch.nn.functional as F
 from asyncvla.algos._masked import _check_same_shape, _masked_mean, _masked_var, _valid
 
 
-def _check_clip(clip_eps: float, dual_clip: float | None) -> None:
+def _check_clip(clip_eps: float, dual_clip: float | None, clip_high: float | None = None) -> None:
     if not clip_eps > 0:
         raise ValueError(f"clip_eps={clip_eps!r} is invalid: must be > 0")
+    if clip_high is not None and not clip_high > 0:
+        raise ValueError(f"clip_high={clip_high!r} is invalid: must be > 0 or None")
     if dual_clip is not None and not dual_clip > 1:
         raise ValueError(f"dual_clip={dual_clip!r} is invalid: must be > 1 or None")
 
@@ -41,10 +43,10 @@ def truncated_importance_weight(logp_a: torch.Tensor, logp_b: torch.Tensor, cap:
     return torch.exp((logp_a - logp_b).detach()).clamp(min=0.0, max=cap)
 
 
-def _clipped_surrogate(ratio, adv, clip_eps, dual_clip):
-    """Per-sample PPO loss max(-A r, -A clip(r)); dual clip min(., -c A) where A < 0."""
+def _clipped_surrogate(ratio, adv, clip_eps, dual_clip, clip_high=None):
+    """Per-sample PPO loss max(-A r, -A clip(r, 1 - eps, 1 + eps_high)); dual clip min(., -c A) where A < 0."""
     unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + (clip_eps if clip_high is None else clip_high))
     per_sample = torch.maximum(unclipped, clipped)
     is_clipped = clipped > unclipped
     if dual_clip is None:
@@ -65,6 +67,7 @@ def _ratio_stats(log_ratio, is_clipped, is_dual, mask) -> dict[str, float]:
         # k3 estimate of KL(old || new) from samples of old: (r - 1) - log r >= 0.
         "approx_kl": float(_masked_mean(ratio - 1.0 - log_ratio, mask)),
         "ratio_mean": float(_masked_mean(ratio, mask)),
+        "ratio_min": float(ratio[valid].min()) if any_valid else 0.0,
         "ratio_max": float(ratio[valid].max()) if any_valid else 0.0,
     }
 
@@ -76,21 +79,23 @@ def ppo_policy_loss(
     mask: torch.Tensor,
     clip_eps: float,
     dual_clip: float | None = None,
+    clip_high: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped PPO surrogate (with optional dual clip), masked mean over samples.
 
     logprob `[N]` (with grad), old_logprob `[N]` (behaviour/old policy), advantages `[N]`,
-    mask `[N]` bool or 0/1. Per sample L = max(-A r, -A clip(r, 1-eps, 1+eps)) with
-    r = exp(logprob - old_logprob); with dual_clip c, L = min(L, -c A) where A < 0.
+    mask `[N]` bool or 0/1. Per sample L = max(-A r, -A clip(r, 1-eps, 1+eps_high)) with
+    r = exp(logprob - old_logprob) and eps_high = clip_high (None: eps; DAPO's clip-higher
+    uses eps_high > eps); with dual_clip c, L = min(L, -c A) where A < 0.
     old_logprob and advantages are treated as constants (detached).
-    Stats: clip_frac, dual_clip_frac, approx_kl, ratio_mean, ratio_max.
+    Stats: clip_frac, dual_clip_frac, approx_kl, ratio_mean, ratio_min, ratio_max.
     """
     _check_same_shape(logprob=logprob, old_logprob=old_logprob, advantages=advantages, mask=mask)
-    _check_clip(clip_eps, dual_clip)
+    _check_clip(clip_eps, dual_clip, clip_high)
     valid = _valid(mask)
     log_ratio = _zeroed(logprob - old_logprob.detach(), valid)  # [N]; masked: ratio 1
     adv = _zeroed(advantages.detach(), valid)  # [N]
-    per_sample, is_clipped, is_dual = _clipped_surrogate(log_ratio.exp(), adv, clip_eps, dual_clip)
+    per_sample, is_clipped, is_dual = _clipped_surrogate(log_ratio.exp(), adv, clip_eps, dual_clip, clip_high)
     loss = _masked_mean(per_sample, mask)
     return loss, _ratio_stats(log_ratio.detach(), is_clipped, is_dual, mask)
 
@@ -104,6 +109,7 @@ def decoupled_ppo_loss(
     clip_eps: float,
     dual_clip: float | None = None,
     is_cap: float = 2.0,
+    clip_high: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Decoupled PPO (AReaL): clip against the proximal policy, reweight to the behaviour one.
 
@@ -118,14 +124,14 @@ def decoupled_ppo_loss(
         logprob=logprob, prox_logprob=prox_logprob, behav_logprob=behav_logprob,
         advantages=advantages, mask=mask,
     )
-    _check_clip(clip_eps, dual_clip)
+    _check_clip(clip_eps, dual_clip, clip_high)
     valid = _valid(mask)
     prox = prox_logprob.detach()
     log_ratio = _zeroed(logprob - prox, valid)  # [N]
     adv = _zeroed(advantages.detach(), valid)  # [N]
     behav = behav_logprob.detach()
     weight = truncated_importance_weight(_zeroed(prox, valid), _zeroed(behav, valid), is_cap)  # [N]
-    per_sample, is_clipped, is_dual = _clipped_surrogate(log_ratio.exp(), adv, clip_eps, dual_clip)
+    per_sample, is_clipped, is_dual = _clipped_surrogate(log_ratio.exp(), adv, clip_eps, dual_clip, clip_high)
     loss = _masked_mean(weight * per_sample, mask)
     stats = _ratio_stats(log_ratio.detach(), is_clipped, is_dual, mask)
     with torch.no_grad():

@@ -126,6 +126,7 @@ class Driver:
             m.update(self.evaluate_and_keep_best())
         st.wall_s = self.writer.wall_s
         self.writer.write(st.update, m)
+        self.write_minibatches()
         if r.checkpoint_every and st.update % r.checkpoint_every == 0:
             self.checkpoint(f"update_{st.update:06d}")
             self.checkpoint("last")
@@ -133,6 +134,13 @@ class Driver:
         if self.progress is not None:
             self.progress(st.update, m)
         self.mark = (time.time(), led.trained_env_steps)  # evaluation and checkpoints stay out of the window
+
+    def write_minibatches(self) -> None:
+        """Per-optimizer-step ratio / KL / clip stats of the updates so far, one JSON line each."""
+        rows = self.run.trainer.drain_minibatches()
+        if rows:
+            with open(self.run_dir / "minibatches.jsonl", "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in rows)
 
     def finish(self) -> None:
         """After shutdown (the ledger balances): final evaluation, best and last checkpoints."""

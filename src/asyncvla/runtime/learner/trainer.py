@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import random
-from dataclasses import dataclass
+from collections import deque
 from pathlib import Path
 from typing import Sequence
 
@@ -19,30 +19,14 @@ import torch
 
 from asyncvla.algos.advantages import normalize_advantages
 from asyncvla.algos.registry import make_algorithm
-from asyncvla.algos.losses import decoupled_ppo_loss, entropy_bonus, kl_estimate, ppo_policy_loss, value_loss
+from asyncvla.algos.step_size import next_lr, step_kl
+from asyncvla.algos.objective import Batch, minibatch_loss
 from asyncvla.config import AlgoConfig, PolicyConfig
 from asyncvla.metrics.spans import Span, SpanRecorder
 from asyncvla.policies.base import ObsBatch, Policy
 from asyncvla.policies.registry import build_policy
 from asyncvla.runtime.data import Rollout
 from asyncvla.runtime.device import DeviceGate
-
-
-@dataclass
-class Batch:
-    """Flat training samples (N = valid samples of all rollouts), on the trainer's device."""
-
-    obs: ObsBatch
-    actions: torch.Tensor  # [N, K, A]
-    behav_logprob: torch.Tensor  # [N]
-    old_values: torch.Tensor  # [N]
-    advantages: torch.Tensor  # [N]
-    returns: torch.Tensor  # [N]
-    version: torch.Tensor  # [N] int64
-    prox_logprob: torch.Tensor | None = None  # [N], decoupled PPO only
-
-    def __len__(self) -> int:
-        return self.actions.shape[0]
 
 
 @torch.no_grad()
@@ -66,6 +50,18 @@ def next_values(policy: Policy, r: Rollout) -> np.ndarray:
     return nv
 
 
+def _floats(stats: dict) -> dict[str, float]:
+    return {k: v for k, v in stats.items() if not k.startswith("_")}
+
+
+# Update stats of the first optimizer step only (not averaged over the update's steps).
+FIRST_STEP_KEYS = ("first_step_kl", "first_step_dlogp", "first_step_dlogp_abs", "first_step_dlogp_token_abs", "retakes")
+MAX_RETAKES = 8
+"""algo.step_kl: how often an overshooting step is undone and retaken smaller, until one calibrates the lr."""
+LR_MIN_FRACTION = 1e-4
+"""algo.step_kl: the controller keeps the policy's learning rate in [lr * this, lr]."""
+
+
 class Trainer:
     """Owns the trained policy, its optimizer and (with kl_coef > 0) a frozen reference copy."""
 
@@ -85,11 +81,16 @@ class Trainer:
         self.rng = np.random.default_rng(seed)
         self.num_updates = 0
         self.gate = device or DeviceGate()
+        self.lr_calibrated = False
+        """algo.step_kl: a policy step has measured the learning rate's KL (saved in checkpoints)."""
+        # Bounded: a caller that never drains it (a benchmark) must not grow it without end.
+        self.minibatch_log: deque[dict] = deque(maxlen=100_000)
 
     def _param_groups(self) -> list[dict]:
         value_lr = self.algo.value_lr
-        if value_lr is None:
+        if value_lr is None and self.algo.step_kl is None:
             return [{"params": list(self.policy.parameters())}]
+        value_lr = self.algo.lr if value_lr is None else value_lr  # step_kl scales the policy's group only
         # Parameters of a module named value_head (the built-in policies' critic) get value_lr.
         critic = [p for n, p in self.policy.named_parameters() if n.startswith("value_head")]
         ids = {id(p) for p in critic}
@@ -146,55 +147,110 @@ class Trainer:
     def _update(self, batch: Batch, epochs: int) -> dict[str, float]:
         self.policy.train()
         ref_logprob = self._logprob(batch, self.ref_policy) if self.ref_policy is not None else None
-        n, mb = len(batch), self.algo.minibatch_size
+        n, mb, target_kl = len(batch), self.algo.minibatch_size, self.algo.target_kl
         totals: dict[str, float] = {}
-        steps = 0
-        for _ in range(epochs):
+        peaks = {"approx_kl_max": 0.0, "clip_frac_max": 0.0, "ratio_min": float("inf"), "ratio_max": 0.0}
+        steps, stopped = 0, False
+        for epoch in range(epochs):
             perm = self.rng.permutation(n)
             for chunk in np.array_split(perm, max(1, -(-n // mb))):
                 idx = torch.as_tensor(chunk, device=self.device)
-                stats = self._minibatch_step(batch, chunk, idx, ref_logprob)
+                loss, stats = self._losses(batch, chunk, idx, ref_logprob)
+                # KL early stop: this minibatch shows the policy has already moved far enough from
+                # the one that collected (or, decoupled, proxies) the batch; the first never stops.
+                stopped = target_kl is not None and stats["approx_kl"] > target_kl
+                self.minibatch_log.append({"update": self.num_updates + 1, "epoch": epoch, "step": steps,
+                                           "stepped": not stopped, **_floats(stats)})
+                if stopped:
+                    break
+                stats = self._take_step(batch, chunk, idx, ref_logprob, loss, stats, first=steps == 0)
+                self.minibatch_log[-1].update(_floats(stats))
                 for k, v in stats.items():
                     totals[k] = totals.get(k, 0.0) + v
+                peaks = {"approx_kl_max": max(peaks["approx_kl_max"], stats["approx_kl"]),
+                         "clip_frac_max": max(peaks["clip_frac_max"], stats["clip_frac"]),
+                         "ratio_min": min(peaks["ratio_min"], stats["ratio_min"]),
+                         "ratio_max": max(peaks["ratio_max"], stats["ratio_max"])}
                 steps += 1
+            if stopped:
+                break
         self.policy.eval()
         self.num_updates += 1
+        first = {k: totals.pop(k) for k in FIRST_STEP_KEYS if k in totals}
         out = {f"loss/{k}": v / max(steps, 1) for k, v in totals.items()}
-        out.update({"train/samples": float(n), "train/optimizer_steps": float(steps), "train/version": float(self.version)})
+        out.update({f"loss/{k}": v for k, v in peaks.items()})  # extremes over the minibatches, not means
+        out.update({f"train/{k}": v for k, v in first.items()})
+        out.update({"train/samples": float(n), "train/optimizer_steps": float(steps), "train/version": float(self.version),
+                    "train/early_stopped": float(stopped), "train/lr": self.policy_lr})
         return out
 
-    def _minibatch_step(self, b: Batch, chunk: np.ndarray, idx: torch.Tensor, ref_logprob) -> dict[str, float]:
-        algo = self.algo
-        logprob, entropy, values = self.policy.evaluate(b.obs.index(chunk), b.actions[idx])  # [M] each
-        mask = torch.ones_like(logprob, dtype=torch.bool)
-        adv = b.advantages[idx]
-        # token_mean: the ratios below become geometric means per action token.
-        per = float(b.actions.shape[1] * b.actions.shape[2]) if algo.ratio == "token_mean" else 1.0
-        behav = b.behav_logprob[idx] / per
-        if b.prox_logprob is not None:
-            pg, stats = decoupled_ppo_loss(logprob / per, b.prox_logprob[idx] / per, behav, adv, mask,
-                                           algo.clip_eps, algo.dual_clip, algo.is_cap)
-        else:
-            pg, stats = ppo_policy_loss(logprob / per, behav, adv, mask, algo.clip_eps, algo.dual_clip)
-        ent_loss, ent_stats = entropy_bonus(entropy, mask)
-        actor_on = float(self.num_updates >= algo.critic_warmup)  # critic warm-up: value loss only
-        loss = actor_on * (pg + algo.entropy_coef * ent_loss)
-        stats = {**stats, **ent_stats, "policy": float(pg.detach())}
-        if self.algorithm.uses_critic:
-            vl, v_stats = value_loss(values, b.old_values[idx], b.returns[idx], mask, algo.value_clip)
-            loss = loss + algo.value_coef * vl
-            stats.update(v_stats, value=float(vl.detach()))
-        if ref_logprob is not None:
-            kl = kl_estimate(logprob, ref_logprob[idx], mask)
-            loss = loss + algo.kl_coef * kl
-            stats["kl_ref"] = float(kl.detach())
+    def _losses(self, b: Batch, chunk: np.ndarray, idx: torch.Tensor, ref_logprob) -> tuple[torch.Tensor, dict]:
+        """The minibatch's loss (with grad) and its stats, at the current weights."""
+        actor_on = self.num_updates >= self.algo.critic_warmup  # critic warm-up: value loss only
+        return minibatch_loss(self.policy, self.algo, self.algorithm.uses_critic, b, chunk, idx, ref_logprob, actor_on)
+
+    def _step(self, loss: torch.Tensor, stats: dict) -> torch.Tensor:
+        """One optimizer step; returns the minibatch's logprob before it (for the first step's change)."""
+        before = stats.pop("_logprob")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), algo.max_grad_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.algo.max_grad_norm)
         self.optimizer.step()
         self.policy.version += 1  # a version is one optimizer step
         stats.update(total=float(loss.detach()), grad_norm=float(grad_norm))
-        return stats
+        return before
+
+    def _take_step(self, b: Batch, chunk: np.ndarray, idx: torch.Tensor, ref_logprob, loss: torch.Tensor,
+                   stats: dict, first: bool) -> dict:
+        """One optimizer step. With algo.step_kl, the step's KL sets the next learning rate, and until
+        a step has calibrated it, a step that overshoots 4x is undone and retaken smaller: Adam's first
+        actor steps (lr * sign(g), also after a critic warm-up) leave any trust region at once."""
+        target = self.algo.step_kl
+        snapshot = None
+        if target is not None and not self.lr_calibrated:
+            snapshot = (copy.deepcopy(self.policy.state_dict()), copy.deepcopy(self.optimizer.state_dict()), self.policy.version)
+        tokens = int(b.actions.shape[1] * b.actions.shape[2])
+        for attempt in range(MAX_RETAKES + 1):
+            before = self._step(loss, stats)
+            if target is None and not first:
+                return stats
+            with torch.no_grad():
+                after = self.policy.evaluate(b.obs.index(chunk), b.actions[idx])[0]
+            kl = step_kl(before, after, tokens)
+            if target is not None and kl > 0:  # 0: the policy did not move (critic warm-up), nothing to learn from
+                lr = next_lr(self.policy_lr, kl, target, self.algo.lr, self.algo.lr * LR_MIN_FRACTION)
+                if snapshot is not None and kl > 4 * target and attempt < MAX_RETAKES:
+                    self.policy.load_state_dict(snapshot[0])
+                    self.optimizer.load_state_dict(snapshot[1])
+                    self.policy.version = snapshot[2]
+                    self.policy_lr = lr
+                    loss, stats = self._losses(b, chunk, idx, ref_logprob)
+                    continue
+                self.policy_lr, self.lr_calibrated = lr, True
+            if target is not None:
+                stats["step_kl"] = kl
+            if first:
+                stats.update(first_step_kl=kl, retakes=float(attempt))
+                d = after - before
+                stats.update(first_step_dlogp=float(d.mean()), first_step_dlogp_abs=float(d.abs().mean()),
+                             first_step_dlogp_token_abs=float(d.abs().mean()) / tokens)
+            return stats
+        raise AssertionError("unreachable")
+
+    @property
+    def policy_lr(self) -> float:
+        """Learning rate of the policy's parameter group (the first; the critic's may differ)."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @policy_lr.setter
+    def policy_lr(self, lr: float) -> None:
+        self.optimizer.param_groups[0]["lr"] = lr
+
+    def drain_minibatches(self) -> list[dict]:
+        """Per-optimizer-step stats since the last call (the driver writes them to minibatches.jsonl)."""
+        rows = list(self.minibatch_log)
+        self.minibatch_log.clear()
+        return rows
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self, out_dir: str | Path, extra: dict | None = None) -> Path:
@@ -206,6 +262,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "version": self.policy.version, "num_updates": self.num_updates,
             "numpy_rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
             "ref_policy": self.ref_policy.state_dict() if self.ref_policy is not None else None,
+            "lr_calibrated": self.lr_calibrated,
         }, Path(out) / "trainer.pt")
         return out
 
@@ -219,6 +276,7 @@ class Trainer:
         st = torch.load(Path(ckpt_dir) / "trainer.pt", map_location=self.device, weights_only=False)
         self.optimizer.load_state_dict(st["optimizer"])
         self.policy.version, self.num_updates = int(st["version"]), int(st["num_updates"])
+        self.lr_calibrated = bool(st.get("lr_calibrated", False))
         self.rng.bit_generator.state = st["numpy_rng"]
         torch.set_rng_state(st["torch_rng"])
         random.setstate(st["python_rng"])
