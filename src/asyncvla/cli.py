@@ -186,36 +186,60 @@ class Sft:
 
 @dataclass
 class Eval:
-    """Evaluate a checkpoint on held-out initial states (env split `eval`)."""
+    """Evaluate a checkpoint on held-out initial states (env split `eval`).
+
+    A training checkpoint (or a run directory: its best checkpoint, else its last) records how
+    its run evaluated (env, episode length, reward, seeds, episodes, sampled or not); with no
+    other flag the evaluation repeats exactly that."""
 
     ckpt: Positional[Path]
-    """Checkpoint directory (from `asyncvla sft` or training)."""
-    episodes: int = 30
+    """Checkpoint directory (from `asyncvla sft` or training) or a training run's directory."""
+    episodes: int | None = None
+    """Episodes; default: as the run evaluated, else 30."""
     env: str | None = None
-    """Env id; default: the one recorded in the checkpoint."""
-    num_envs: int = 4
+    """Env id; default: the one recorded in the checkpoint (with the run's whole env config)."""
+    num_envs: int | None = None
+    """Envs stepped side by side; default: as the run evaluated, else 4."""
     image_size: int | None = None
     """Camera size; default: the one recorded in the checkpoint, else the policy's image_size."""
-    sample: bool = False
-    """Sample actions instead of taking the most likely ones."""
+    sample: bool | None = None
+    """Sample actions instead of taking the most likely ones; default: as the run evaluated, else false."""
     video: Path | None = None
     """Write an mp4 of the first env (one frame per action chunk)."""
-    seed: int = 0
+    seed: int | None = None
+    """Env seed; default: as the run evaluated, else 0."""
     json: bool = False
 
-    def run(self) -> None:
-        from asyncvla.policies.checkpoint import load_policy, read_checkpoint_config
-        from asyncvla.evaluation import evaluate_policy
+    def checkpoint_dir(self) -> Path:
+        for tag in ("best", "last"):
+            if (self.ckpt / "checkpoints" / tag).is_dir():
+                return self.ckpt / "checkpoints" / tag
+        return self.ckpt
 
-        meta = read_checkpoint_config(self.ckpt)
-        env_id = self.env or meta.get("env_id")
-        if env_id is None:
-            raise ConfigError(f"env=None is invalid: checkpoint {self.ckpt} records no env id; pass --env ENV_ID")
-        policy = load_policy(self.ckpt)
-        size = self.image_size or meta.get("env_image_size") or policy.cfg.image_size
-        cfg = env_config(id=env_id, num_envs=self.num_envs, image_size=size, seed=self.seed, split="eval")
-        result = evaluate_policy(policy, cfg, self.episodes, deterministic=not self.sample, video=self.video)
-        _report(result, self.json)
+    def run(self) -> None:
+        from asyncvla.config import EnvConfig, from_dict
+        from asyncvla.evaluation import evaluate_policy
+        from asyncvla.policies.checkpoint import load_policy, read_checkpoint_config
+
+        ckpt = self.checkpoint_dir()
+        meta = read_checkpoint_config(ckpt)
+        policy = load_policy(ckpt)
+        run_eval = meta.get("eval") if self.env is None else None
+        if run_eval is not None:  # repeat the run's own evaluation; flags given still apply
+            cfg = from_dict(EnvConfig, run_eval["env"], where=f"checkpoint {ckpt} eval.env")
+            episodes, sample = run_eval["episodes"], not run_eval["deterministic"]
+        else:
+            env_id = self.env or meta.get("env_id")
+            if env_id is None:
+                raise ConfigError(f"env=None is invalid: checkpoint {ckpt} records no env id; pass --env ENV_ID")
+            size = meta.get("env_image_size") or policy.cfg.image_size
+            cfg, episodes, sample = env_config(id=env_id, num_envs=4, image_size=size, seed=0, split="eval"), 30, False
+        given = {k: v for k, v in (("num_envs", self.num_envs), ("image_size", self.image_size), ("seed", self.seed)) if v is not None}
+        cfg = dataclasses.replace(cfg, **given)
+        episodes = self.episodes or episodes
+        sample = sample if self.sample is None else self.sample
+        result = evaluate_policy(policy, cfg, episodes, deterministic=not sample, video=self.video)
+        _report({"checkpoint": str(ckpt), **result}, self.json)
 
 
 @dataclass
@@ -469,6 +493,24 @@ class Train:
         with TrainProgress(cfg.run.total_env_steps, cfg.run.total_updates) as progress:
             summary = train(cfg, progress=progress)
         _report(summary, self.json)
+        if not self.json:
+            print(train_epilogue(summary, cfg))
+
+
+def train_epilogue(summary: dict, cfg: TrainConfig) -> str:
+    """What the run changed and where to look, for a person (the summary above is for scripts)."""
+    before, after, d = summary.get("success_before"), summary.get("success_after"), summary["run_dir"]
+    how = "the most likely actions" if cfg.run.eval_deterministic else "sampled actions"
+    lines = []
+    if before is not None and after is not None:
+        lines.append(f"\nRL changed eval success {before:.2f} -> {after:.2f} ({after - before:+.2f}) on "
+                     f"{cfg.run.eval_episodes} held-out episodes ({how}).")
+    lines += [f"run directory: {d}",
+              f"  curves:     tensorboard --logdir {d}/tb   (or {d}/metrics.jsonl)",
+              f"  videos:     {d}/videos (one evaluation episode each)",
+              f"  trace:      {d}/trace.json (open in https://ui.perfetto.dev)",
+              f"  checkpoint: {d}/checkpoints/best (asyncvla eval it)"]
+    return "\n".join(lines)
 
 
 def _flag(argv: list[str], name: str) -> str | None:

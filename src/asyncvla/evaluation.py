@@ -36,8 +36,9 @@ def evaluate_policy(
     deterministic: bool = True,
     video: Path | str | None = None,
 ) -> dict:
-    """Runs exactly `episodes` episodes on the eval split; returns success_rate, mean_return,
-    mean_episode_len, episodes (and env_steps, wall_s, env_errors).
+    """Runs exactly `episodes` episodes on the eval split; returns success_rate (success at any
+    step), success_at_end (in the last action chunk), mean_return, mean_episode_len, episodes
+    (and env_steps, wall_s, env_errors).
 
     Action chunks go through VectorEnv.send/recv, so each env moves on as soon as its own
     chunk is done. `video`: an mp4 of the first env's observations, one frame per decision.
@@ -76,7 +77,10 @@ def evaluate_policy(
     if video is not None and frames:
         _write_video(Path(video), frames)
     return {
+        # Success once: the task succeeded at some step of the episode (what RLinf's success_once reports).
         "success_rate": float(np.mean([r.episode_success for r in done])),
+        # Success at the end: it succeeded during the episode's last action chunk.
+        "success_at_end": float(np.mean([r.success for r in done])),
         "mean_return": float(np.mean([r.episode_return for r in done])),
         "mean_episode_len": float(np.mean([r.episode_len for r in done])),
         "episodes": len(done),

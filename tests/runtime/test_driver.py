@@ -45,6 +45,26 @@ def check_run_dir(run_dir, updates):
     assert videos[0] == "update_000000.mp4" and videos[-1] == f"update_{updates:06d}.mp4", videos
 
 
+def test_eval_of_a_run_repeats_its_own_final_evaluation(tmp_path, capsys):
+    """`asyncvla eval RUN_DIR/checkpoints/last` with no other flag: the run's env, seeds and episodes."""
+    from asyncvla.cli import parse
+
+    cfg = tiny_cfg(tmp_path, local=True, updates=1)
+    cfg.run.eval_episodes = 3
+    train(cfg)
+    run_dir = tmp_path / "run"
+    final = [r for r in read_metrics(run_dir / "metrics.jsonl") if "eval/return" in r][-1]
+    capsys.readouterr()
+    parse(["eval", str(run_dir / "checkpoints" / "last"), "--json"]).run()
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got["episodes"] == 3 and got["deterministic"] and got["split"] == "eval"
+    assert got["mean_return"] == pytest.approx(final["eval/return"], rel=1e-9)  # the same episodes, exactly
+    assert got["success_rate"] == final["eval/success"] and got["success_at_end"] == final["eval/success_at_end"]
+    parse(["eval", str(run_dir), "--json", "--episodes", "2"]).run()  # a run directory means its best checkpoint
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got["checkpoint"].endswith("checkpoints/best") and got["episodes"] == 2
+
+
 def test_local_mode_end_to_end_and_resume(tmp_path):
     cfg = tiny_cfg(tmp_path, local=True)
     summary = train(cfg)

@@ -57,17 +57,18 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
 
 
 def save_checkpoint(trainer: Trainer, run_dir: Path, state: RunState, tag: str,
-                    extra_files: dict[str, dict] | None = None) -> Path:
+                    extra_files: dict[str, dict] | None = None, meta: dict | None = None) -> Path:
     """Writes checkpoints/<tag> atomically (tmp dir + rename): policy, optimizer, RNG, counters.
 
     extra_files: more JSON files for the same checkpoint (the staleness and ledger state),
-    written before the rename so they are never out of step.
+    written before the rename so they are never out of step. meta: more top-level keys of the
+    policy's config.yaml (e.g. how the run evaluates).
     """
     root = run_dir / "checkpoints"
     root.mkdir(exist_ok=True)
     final, tmp = root / tag, root / f".{tag}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save(str(tmp), {"run_state": dataclasses.asdict(state)})
+    trainer.save(str(tmp), {"run_state": dataclasses.asdict(state), **(meta or {})})
     (tmp / "run_state.json").write_text(json.dumps(dataclasses.asdict(state)))
     for name, obj in (extra_files or {}).items():
         (tmp / name).write_text(json.dumps(obj))

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from asyncvla.config import TrainConfig
+from asyncvla.config import TrainConfig, to_dict
 from asyncvla.metrics.spans import Span, load_chrome_trace, write_chrome_trace
 from asyncvla.metrics.writer import MetricsWriter
 from asyncvla.policies.base import Policy
@@ -65,10 +65,21 @@ def evaluate(cfg: TrainConfig, run_dir: Path, update: int, trainer, eval_policy:
     if cfg.run.eval_episodes == 0:
         return {}
     eval_policy.load_state_dict(trainer.policy.state_dict())
-    env_cfg = dataclasses.replace(cfg.env, split="eval", seed=cfg.env.seed + 10_007)
     video = run_dir / "videos" / f"update_{update:06d}.mp4" if cfg.run.eval_video else None
-    res = evaluate_policy(eval_policy, env_cfg, cfg.run.eval_episodes, deterministic=cfg.run.eval_deterministic, video=video)
-    return {"eval/success": res["success_rate"], "eval/return": res["mean_return"], "eval/episode_len": res["mean_episode_len"]}
+    res = evaluate_policy(eval_policy, eval_env_config(cfg), cfg.run.eval_episodes, deterministic=cfg.run.eval_deterministic,
+                          video=video)
+    return {"eval/success": res["success_rate"], "eval/success_at_end": res["success_at_end"], "eval/return": res["mean_return"],
+            "eval/episode_len": res["mean_episode_len"]}
+
+
+def eval_env_config(cfg: TrainConfig):
+    """The envs a run evaluates on: the eval split, seeded apart from training's."""
+    return dataclasses.replace(cfg.env, split="eval", seed=cfg.env.seed + 10_007)
+
+
+def eval_record(cfg: TrainConfig) -> dict:
+    """How the run evaluates, stored in every checkpoint so `asyncvla eval` repeats it exactly."""
+    return {"env": to_dict(eval_env_config(cfg)), "episodes": cfg.run.eval_episodes, "deterministic": cfg.run.eval_deterministic}
 
 
 @dataclass
@@ -98,7 +109,8 @@ class Driver:
         return m
 
     def checkpoint(self, tag: str) -> None:
-        save_checkpoint(self.run.trainer, self.run_dir, self.state, tag, {RUNTIME_STATE: runtime_state(self.run)})
+        save_checkpoint(self.run.trainer, self.run_dir, self.state, tag, {RUNTIME_STATE: runtime_state(self.run)},
+                        meta={"eval": eval_record(self.cfg)})
 
     def done(self) -> bool:
         r, st = self.cfg.run, self.state
@@ -120,6 +132,8 @@ class Driver:
             # Trained, not produced: rollouts may run during the book-keeping that the window leaves out.
             st.window_env_steps += led.trained_env_steps - self.mark[1]
         m["perf/env_steps"] = st.env_steps
+        # The summary's throughput so far (null until its window has a second update).
+        m["perf/run_env_steps_per_s"] = st.window_env_steps / st.window_s if st.window_s > 0 else None
         self.collect_spans()
         r = self.cfg.run
         if r.eval_every and st.update % r.eval_every == 0 and not self.done():
