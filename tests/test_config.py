@@ -101,3 +101,12 @@ def test_every_config_field_is_documented():
     root = Path(asyncvla.__file__).parent
     files = [root / "config.py", root / "policies" / "tiny" / "config.py", root / "envs" / "emulated.py"]
     assert {f.name: _undocumented_fields(f) for f in files} == {f.name: [] for f in files}
+
+
+@pytest.mark.parametrize("name", ["default", "emulated-e2e", "libero-spatial", "metaworld-learn", "metaworld-scratch"])
+def test_every_shipped_preset_loads_and_plans(name):
+    from asyncvla.config import list_presets
+    from asyncvla.runtime.plan import make_plan
+
+    assert name in list_presets()
+    make_plan(load_preset(TrainConfig, name))  # bad combinations would fail here, before anything starts
