@@ -63,3 +63,44 @@ def test_inline_envs_send_their_request_before_the_next_env_steps():
     # Between two chunks there is always the request of the env whose chunk just ran.
     for a, b in zip(chunks, chunks[1:]):
         assert ("request", 1) in events[a + 1:b], events
+
+
+class _Admission:
+    """Grants from a list, one entry per call; records the calls and refunds."""
+
+    def __init__(self, grants: list[int]):
+        self.grants, self.calls, self.refunded = list(grants), [], 0
+
+    def try_admit(self, want: int) -> int:
+        self.calls.append(want)
+        return min(want, self.grants.pop(0))
+
+    def refund(self, n: int) -> None:
+        self.refunded += n
+
+
+def _manager(admission, groups=None):
+    from asyncvla.config import env_config
+    from asyncvla.runtime.env.manager import EnvManager
+    from asyncvla.runtime.env.worker import EnvWorker
+    from asyncvla.runtime.learner.staleness import Ledger
+    from asyncvla.runtime.queues import TrajectoryQueue
+
+    worker = EnvWorker(env_config(id="emulated/fast", num_envs=3, image_size=8, seed=0), 0, trace=False)
+    return EnvManager(0, worker, None, admission, TrajectoryQueue(8), Ledger(), segment_len=4, async_env=False), worker
+
+
+def test_envs_are_admitted_in_one_call_shared_out_in_order():
+    """One admission for all envs that need one: two calls could straddle a trainer's advance and
+    split a lockstep stage's request (measured on Ray: batches of 2, 2, ..., 1, 1)."""
+    manager, worker = _manager(_Admission([10]))
+    try:
+        manager.remaining[2] = 3  # mid-segment: needs no admission
+        assert manager._admit([0, 1, 2]) == ([0, 1, 2], [])
+        assert manager.controller.calls == [8] and manager.remaining == [4, 4, 3]
+        manager.remaining[:] = [0, 0, 0]
+        manager.controller.grants = [6]
+        assert manager._admit([0, 1, 2]) == ([0, 1], [2])  # PPO: the last granted env's segment is cut short
+        assert manager.remaining == [4, 2, 0] and manager.controller.refunded == 0
+    finally:
+        worker.close()

@@ -196,23 +196,22 @@ class EnvManager:
         self._replies.put((ids, reply))
         self.vec.wake()
 
-    # -- per-env book-keeping ----------------------------------------------------------------
     def _admit(self, ids: list[int]) -> tuple[list[int], list[int]]:
-        """(envs that may act now, envs still waiting for admission)."""
-        go, wait = [], []
-        for i in ids:
-            if self.remaining[i] == 0:
-                if self.groups is None:
-                    self.remaining[i] = self.controller.try_admit(self.segment_len)
-                else:  # a whole episode or nothing: a GRPO segment is never cut
-                    got = self.controller.try_admit(self.episode_decisions)
-                    if got < self.episode_decisions:
-                        self.controller.refund(got)
-                        got = 0
-                    self.remaining[i] = got
-            (go if self.remaining[i] > 0 else wait).append(i)
-        return go, wait
+        """(envs that may act now, envs still waiting for admission): one admission for every env
+        that needs one, shared out in order. One admission per env could straddle a trainer's
+        advance and split a lockstep stage's request (seen on Ray)."""
+        need = [i for i in ids if self.remaining[i] == 0]
+        per = self.segment_len if self.groups is None else self.episode_decisions
+        left = self.controller.try_admit(per * len(need)) if need else 0
+        for i in need:
+            # A GRPO segment is a whole episode or nothing; a PPO one may be cut short.
+            self.remaining[i] = min(per, left) if self.groups is None or left >= per else 0
+            left -= self.remaining[i]
+        if left:
+            self.controller.refund(left)
+        return [i for i in ids if self.remaining[i] > 0], [i for i in ids if self.remaining[i] == 0]
 
+    # -- per-env book-keeping ----------------------------------------------------------------
     def _on_result(self, r: EnvResult) -> bool:
         """Records one env result; returns True when the env now has an observation to act on."""
         i = r.env_id
