@@ -35,10 +35,15 @@ def check_run_dir(run_dir, updates):
                 "time/env_step_s", "time/infer_s", "time/train_s", "time/weight_sync_s", "time/idle_s", "loss/value",
                 "rollout/episode_len", "lag/max", "queue/depth"):
         assert key in last, key
-    assert 0 <= last["util/env"] <= 1 and last["perf/env_steps_per_s"] > 0
+    assert 0 <= last["util/env"] <= 1
+    rates = [r["perf/env_steps_per_s"] for r in trained]
+    assert rates[0] is None and all(v is None or v > 0 for v in rates)  # None: a (re)start's first update
+    assert updates == 1 or any(v is not None for v in rates)
     trace = json.loads((run_dir / "trace.json").read_text())
     roles = {e["args"]["name"] for e in trace["traceEvents"] if e["ph"] == "M" and e["name"] == "process_name"}
     assert {"env", "rollout", "trainer"} <= roles
+    evals = sum("eval/success" in r for r in records)  # before training, and after each (re)start's last update
+    assert evals >= 2 and sum(e.get("name") == "eval" for e in trace["traceEvents"]) == evals
     assert (run_dir / "checkpoints" / "last" / "run_state.json").exists()
     assert (run_dir / "config.yaml").exists() and list((run_dir / "tb").glob("events.*"))
     videos = sorted(p.name for p in (run_dir / "videos").glob("update_*.mp4"))  # before and after training

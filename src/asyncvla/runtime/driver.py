@@ -99,7 +99,8 @@ class Driver:
     """(time, trained env steps) when the previous update's book-keeping ended."""
 
     def evaluate(self) -> dict:
-        return evaluate(self.cfg, self.run_dir, self.state.update, self.run.trainer, self.eval_policy)
+        with self.run.trainer.rec.span("eval"):  # every evaluation, the one before training too, is in the trace
+            return evaluate(self.cfg, self.run_dir, self.state.update, self.run.trainer, self.eval_policy)
 
     def evaluate_and_keep_best(self) -> dict:
         m = self.evaluate()
@@ -132,6 +133,8 @@ class Driver:
             # Trained, not produced: rollouts may run during the book-keeping that the window leaves out.
             st.window_env_steps += led.trained_env_steps - self.mark[1]
         m["perf/env_steps"] = st.env_steps
+        if self.local_updates == 1:  # its rate includes start-up, which the run's throughput window leaves out
+            m["perf/env_steps_per_s"] = None
         # The summary's throughput so far (null until its window has a second update).
         m["perf/run_env_steps_per_s"] = st.window_env_steps / st.window_s if st.window_s > 0 else None
         self.collect_spans()
@@ -210,6 +213,8 @@ def train(cfg: TrainConfig, progress: Callable | None = None) -> dict:
             m = driver.evaluate()
             state.success_before = m["eval/success"]
             writer.write(state.update, m)
+            if progress is not None:
+                progress(state.update, m)
         if not driver.done():
             left = None if cfg.run.total_updates is None else cfg.run.total_updates - state.update
             driver.mark = (time.time(), run.ledger.trained_env_steps)
