@@ -16,7 +16,7 @@ from typing import Annotated, Literal, Union
 
 import tyro
 
-from asyncvla.config import ConfigError, PolicyConfig, TrainConfig, env_config, load_preset, policy_config
+from asyncvla.config import ConfigError, EnvConfig, PolicyConfig, TrainConfig, env_config, from_dict, load_preset, policy_config
 from asyncvla.sim.model import SimConfig
 
 Positional = tyro.conf.Positional
@@ -217,7 +217,6 @@ class Eval:
         return self.ckpt
 
     def run(self) -> None:
-        from asyncvla.config import EnvConfig, from_dict
         from asyncvla.evaluation import evaluate_policy
         from asyncvla.policies.checkpoint import load_policy, read_checkpoint_config
 

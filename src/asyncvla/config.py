@@ -131,7 +131,7 @@ def _build(cls: type, where: str, **fields: Any) -> Any:
     return cls(**fields)
 
 
-def _subclass_for(cls: type, data: dict, where: str) -> type:
+def _subclass_for(cls: type, data: dict) -> type:
     """The registered subclass a dict of base class `cls` names (env: by `id`, policy: by `type`)."""
     if cls is EnvConfig:
         return env_config_class(data.get("id", EnvConfig.id))
@@ -156,7 +156,7 @@ def from_dict(cls: type, data: dict, where: str = "") -> Any:
 
     An `EnvConfig` or `PolicyConfig` is built as the subclass its `id` / `type` picks, so a
     field of another backend or policy is an unknown field."""
-    cls = _subclass_for(cls, data, where)
+    cls = _subclass_for(cls, data)
     data = _resolve_choices(cls, data, where)
     try:
         return dacite.from_dict(cls, data, config=dacite.Config(strict=True, cast=[tuple]))

@@ -33,10 +33,14 @@ class Batch:
         return self.actions.shape[0]
 
 
+def chunk_tokens(actions: torch.Tensor) -> int:
+    """Action tokens per chunk (K*A) of actions [N, K, A]."""
+    return int(actions.shape[1] * actions.shape[2])
+
 
 def ratio_tokens(cfg: AlgoConfig, actions: torch.Tensor) -> float:
     """Tokens a chunk's ratio is normalised over: 1 (ratio=chunk) or K*A (token_mean: geometric mean per token)."""
-    return float(actions.shape[1] * actions.shape[2]) if cfg.ratio == "token_mean" else 1.0
+    return float(chunk_tokens(actions)) if cfg.ratio == "token_mean" else 1.0
 
 
 def minibatch_loss(policy: Policy, cfg: AlgoConfig, uses_critic: bool, b: Batch, chunk: np.ndarray, idx: torch.Tensor,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 
 def _fmt(v, spec: str) -> str:
@@ -18,8 +19,6 @@ class TrainProgress:
 
     def __init__(self, total_env_steps: int | None, total_updates: int | None = None, enabled: bool = True,
                  lines: bool | None = None):
-        import sys
-
         self.by_steps = total_env_steps is not None
         self.total = total_env_steps if self.by_steps else total_updates
         self.enabled = enabled
@@ -56,8 +55,6 @@ class TrainProgress:
         done = m.get("perf/env_steps") if self.by_steps else update
         info = self.info(m)
         if self.lines:
-            import sys
-
             print(f"update {update}  {_fmt(done, '.0f')}/{self.total} {self.unit}  {info}", file=sys.stderr, flush=True)
         elif done is None:
             self._bar.update(self._task, info=info)

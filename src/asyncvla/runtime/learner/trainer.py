@@ -20,7 +20,7 @@ import torch
 from asyncvla.algos.advantages import normalize_advantages
 from asyncvla.algos.registry import make_algorithm
 from asyncvla.algos.step_size import next_lr, step_kl
-from asyncvla.algos.objective import Batch, minibatch_loss
+from asyncvla.algos.objective import Batch, chunk_tokens, minibatch_loss
 from asyncvla.config import AlgoConfig, PolicyConfig
 from asyncvla.metrics.spans import Span, SpanRecorder
 from asyncvla.policies.base import ObsBatch, Policy
@@ -60,6 +60,20 @@ MAX_RETAKES = 8
 """algo.step_kl: how often an overshooting step is undone and retaken smaller, until one calibrates the lr."""
 LR_MIN_FRACTION = 1e-4
 """algo.step_kl: the controller keeps the policy's learning rate in [lr * this, lr]."""
+
+
+def _update_stats(stepped: list[dict]) -> dict[str, float]:
+    """An update's stats from its optimizer steps': means (a step without a key counts 0), the
+    extremes over the minibatches, and the first step's own."""
+    n = max(len(stepped), 1)
+    keys = sorted({k for s in stepped for k in s} - set(FIRST_STEP_KEYS))
+    out = {f"loss/{k}": sum(s.get(k, 0.0) for s in stepped) / n for k in keys}
+    out.update({"loss/approx_kl_max": max((s["approx_kl"] for s in stepped), default=0.0),
+                "loss/clip_frac_max": max((s["clip_frac"] for s in stepped), default=0.0),
+                "loss/ratio_min": min((s["ratio_min"] for s in stepped), default=float("inf")),
+                "loss/ratio_max": max((s["ratio_max"] for s in stepped), default=0.0)})
+    out.update({f"train/{k}": v for k, v in (stepped[0] if stepped else {}).items() if k in FIRST_STEP_KEYS})
+    return out
 
 
 class Trainer:
@@ -148,9 +162,8 @@ class Trainer:
         self.policy.train()
         ref_logprob = self._logprob(batch, self.ref_policy) if self.ref_policy is not None else None
         n, mb, target_kl = len(batch), self.algo.minibatch_size, self.algo.target_kl
-        totals: dict[str, float] = {}
-        peaks = {"approx_kl_max": 0.0, "clip_frac_max": 0.0, "ratio_min": float("inf"), "ratio_max": 0.0}
-        steps, stopped = 0, False
+        stepped: list[dict] = []  # the stats of each optimizer step of this update
+        stopped = False
         for epoch in range(epochs):
             perm = self.rng.permutation(n)
             for chunk in np.array_split(perm, max(1, -(-n // mb))):
@@ -159,28 +172,20 @@ class Trainer:
                 # KL early stop: this minibatch shows the policy has already moved far enough from
                 # the one that collected (or, decoupled, proxies) the batch; the first never stops.
                 stopped = target_kl is not None and stats["approx_kl"] > target_kl
-                self.minibatch_log.append({"update": self.num_updates + 1, "epoch": epoch, "step": steps,
-                                           "stepped": not stopped, **_floats(stats)})
+                row = {"update": self.num_updates + 1, "epoch": epoch, "step": len(stepped), "stepped": not stopped}
+                self.minibatch_log.append(row)
                 if stopped:
+                    row.update(_floats(stats))
                     break
-                stats = self._take_step(batch, chunk, idx, ref_logprob, loss, stats, first=steps == 0)
-                self.minibatch_log[-1].update(_floats(stats))
-                for k, v in stats.items():
-                    totals[k] = totals.get(k, 0.0) + v
-                peaks = {"approx_kl_max": max(peaks["approx_kl_max"], stats["approx_kl"]),
-                         "clip_frac_max": max(peaks["clip_frac_max"], stats["clip_frac"]),
-                         "ratio_min": min(peaks["ratio_min"], stats["ratio_min"]),
-                         "ratio_max": max(peaks["ratio_max"], stats["ratio_max"])}
-                steps += 1
+                stats = self._take_step(batch, chunk, idx, ref_logprob, loss, stats, first=not stepped)
+                row.update(_floats(stats))
+                stepped.append(stats)
             if stopped:
                 break
         self.policy.eval()
         self.num_updates += 1
-        first = {k: totals.pop(k) for k in FIRST_STEP_KEYS if k in totals}
-        out = {f"loss/{k}": v / max(steps, 1) for k, v in totals.items()}
-        out.update({f"loss/{k}": v for k, v in peaks.items()})  # extremes over the minibatches, not means
-        out.update({f"train/{k}": v for k, v in first.items()})
-        out.update({"train/samples": float(n), "train/optimizer_steps": float(steps), "train/version": float(self.version),
+        out = _update_stats(stepped)
+        out.update({"train/samples": float(n), "train/optimizer_steps": float(len(stepped)), "train/version": float(self.version),
                     "train/early_stopped": float(stopped), "train/lr": self.policy_lr})
         return out
 
@@ -209,7 +214,7 @@ class Trainer:
         snapshot = None
         if target is not None and not self.lr_calibrated:
             snapshot = (copy.deepcopy(self.policy.state_dict()), copy.deepcopy(self.optimizer.state_dict()), self.policy.version)
-        tokens = int(b.actions.shape[1] * b.actions.shape[2])
+        tokens = chunk_tokens(b.actions)
         for attempt in range(MAX_RETAKES + 1):
             before = self._step(loss, stats)
             if target is None and not first:
