@@ -14,7 +14,7 @@ import importlib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import dacite
 import yaml
@@ -212,6 +212,13 @@ class PolicyConfig:
     """cpu or cuda[:n]; the same code runs on both (in training runs: run.device)."""
     init: str | None = None
     """Checkpoint directory to start from (e.g. an SFT checkpoint); it fixes the architecture."""
+
+    RL_ONLY: ClassVar[tuple[str, ...]] = ()
+    """Fields only RL reads (`Policy.prepare_rl` applies them): they do not shape an SFT start."""
+
+    def without_rl_settings(self) -> "PolicyConfig":
+        """This config with its RL-only fields at their defaults (what an SFT start is built and cached by)."""
+        return dataclasses.replace(self, **{f.name: f.default for f in dataclasses.fields(self) if f.name in self.RL_ONLY})
 
     def __post_init__(self) -> None:
         cls = policy_config_class(self.type)

@@ -65,3 +65,12 @@ def test_runs_started_together_build_the_cache_once(tmp_path, monkeypatch):
         t.join()
     assert calls == {"demos": 1, "sft": 1}
     assert len(set(got)) == 1 and got[0].endswith("sft")
+
+
+def test_rl_only_policy_settings_share_the_sft_start():
+    import dataclasses
+
+    base = _cfg(0, 0, ws_seed=0)
+    rl = dataclasses.replace(base, policy=dataclasses.replace(base.policy, value_time=True, rl_spread=True))
+    assert _key(rl) == _key(base)
+    assert _key(dataclasses.replace(base, policy=dataclasses.replace(base.policy, hidden_dim=32))) != _key(base)

@@ -56,6 +56,8 @@ def test_auto_reset_truncates_inside_chunk_and_keeps_final_obs():
     assert (r2.num_steps, r2.truncated, r2.terminated) == (1, True, False)
     assert r2.episode_len == 5 and r2.episode_index == 1
     assert r2.final_obs is not None and not np.array_equal(r2.final_obs.proprio, r2.obs.proprio)
+    # The episode clock a time-aware critic reads: 1 at reset, 0 at the limit.
+    assert (r1.obs.time_left, r2.final_obs.time_left, r2.obs.time_left) == (pytest.approx(0.2), 0.0, 1.0)
 
 
 def test_success_terminates_when_end_on_success():

@@ -201,3 +201,51 @@ def test_ordinal_logits_peak_at_the_mean_bin_without_residual():
     assert torch.equal(ordinal_logits(out, centres).argmax(-1), actions_to_bins(target, 256))
     out[1, 2 + 10] = 1e3  # the residual can move mass anywhere (RL is not boxed in)
     assert ordinal_logits(out, centres).argmax(-1)[1] == 10
+
+
+def _timed(b: int, time_left) -> ObsBatch:
+    obs = _obs(b=b)
+    obs.time_left = np.asarray(time_left, np.float32)
+    return obs
+
+
+@pytest.mark.parametrize("type_", TYPES)
+def test_value_time_is_zero_at_the_limit_and_reads_the_time_left(type_, tmp_path):
+    torch.manual_seed(0)
+    blind = make_policy(_cfg(type_), action_dim=A, proprio_dim=P)
+    save_policy(blind, tmp_path / "sft")
+    from asyncvla.policies.registry import build_policy
+
+    # An SFT checkpoint without the time input: the RL run's value_time adds it at zero weight.
+    timed = build_policy(_cfg(type_, value_time=True, init=str(tmp_path / "sft")), A, P, seed=0)
+    assert timed.cfg.value_time and [n for n, _ in timed.named_parameters() if n.startswith("value_time")]
+    obs = _timed(4, [1.0, 1.0, 0.5, 0.0])
+    with torch.no_grad():
+        v_blind, v_timed = blind.evaluate(obs, torch.zeros(4, K, A))[2], timed.evaluate(obs, torch.zeros(4, K, A))[2]
+    assert torch.allclose(v_timed[:2], v_blind[:2])  # tau = 1 and a zero-weight time input: unchanged
+    assert torch.allclose(v_timed[2], 0.5 * v_blind[2]) and v_timed[3] == 0.0
+    # Without an episode clock (datasets) the critic reads tau = 1.
+    with torch.no_grad():
+        assert torch.allclose(timed.evaluate(_obs(b=4), torch.zeros(4, K, A))[2], blind.evaluate(_obs(b=4), torch.zeros(4, K, A))[2])
+    # The value loss trains the time input; the checkpoint rebuilds it.
+    _, _, value = timed.evaluate(obs, torch.zeros(4, K, A))
+    value.sum().backward()
+    assert timed.value_time.weight.grad.abs().sum() > 0
+    save_policy(timed, tmp_path / "rl")
+    loaded = load_policy(tmp_path / "rl")
+    assert loaded.cfg.value_time
+    with torch.no_grad():
+        assert torch.equal(loaded.evaluate(obs, torch.zeros(4, K, A))[2], timed.evaluate(obs, torch.zeros(4, K, A))[2])
+
+
+def test_obs_batch_carries_time_left_through_stack_concat_slice_index():
+    from asyncvla.envs.base import Obs
+
+    obs = [Obs(np.zeros((4, 4, 3), np.uint8), np.zeros(2, np.float32), "x", time_left=t) for t in (1.0, 0.5, 0.25)]
+    b = ObsBatch.stack(obs)
+    assert b.time_left.tolist() == [1.0, 0.5, 0.25]
+    both = ObsBatch.concat([b, b.slice(1, 3)])
+    assert both.time_left.tolist() == [1.0, 0.5, 0.25, 0.5, 0.25]
+    assert both.index(np.array([4, 0])).time_left.tolist() == [0.25, 1.0]
+    clockless = ObsBatch(b.images[:1], b.proprio[:1], ["x"])  # e.g. from a dataset
+    assert ObsBatch.concat([b, clockless]).time_left is None

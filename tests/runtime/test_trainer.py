@@ -271,3 +271,12 @@ def test_rl_keeps_the_sft_spread_unless_rl_spread(ptype):
             spread_moved = not torch.equal(before["log_std"], after["log_std"])
             mean_moved = not torch.equal(before["mean_head.weight"], after["mean_head.weight"])
         assert mean_moved and spread_moved == rl_spread
+
+
+def test_the_critics_time_input_trains_at_the_value_lr():
+    import dataclasses
+
+    trainer = Trainer(dataclasses.replace(TINY, value_time=True), AlgoConfig(lr=1e-4, value_lr=1e-2), A, P, seed=0, trace=False)
+    critic = trainer.optimizer.param_groups[1]
+    names = {id(p): n for n, p in trainer.policy.named_parameters()}
+    assert critic["lr"] == 1e-2 and {names[id(p)].split(".")[0] for p in critic["params"]} == {"value_head", "value_time"}

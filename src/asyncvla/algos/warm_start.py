@@ -47,7 +47,7 @@ def code_digest() -> str:
 
 def _key(cfg: TrainConfig) -> str:
     env = _demo_env(cfg)
-    policy = dataclasses.replace(cfg.policy, init=None, device="cpu", temperature=1.0)
+    policy = dataclasses.replace(cfg.policy.without_rl_settings(), init=None, device="cpu", temperature=1.0)
     blob = json.dumps({"env": to_dict(env), "policy": to_dict(policy), "warm": to_dict(cfg.warm_start),
                        "seed": _seeds(cfg)[1], "code": code_digest()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -75,7 +75,7 @@ def ensure_warm_start(cfg: TrainConfig, progress: bool = True) -> str | None:
                          action_noise=ws.demo_action_noise, expert_speed=ws.demo_expert_speed)
             (root / "demos.done").write_text("ok")
         if not (root / "sft.done").exists():
-            policy_cfg = dataclasses.replace(cfg.policy, init=None, device=cfg.run.device)
+            policy_cfg = dataclasses.replace(cfg.policy.without_rl_settings(), init=None, device=cfg.run.device)
             train_sft(cfg.env.id, demos, ckpt, steps=ws.sft_steps, batch_size=ws.sft_batch_size, lr=ws.sft_lr,
                       policy_cfg=policy_cfg, seed=_seeds(cfg)[1], progress=progress)
             (root / "sft.done").write_text("ok")

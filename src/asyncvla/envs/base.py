@@ -24,6 +24,9 @@ class Obs:
     instruction: str
     extra_images: dict[str, np.ndarray] = field(default_factory=dict)
     """Other cameras by name, each [H, W, 3] uint8."""
+    time_left: float = 1.0
+    """Fraction of the episode's time limit still ahead (1 at reset, 0 at the limit); set by
+    VectorEnv. A critic that sees it can tell an early state from a late one (policy.value_time)."""
 
 
 @dataclass

@@ -255,6 +255,7 @@ class VectorEnv:
                 break
         slot.ep_return += reward
         slot.ep_success = slot.ep_success or success
+        out.obs.time_left = max(0.0, 1.0 - slot.ep_step / self.max_episode_steps)
         res = EnvResult(i, out.obs, reward, terminated, truncated, success, n, episode_index=slot.ep_index)
         if terminated or truncated:
             res.final_obs = out.obs

@@ -31,6 +31,8 @@ class ObsBatch:
     """[B] int64 or None: a seed per row for `act`'s sampling noise (set by the env side from
     (env seed, global env id, decision index)), so an action never depends on which batch,
     thread or server served it; None samples from the global torch RNG."""
+    time_left: np.ndarray | None = None
+    """[B] float32 `Obs.time_left` of each row, or None where no episode clock exists (datasets)."""
 
     @staticmethod
     def stack(obs: Sequence[Obs], sample_keys: Sequence[int] | None = None) -> "ObsBatch":
@@ -39,6 +41,7 @@ class ObsBatch:
             proprio=np.stack([o.proprio for o in obs]).astype(np.float32),
             instructions=[o.instruction for o in obs],
             sample_keys=None if sample_keys is None else np.asarray(sample_keys, np.int64),
+            time_left=np.asarray([o.time_left for o in obs], np.float32),
         )
 
     @staticmethod
@@ -49,18 +52,23 @@ class ObsBatch:
             proprio=np.concatenate([b.proprio for b in batches]),
             instructions=[s for b in batches for s in b.instructions],
             sample_keys=np.concatenate([b.sample_keys for b in batches]) if keyed else None,
+            time_left=np.concatenate([b.time_left for b in batches]) if all(b.time_left is not None for b in batches) else None,
         )
 
     def __len__(self) -> int:
         return len(self.instructions)
 
     def slice(self, start: int, stop: int) -> "ObsBatch":
-        keys = None if self.sample_keys is None else self.sample_keys[start:stop]
-        return ObsBatch(self.images[start:stop], self.proprio[start:stop], self.instructions[start:stop], keys)
+        return self._rows(slice(start, stop), self.instructions[start:stop])
 
     def index(self, idx: np.ndarray) -> "ObsBatch":
-        keys = None if self.sample_keys is None else self.sample_keys[idx]
-        return ObsBatch(self.images[idx], self.proprio[idx], [self.instructions[i] for i in idx], keys)
+        return self._rows(idx, [self.instructions[i] for i in idx])
+
+    def _rows(self, rows, instructions: list[str]) -> "ObsBatch":
+        def take(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[rows]
+
+        return ObsBatch(self.images[rows], self.proprio[rows], instructions, take(self.sample_keys), take(self.time_left))
 
 
 def sample_key(seed: int, env_id: int, decision: int) -> int:
@@ -116,8 +124,10 @@ class Policy(nn.Module):
         raise NotImplementedError
 
     def prepare_rl(self, cfg: "PolicyConfig") -> None:
-        """Called once by the RL trainer with the run's policy config (of this policy's type), which
-        may differ from the checkpoint's in settings that only RL reads (e.g. tiny's rl_spread)."""
+        """Called once on every RL copy of the policy (trainer, rollout servers, evaluation) with the
+        run's policy config (of this policy's type), which may differ from the checkpoint's in
+        settings that only RL reads (e.g. tiny's rl_spread and value_time). Deterministic: the
+        copies must stay identical."""
 
     def _noise(self, obs: ObsBatch, shape: torch.Size, kind: str) -> torch.Tensor:
         """Sampling noise of `shape` ([B, ...]) for `act`: per row from obs.sample_keys when set."""

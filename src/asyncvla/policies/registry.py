@@ -57,7 +57,8 @@ def make_policy(cfg: PolicyConfig, action_dim: int, proprio_dim: int) -> Policy:
 
 
 def build_policy(cfg: PolicyConfig, action_dim: int, proprio_dim: int, seed: int) -> Policy:
-    """The policy of `cfg`, from `cfg.init` (e.g. an SFT checkpoint) when set, else freshly seeded."""
+    """The RL policy of `cfg`, from `cfg.init` (e.g. an SFT checkpoint) when set, else freshly seeded,
+    prepared with the run's RL settings (`Policy.prepare_rl`)."""
     import torch
 
     torch.manual_seed(seed)
@@ -69,5 +70,7 @@ def build_policy(cfg: PolicyConfig, action_dim: int, proprio_dim: int, seed: int
             raise ConfigError(f"policy.type={cfg.type!r} is invalid: policy.init {cfg.init} holds a {policy.cfg.type!r} policy")
         # The checkpoint fixes the architecture; the run's sampling temperature still applies.
         policy.temperature = cfg.temperature
-        return policy
-    return make_policy(cfg, action_dim, proprio_dim)
+    else:
+        policy = make_policy(cfg, action_dim, proprio_dim)
+    policy.prepare_rl(cfg)
+    return policy

@@ -28,6 +28,14 @@ class TinyTrunkConfig(PolicyConfig):
     detach_value: bool = True
     """The value head reads the trunk through a stop-gradient: critic learning (large, noisy
     gradients while the value head is new) cannot move the policy outside PPO's clip."""
+    value_time: bool = False
+    """The value head also reads the fraction of the episode's time limit left (`Obs.time_left`)
+    and is 0 at the limit: V(s, tau) = tau * f(s, tau). Under a time limit the return still to
+    come depends on the time left, which a time-blind critic cannot see, and bootstrapping a
+    time-out from it inflates every value (docs/learning.md). RL-only: set on a run from an SFT
+    checkpoint without it, the time input starts at zero weight."""
+
+    RL_ONLY = ("rl_spread", "value_time")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -14,6 +14,7 @@ Both are small enough to train in minutes on two CPU cores.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -114,6 +115,7 @@ class TinyBase(Policy):
         self.trunk = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(h)
         self.value_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 1))
+        self.value_time: nn.Linear | None = self._value_time_input(h) if cfg.value_time else None
 
     @property
     def device(self) -> torch.device:
@@ -121,6 +123,26 @@ class TinyBase(Policy):
 
     def prepare_rl(self, cfg: TinyTrunkConfig) -> None:
         self.freeze_spread = not cfg.rl_spread
+        if cfg.value_time and self.value_time is None:
+            self.value_time = self._value_time_input(self.cfg.hidden_dim).to(self.device)
+            self.cfg = dataclasses.replace(self.cfg, value_time=True)  # saved checkpoints rebuild it
+
+    @staticmethod
+    def _value_time_input(h: int) -> nn.Linear:
+        # Zero weights, drawn from no RNG: every copy of the policy adds it identically, the other
+        # modules' initialisation is unchanged, and the critic starts from the pooled features alone.
+        lin = nn.utils.skip_init(nn.Linear, 1, h)
+        nn.init.zeros_(lin.weight)
+        nn.init.zeros_(lin.bias)
+        return lin
+
+    def value(self, pooled: torch.Tensor, obs: ObsBatch) -> torch.Tensor:
+        """V [B] from the pooled trunk [B, H] (and the time left when policy.value_time)."""
+        if self.value_time is None:
+            return self.value_head(pooled).squeeze(-1)
+        tau = torch.ones(pooled.shape[0], device=pooled.device) if obs.time_left is None else \
+            torch.as_tensor(obs.time_left, dtype=pooled.dtype, device=pooled.device)
+        return tau * self.value_head(pooled + self.value_time(tau[:, None])).squeeze(-1)
 
     def features(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(query outputs [B, Q, H], value [B])."""
@@ -136,7 +158,7 @@ class TinyBase(Policy):
         pooled = out[:, : self.num_obs_tokens].mean(1)  # [B, H]
         if self.cfg.detach_value:
             pooled = pooled.detach()
-        return out[:, self.num_obs_tokens :], self.value_head(pooled).squeeze(-1)
+        return out[:, self.num_obs_tokens :], self.value(pooled, obs)
 
     def _as_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
         return torch.as_tensor(actions, dtype=torch.float32, device=self.device).reshape(-1, self.chunk, self.action_dim)

@@ -86,8 +86,11 @@ class Trainer:
         self.algorithm = make_algorithm(algo_cfg)
         self.decoupled = decoupled
         self.seed = seed
-        self.policy = policy if policy is not None else build_policy(policy_cfg, action_dim, proprio_dim, seed)
-        self.policy.prepare_rl(policy_cfg)
+        if policy is None:
+            policy = build_policy(policy_cfg, action_dim, proprio_dim, seed)
+        else:
+            policy.prepare_rl(policy_cfg)
+        self.policy = policy
         self.device = self.policy.device if hasattr(self.policy, "device") else torch.device(policy_cfg.device)
         self.optimizer = torch.optim.Adam(self._param_groups(), lr=algo_cfg.lr, eps=1e-5)
         self.ref_policy = copy.deepcopy(self.policy).eval() if algo_cfg.kl_coef > 0 else None
@@ -105,8 +108,8 @@ class Trainer:
         if value_lr is None and self.algo.step_kl is None:
             return [{"params": list(self.policy.parameters())}]
         value_lr = self.algo.lr if value_lr is None else value_lr  # step_kl scales the policy's group only
-        # Parameters of a module named value_head (the built-in policies' critic) get value_lr.
-        critic = [p for n, p in self.policy.named_parameters() if n.startswith("value_head")]
+        # Parameters of modules named value_* (the built-in policies' critic) get value_lr.
+        critic = [p for n, p in self.policy.named_parameters() if n.startswith("value_")]
         ids = {id(p) for p in critic}
         return [{"params": [p for p in self.policy.parameters() if id(p) not in ids]}, {"params": critic, "lr": value_lr}]
 
