@@ -318,7 +318,8 @@ class AlgoConfig:
     """Clip of the global gradient norm per optimizer step."""
     critic_warmup: int = 0
     """First updates that train only the value head (policy loss off): the advantages of a
-    fresh critic after SFT are noise, and PPO would follow them."""
+    fresh critic after SFT are noise, and PPO would follow them. Algorithms without a critic
+    (GRPO) ignore it."""
     update_epochs: int = 2
     """Passes over each rollout batch (sync mode)."""
     minibatch_size: int = 64

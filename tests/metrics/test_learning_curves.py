@@ -67,6 +67,9 @@ def test_table_and_plot_from_run_dirs(tmp_path, capsys):
     assert out.stat().st_size > 1000
     LearningCurves(sync=[str(r) for r in runs], out=str(tmp_path / "cli.png")).run()
     assert "sync mean" in capsys.readouterr().out and (tmp_path / "cli.png").exists()
+    LearningCurves(sync=[str(runs[0])], runs=[f"ppo async={r}" for r in runs], out=str(tmp_path / "groups.png")).run()
+    table = capsys.readouterr().out
+    assert "| ppo async mean | 2 seeds |" in table and "| sync mean | 1 seeds |" in table
 
 
 def test_cli_needs_some_runs(tmp_path):
@@ -74,3 +77,5 @@ def test_cli_needs_some_runs(tmp_path):
 
     with pytest.raises(ConfigError, match="--sync"):
         LearningCurves(out=str(tmp_path / "x.png")).run()
+    with pytest.raises(ConfigError, match="runs='ppo' is invalid: expected LABEL=RUN_DIR"):
+        LearningCurves(runs=["ppo"], out=str(tmp_path / "x.png")).run()

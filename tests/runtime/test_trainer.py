@@ -242,6 +242,12 @@ def test_critic_warmup_moves_only_the_value_head():
     assert moved and all(k.startswith("value_head") for k in moved)
     trainer.update(batch, epochs=1)  # warm-up over: the actor trains
     assert any(not torch.equal(before[k], trainer.policy.state_dict()[k]) for k in before if k.startswith("action_head"))
+    # GRPO has no critic to warm up: its first update trains the actor.
+    torch.manual_seed(0)
+    grpo = Trainer(TINY, AlgoConfig(name="grpo", group_size=2, lr=1e-3, minibatch_size=16, critic_warmup=1), A, P, seed=0, trace=False)
+    start = {k: v.clone() for k, v in grpo.policy.state_dict().items() if k.startswith("action_head")}
+    grpo.update(grpo.prepare([_fixed_rollout(grpo.policy)]), epochs=1)
+    assert any(not torch.equal(v, grpo.policy.state_dict()[k]) for k, v in start.items())
 
 
 def test_value_gradient_reaches_the_trunk_only_without_detach():

@@ -2,6 +2,7 @@
 
     python -m asyncvla.metrics.learning_curves --sync RUN_DIR... --async RUN_DIR... \\
         --out docs/learning.png
+    python -m asyncvla.metrics.learning_curves --runs "ppo sync=RUN_DIR" "grpo async=RUN_DIR" ...
 
 reads each run's `metrics.jsonl` and `checkpoints/last/run_state.json`, draws two panels
 (training-episode success `rollout/success`, a trailing mean over env steps; eval success on the
@@ -24,6 +25,8 @@ from asyncvla.metrics.writer import read_metrics
 
 X_KEY = "perf/env_steps"
 COLORS = {"sync": "#4c72b0", "async": "#dd8452"}
+PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+"""Colours of the other groups, in the order they are given."""
 
 
 def curve(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +127,7 @@ def markdown_table(rows: list[RunSummary]) -> str:
 
 def plot_learning_curves(groups: dict[str, list[str | Path]], out_png: str | Path, smooth: float = 3000,
                          title: str | None = None) -> Path:
-    """Draws rollout and eval success vs env steps, mean line and min-max band per group (mode)."""
+    """Draws rollout and eval success vs env steps, mean line and min-max band per group (e.g. a mode)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,7 +148,7 @@ def plot_learning_curves(groups: dict[str, list[str | Path]], out_png: str | Pat
             if not curves:
                 continue
             grid, mean, lo, hi = band(curves)
-            color = COLORS.get(label)
+            color = COLORS.get(label, PALETTE[list(groups).index(label) % len(PALETTE)])
             ax.plot(grid, mean, color=color, label=f"{label} (mean of {len(curves)} seeds)", marker="o" if len(grid) < 8 else None)
             ax.fill_between(grid, lo, hi, color=color, alpha=0.2, linewidth=0)
         ax.set_title(name, fontsize=10)
@@ -166,12 +169,14 @@ def plot_learning_curves(groups: dict[str, list[str | Path]], out_png: str | Pat
 
 @dataclass
 class LearningCurves:
-    """Plot success vs env steps of sync and async runs (several seeds each) and print their table."""
+    """Plot success vs env steps of groups of runs (several seeds each) and print their table."""
 
     sync: list[str] = field(default_factory=list)
-    """Run directories of sync-mode runs."""
+    """Run directories of sync-mode runs (the group "sync")."""
     async_: Annotated[list[str], tyro.conf.arg(name="async")] = field(default_factory=list)
-    """Run directories of async-mode runs."""
+    """Run directories of async-mode runs (the group "async")."""
+    runs: list[str] = field(default_factory=list)
+    """Runs of any group, each "LABEL=RUN_DIR" (e.g. "ppo sync=runs/ppo-s0"); a label's runs form one curve."""
     out: str = "docs/learning.png"
     """PNG to write."""
     smooth: float = 3000
@@ -179,11 +184,17 @@ class LearningCurves:
     title: str | None = None
 
     def run(self) -> None:
-        groups = {k: v for k, v in (("sync", self.sync), ("async", self.async_)) if v}
-        if not groups:
-            from asyncvla.config import ConfigError
+        from asyncvla.config import ConfigError
 
-            raise ConfigError("sync/async are both empty: pass run directories with --sync DIR... and/or --async DIR...")
+        groups = {k: list(v) for k, v in (("sync", self.sync), ("async", self.async_)) if v}
+        for item in self.runs:
+            label, sep, run = item.partition("=")
+            if not sep or not label or not run:
+                raise ConfigError(f"runs={item!r} is invalid: expected LABEL=RUN_DIR")
+            groups.setdefault(label, []).append(run)
+        if not groups:
+            raise ConfigError("sync/async/runs are all empty: pass run directories with --sync DIR..., --async DIR... "
+                              "or --runs LABEL=DIR...")
         plot_learning_curves(groups, self.out, self.smooth, self.title)
         print(markdown_table([summarize_run(r, mode) for mode, runs in groups.items() for r in runs]))
         print(f"wrote {self.out}")

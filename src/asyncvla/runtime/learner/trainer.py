@@ -194,7 +194,8 @@ class Trainer:
 
     def _losses(self, b: Batch, chunk: np.ndarray, idx: torch.Tensor, ref_logprob) -> tuple[torch.Tensor, dict]:
         """The minibatch's loss (with grad) and its stats, at the current weights."""
-        actor_on = self.num_updates >= self.algo.critic_warmup  # critic warm-up: value loss only
+        # Critic warm-up: value loss only (an algorithm without a critic has nothing to warm up).
+        actor_on = not self.algorithm.uses_critic or self.num_updates >= self.algo.critic_warmup
         return minibatch_loss(self.policy, self.algo, self.algorithm.uses_critic, b, chunk, idx, ref_logprob, actor_on)
 
     def _step(self, loss: torch.Tensor, stats: dict) -> torch.Tensor:
