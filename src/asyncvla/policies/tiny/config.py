@@ -34,8 +34,12 @@ class TinyTrunkConfig(PolicyConfig):
     come depends on the time left, which a time-blind critic cannot see, and bootstrapping a
     time-out from it inflates every value (docs/learning.md). RL-only: set on a run from an SFT
     checkpoint without it, the time input starts at zero weight."""
+    value_state: bool = False
+    """The value head also reads the normalised proprio directly (MetaWorld: arm, object and goal
+    positions), through its own input layer trained by the value loss only, instead of only the
+    SFT trunk's pooled features. RL-only, added at zero weight like value_time."""
 
-    RL_ONLY = ("rl_spread", "value_time")
+    RL_ONLY = ("rl_spread", "value_time", "value_state")
 
     def __post_init__(self) -> None:
         super().__post_init__()

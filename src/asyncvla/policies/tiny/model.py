@@ -90,6 +90,15 @@ class ImageEncoder(nn.Module):
         return self.net(x).flatten(2).transpose(1, 2)  # [B, h*w, H]
 
 
+def _zero_linear(n_in: int, n_out: int) -> nn.Linear:
+    """A Linear with zero weights drawn from no RNG: every copy of the policy adds it identically,
+    the other modules' initialisation is unchanged, and the critic starts without its input."""
+    lin = nn.utils.skip_init(nn.Linear, n_in, n_out)
+    nn.init.zeros_(lin.weight)
+    nn.init.zeros_(lin.bias)
+    return lin
+
+
 class TinyBase(Policy):
     """Shared trunk, processor and value head; subclasses add an action head."""
 
@@ -115,7 +124,8 @@ class TinyBase(Policy):
         self.trunk = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(h)
         self.value_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 1))
-        self.value_time: nn.Linear | None = self._value_time_input(h) if cfg.value_time else None
+        self.value_time: nn.Linear | None = _zero_linear(1, h) if cfg.value_time else None
+        self.value_state: nn.Linear | None = _zero_linear(proprio_dim, h) if cfg.value_state else None
 
     @property
     def device(self) -> torch.device:
@@ -123,26 +133,25 @@ class TinyBase(Policy):
 
     def prepare_rl(self, cfg: TinyTrunkConfig) -> None:
         self.freeze_spread = not cfg.rl_spread
+        # The critic's own inputs: added at zero weight to a checkpoint that lacks them.
         if cfg.value_time and self.value_time is None:
-            self.value_time = self._value_time_input(self.cfg.hidden_dim).to(self.device)
-            self.cfg = dataclasses.replace(self.cfg, value_time=True)  # saved checkpoints rebuild it
+            self.value_time = _zero_linear(1, self.cfg.hidden_dim).to(self.device)
+        if cfg.value_state and self.value_state is None:
+            self.value_state = _zero_linear(self.proprio_dim, self.cfg.hidden_dim).to(self.device)
+        # Saved checkpoints rebuild them.
+        self.cfg = dataclasses.replace(self.cfg, value_time=self.value_time is not None, value_state=self.value_state is not None)
 
-    @staticmethod
-    def _value_time_input(h: int) -> nn.Linear:
-        # Zero weights, drawn from no RNG: every copy of the policy adds it identically, the other
-        # modules' initialisation is unchanged, and the critic starts from the pooled features alone.
-        lin = nn.utils.skip_init(nn.Linear, 1, h)
-        nn.init.zeros_(lin.weight)
-        nn.init.zeros_(lin.bias)
-        return lin
-
-    def value(self, pooled: torch.Tensor, obs: ObsBatch) -> torch.Tensor:
-        """V [B] from the pooled trunk [B, H] (and the time left when policy.value_time)."""
+    def value(self, pooled: torch.Tensor, obs: ObsBatch, proprio: torch.Tensor) -> torch.Tensor:
+        """V [B] from the pooled trunk [B, H], plus the normalised proprio [B, P] (policy.value_state)
+        and the time left (policy.value_time) when the critic reads them."""
+        x = pooled
+        if self.value_state is not None:
+            x = x + self.value_state(proprio)
         if self.value_time is None:
-            return self.value_head(pooled).squeeze(-1)
+            return self.value_head(x).squeeze(-1)
         tau = torch.ones(pooled.shape[0], device=pooled.device) if obs.time_left is None else \
             torch.as_tensor(obs.time_left, dtype=pooled.dtype, device=pooled.device)
-        return tau * self.value_head(pooled + self.value_time(tau[:, None])).squeeze(-1)
+        return tau * self.value_head(x + self.value_time(tau[:, None])).squeeze(-1)
 
     def features(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(query outputs [B, Q, H], value [B])."""
@@ -158,7 +167,7 @@ class TinyBase(Policy):
         pooled = out[:, : self.num_obs_tokens].mean(1)  # [B, H]
         if self.cfg.detach_value:
             pooled = pooled.detach()
-        return out[:, self.num_obs_tokens :], self.value(pooled, obs)
+        return out[:, self.num_obs_tokens :], self.value(pooled, obs, proprio.detach() if self.cfg.detach_value else proprio)
 
     def _as_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
         return torch.as_tensor(actions, dtype=torch.float32, device=self.device).reshape(-1, self.chunk, self.action_dim)
