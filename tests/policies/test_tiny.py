@@ -249,3 +249,20 @@ def test_obs_batch_carries_time_left_through_stack_concat_slice_index():
     assert both.index(np.array([4, 0])).time_left.tolist() == [0.25, 1.0]
     clockless = ObsBatch(b.images[:1], b.proprio[:1], ["x"])  # e.g. from a dataset
     assert ObsBatch.concat([b, clockless]).time_left is None
+
+
+def test_value_state_reads_the_proprio_through_its_own_zero_started_layer(tmp_path):
+    from asyncvla.policies.registry import build_policy
+
+    torch.manual_seed(0)
+    blind = make_policy(_cfg("tiny"), action_dim=A, proprio_dim=P)
+    save_policy(blind, tmp_path / "sft")
+    critic = build_policy(_cfg("tiny", value_state=True, init=str(tmp_path / "sft")), A, P, seed=0)
+    obs, acts = _obs(b=4), torch.zeros(4, K, A)
+    with torch.no_grad():
+        assert torch.equal(critic.evaluate(obs, acts)[2], blind.evaluate(obs, acts)[2])  # zero weight: unchanged
+    critic.evaluate(obs, acts)[2].sum().backward()
+    assert critic.value_state.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for n, p in critic.named_parameters() if n.startswith("proprio_proj"))
+    save_policy(critic, tmp_path / "rl")
+    assert load_policy(tmp_path / "rl").cfg.value_state
