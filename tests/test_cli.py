@@ -103,5 +103,6 @@ def test_ray_address_shorthand_also_applies_on_resume(tmp_path):
 
     saved = load_preset(TrainConfig, "emulated-e2e")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(saved), sort_keys=False))
+    (tmp_path / "checkpoints" / "last").mkdir(parents=True)
     cfg = _parse_train("--resume", str(tmp_path), "--ray-address", "auto").resolved_config()
     assert cfg.runtime.ray_address == "auto" and cfg.run.resume == str(tmp_path)

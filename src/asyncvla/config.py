@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,6 +317,10 @@ class AlgoConfig:
     """Learning rate of the value head; null uses lr."""
     max_grad_norm: float = 1.0
     """Clip of the global gradient norm per optimizer step."""
+    max_skipped_updates: int = 3
+    """An optimizer step whose loss or gradient is not finite is skipped (counted in
+    train/skipped_steps); this many updates in a row with every step skipped stop the run,
+    keeping the last good checkpoint."""
     critic_warmup: int = 0
     """First updates that train only the value head (policy loss off): the advantages of a
     fresh critic after SFT are noise, and PPO would follow them. Algorithms without a critic
@@ -342,8 +347,11 @@ class AlgoConfig:
                "allowed: episode, reward_to_go")
         _check(self.ratio in ("chunk", "token_mean"), "algo.ratio", self.ratio, "allowed: chunk, token_mean")
         _check(self.reward_scale > 0, "algo.reward_scale", self.reward_scale, "must be > 0")
-        _check(self.lr > 0, "algo.lr", self.lr, "must be > 0")
+        _check(0 < self.lr < math.inf, "algo.lr", self.lr, "must be > 0 and finite")
+        _check(self.value_lr is None or 0 < self.value_lr < math.inf, "algo.value_lr", self.value_lr, "must be > 0 and finite, or null")
+        _check(0 < self.max_grad_norm < math.inf, "algo.max_grad_norm", self.max_grad_norm, "must be > 0 and finite")
         _check(self.step_kl is None or self.step_kl > 0, "algo.step_kl", self.step_kl, "must be > 0 or null")
+        _check(self.max_skipped_updates >= 1, "algo.max_skipped_updates", self.max_skipped_updates, "must be >= 1")
         _check(self.critic_warmup >= 0, "algo.critic_warmup", self.critic_warmup, "must be >= 0")
         _check(self.update_epochs >= 1, "algo.update_epochs", self.update_epochs, "must be >= 1")
         _check(self.minibatch_size >= 1, "algo.minibatch_size", self.minibatch_size, "must be >= 1")

@@ -146,3 +146,72 @@ def test_the_update_that_reaches_the_env_step_budget_still_trains(tmp_path):
     assert summary["updates"] == 3 and summary["env_steps"] == 3 * 48
     led = json.loads((tmp_path / "run" / "checkpoints" / "last" / "async_state.json").read_text())["ledger"]
     assert led["trained_env_steps"] == 3 * 48 and not led["dropped_env_steps"]
+
+
+def test_resume_verifies_last_and_falls_back_to_previous(tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from asyncvla.runtime.checkpoints import NonFiniteWeights, RunState, load_checkpoint, save_checkpoint
+    from asyncvla.runtime.learner.trainer import Trainer
+
+    cfg = tiny_cfg(tmp_path, updates=3, local=True)
+    cfg.run.checkpoint_every = 2  # last at update 2, then at the end (3): previous holds update 2
+    train(cfg)
+    ck = tmp_path / "run" / "checkpoints"
+    assert (ck / "last" / "checksums.json").is_file() and (ck / "previous").is_dir()
+    last_update = json.loads((ck / "last" / "run_state.json").read_text())["update"]
+    prev_update = json.loads((ck / "previous" / "run_state.json").read_text())["update"]
+    assert prev_update < last_update
+
+    def trainer():
+        return Trainer(cfg.policy, cfg.algo, 4, 8, seed=0, trace=False)
+
+    def damaged(name, damage):
+        run = tmp_path / name
+        shutil.copytree(tmp_path / "run", run)
+        damage(run / "checkpoints" / "last")
+        return run
+
+    def garble(d):
+        b = bytearray((d / "model.safetensors").read_bytes())
+        b[-64:] = bytes(64)
+        (d / "model.safetensors").write_bytes(bytes(b))
+
+    def nan_weights(d):  # a checkpoint from before checksums, with non-finite weights
+        w = load_file(str(d / "model.safetensors"))
+        w[next(iter(w))].fill_(float("nan"))
+        save_file(w, str(d / "model.safetensors"))
+        (d / "checksums.json").unlink()
+
+    cases = {
+        "garbled": (garble, "model.safetensors does not match its checksum"),
+        "truncated": (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:100]), "checksum"),
+        "torn_state": (lambda d: (d / "run_state.json").write_text('{"update": 2, "env'), "run_state.json does not match"),
+        "non_finite": (nan_weights, "not finite"),
+    }
+    capsys.readouterr()
+    for name, (damage, why) in cases.items():
+        state, used = load_checkpoint(trainer(), damaged(name, damage))
+        assert used.name == "previous" and state.update == prev_update, name
+        err = capsys.readouterr().err
+        assert "warning: resuming from checkpoints/previous: checkpoints/last is unusable" in err and why in err, (name, err)
+    # Both unusable: one line naming why; a run directory without checkpoints is refused up front.
+    both = damaged("both", garble)
+    garble(both / "checkpoints" / "previous")
+    with pytest.raises(ConfigError, match=r"checkpoints/last is unusable .*; checkpoints/previous is unusable") as e:
+        load_checkpoint(trainer(), both)
+    assert "\n" not in str(e.value)
+    shutil.rmtree(both / "checkpoints")
+    with pytest.raises(ConfigError, match="has no checkpoints/last"):
+        load_run_config(both)
+    # Weights that are not finite are never written; the last good checkpoint stays.
+    t = trainer()
+    with torch.no_grad():
+        next(t.policy.parameters()).fill_(float("inf"))
+    before = (ck / "last" / "model.safetensors").read_bytes()
+    with pytest.raises(NonFiniteWeights, match="not written"):
+        save_checkpoint(t, tmp_path / "run", RunState(update=9), "last")
+    assert (ck / "last" / "model.safetensors").read_bytes() == before

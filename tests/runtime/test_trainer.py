@@ -286,3 +286,30 @@ def test_the_critics_time_input_trains_at_the_value_lr():
     critic = trainer.optimizer.param_groups[1]
     names = {id(p): n for n, p in trainer.policy.named_parameters()}
     assert critic["lr"] == 1e-2 and {names[id(p)].split(".")[0] for p in critic["params"]} == {"value_head", "value_time"}
+
+
+def test_a_non_finite_loss_is_never_applied_and_enough_in_a_row_stop_training():
+    from asyncvla.runtime.learner.trainer import NonFiniteUpdates
+
+    torch.manual_seed(0)
+    trainer = Trainer(TINY, AlgoConfig(lr=1e-3, minibatch_size=8, max_skipped_updates=2), A, P, seed=0, trace=False)
+    good = trainer.prepare([_fixed_rollout(trainer.policy)])
+    bad = dataclasses.replace(good, advantages=good.advantages.clone())
+    bad.advantages[0] = float("nan")  # poisons the one minibatch holding sample 0, every epoch
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    stats = trainer.update(bad, epochs=1)
+    n_mb = -(-len(bad) // 8)
+    assert stats["train/skipped_steps"] == 1 and stats["train/optimizer_steps"] == n_mb - 1
+    assert stats["train/skipped_updates"] == 0 and trainer.version == n_mb - 1
+    assert all(torch.isfinite(v).all() for v in trainer.policy.state_dict().values())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.policy.state_dict().items())  # the others stepped
+    # Every step non-finite: the update is skipped whole; the second in a row stops training.
+    nan_all = dataclasses.replace(good, advantages=torch.full_like(good.advantages, float("nan")))
+    weights = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    assert trainer.update(nan_all, epochs=1)["train/skipped_updates"] == 1
+    trainer.update(good, epochs=1)  # a good update resets the count
+    with pytest.raises(NonFiniteUpdates, match=r"2 updates in a row .* \(algo.max_skipped_updates=2\)"):
+        trainer.update(nan_all, epochs=1)
+        trainer.update(nan_all, epochs=1)
+    assert trainer.skipped_in_a_row == 2 and all(torch.isfinite(v).all() for v in trainer.policy.state_dict().values())
+    assert not all(torch.equal(weights[k], v) for k, v in trainer.policy.state_dict().items())  # the good update stepped

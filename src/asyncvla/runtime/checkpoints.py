@@ -1,11 +1,19 @@
-"""The run directory: resolved config, run counters, atomic checkpoints, resume, summary."""
+"""The run directory: resolved config, run counters, atomic checkpoints, resume, summary.
+
+A checkpoint is written to a temporary directory with a checksum of every file, then renamed
+into place; `last` keeps its predecessor as `previous`. Weights that are not finite are never
+written. Resume verifies `last` (checksums, parse, finite weights) and falls back to
+`previous` with a warning.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +22,15 @@ from typing import Callable
 import yaml
 
 from asyncvla.config import ConfigError, TrainConfig, from_dict, to_dict
-from asyncvla.runtime.learner.trainer import Trainer
+from asyncvla.runtime.learner.trainer import NonFiniteUpdates, Trainer
+
+CHECKSUMS = "checksums.json"
+RESUME_TAGS = ("last", "previous")
+"""Where resume looks, in order: the newest checkpoint, then the one it replaced."""
+
+
+class NonFiniteWeights(RuntimeError):
+    """A checkpoint was not written: its weights are not finite."""
 
 
 @dataclass
@@ -51,9 +67,18 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.exists():
         raise ConfigError(f"run.resume={str(run_dir)!r} is invalid: no config.yaml there (not a run directory)")
+    resumable(run_dir)  # refused before anything starts, not trained from scratch
     cfg = from_dict(TrainConfig, yaml.safe_load(path.read_text()), where=str(path))
     cfg.run.resume = str(run_dir)
     return cfg
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def save_checkpoint(trainer: Trainer, run_dir: Path, state: RunState, tag: str,
@@ -62,8 +87,13 @@ def save_checkpoint(trainer: Trainer, run_dir: Path, state: RunState, tag: str,
 
     extra_files: more JSON files for the same checkpoint (the staleness and ledger state),
     written before the rename so they are never out of step. meta: more top-level keys of the
-    policy's config.yaml (e.g. how the run evaluates).
+    policy's config.yaml (e.g. how the run evaluates). Raises NonFiniteWeights, writing
+    nothing, when a weight is NaN or infinite.
     """
+    bad = [n for n, v in trainer.policy.state_dict().items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise NonFiniteWeights(f"checkpoint {tag!r} not written: {len(bad)} weight tensor(s) are not finite "
+                               f"(first: {bad[0]}); checkpoints/{tag} keeps the last good weights")
     root = run_dir / "checkpoints"
     root.mkdir(exist_ok=True)
     final, tmp = root / tag, root / f".{tag}.tmp"
@@ -72,25 +102,72 @@ def save_checkpoint(trainer: Trainer, run_dir: Path, state: RunState, tag: str,
     (tmp / "run_state.json").write_text(json.dumps(dataclasses.asdict(state)))
     for name, obj in (extra_files or {}).items():
         (tmp / name).write_text(json.dumps(obj))
+    (tmp / CHECKSUMS).write_text(json.dumps({f.name: _sha256(f) for f in sorted(tmp.iterdir()) if f.is_file()}))
+    # The old checkpoint is moved aside before the new one is renamed in, and dropped only after:
+    # at every instant one complete checkpoint exists (`last`'s becomes `previous`, resume's fallback).
+    old = root / ("previous" if tag == "last" else f".{tag}.old")
     if final.exists():
-        shutil.rmtree(final)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
     os.replace(tmp, final)
+    if tag != "last":
+        shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def load_checkpoint(trainer: Trainer, run_dir: Path) -> RunState:
-    """Restores the trainer from checkpoints/last and returns the run counters."""
-    ckpt = run_dir / "checkpoints" / "last"
-    if not (ckpt / "run_state.json").exists():
-        raise ConfigError(f"run.resume={str(run_dir)!r} is invalid: no checkpoints/last in it to resume from")
-    trainer.load(str(ckpt))
-    return RunState(**json.loads((ckpt / "run_state.json").read_text()))
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why checkpoint `ckpt` cannot be resumed from (one line), or None when it is sound: every
+    file matches its checksum (older checkpoints have none), run_state.json parses, the weights
+    load and are finite."""
+    from safetensors.torch import load_file
+
+    from asyncvla.policies.checkpoint import WEIGHTS
+
+    try:
+        sums_path = ckpt / CHECKSUMS
+        if sums_path.exists():
+            for name, digest in json.loads(sums_path.read_text()).items():
+                if not (ckpt / name).is_file():
+                    return f"{name} is missing"
+                if _sha256(ckpt / name) != digest:
+                    return f"{name} does not match its checksum"
+        json.loads((ckpt / "run_state.json").read_text())
+        weights = load_file(str(ckpt / WEIGHTS))
+    except Exception as e:  # a torn or garbled file: whatever the parser says, on one line
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+    bad = [n for n, v in weights.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    return f"{len(bad)} weight tensor(s) are not finite (first: {bad[0]})" if bad else None
+
+
+def resumable(run_dir: str | Path) -> list[Path]:
+    """The checkpoints a resume of `run_dir` may use, newest first; ConfigError when there is none."""
+    found = [Path(run_dir) / "checkpoints" / t for t in RESUME_TAGS if (Path(run_dir) / "checkpoints" / t).is_dir()]
+    if not found:
+        raise ConfigError(f"run.resume={str(run_dir)!r} is invalid: it has no checkpoints/last (nor checkpoints/previous) "
+                          "to resume from")
+    return found
+
+
+def load_checkpoint(trainer: Trainer, run_dir: Path) -> tuple[RunState, Path]:
+    """Restores the trainer from the newest sound checkpoint (last, else previous, with a warning)
+    and returns the run counters and the checkpoint used."""
+    problems = []
+    for ckpt in resumable(run_dir):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            trainer.load(str(ckpt))
+            if problems:
+                print(f"warning: resuming from checkpoints/{ckpt.name}: {'; '.join(problems)}", file=sys.stderr)
+            return RunState(**json.loads((ckpt / "run_state.json").read_text())), ckpt
+        problems.append(f"checkpoints/{ckpt.name} is unusable ({problem})")
+    raise ConfigError(f"run.resume={str(run_dir)!r} is invalid: {'; '.join(problems)}")
 
 
 def save_on_crash(trainer: Trainer | None, run_dir: Path, state: RunState,
-                  extra_files: Callable[[], dict] | None = None) -> None:
-    """Best effort: a crash (or Ctrl-C) between updates still leaves checkpoints/last to resume."""
-    if trainer is None or state.update == 0:
+                  extra_files: Callable[[], dict] | None = None, error: BaseException | None = None) -> None:
+    """Best effort: a crash (or Ctrl-C) between updates still leaves checkpoints/last to resume.
+    Not after NonFiniteUpdates: weights that only give non-finite losses must not become `last`."""
+    if trainer is None or state.update == 0 or isinstance(error, NonFiniteUpdates):
         return
     try:
         save_checkpoint(trainer, run_dir, state, "last", extra_files() if extra_files else None)

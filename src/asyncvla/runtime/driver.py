@@ -28,8 +28,8 @@ from asyncvla.metrics.writer import MetricsWriter
 from asyncvla.policies.base import Policy
 from asyncvla.policies.registry import build_policy
 from asyncvla.runtime import loop
-from asyncvla.runtime.checkpoints import (RunState, load_checkpoint, prepare_run_dir, save_checkpoint, save_on_crash,
-                                          summarize)
+from asyncvla.runtime.checkpoints import (RunState, load_checkpoint, prepare_run_dir, resumable, save_checkpoint,
+                                          save_on_crash, summarize)
 from asyncvla.runtime.loop import Runtime
 from asyncvla.runtime.plan import make_plan
 
@@ -190,6 +190,8 @@ def train(cfg: TrainConfig, progress: Callable | None = None) -> dict:
     from asyncvla.algos.warm_start import ensure_warm_start
 
     plan = make_plan(cfg)  # bad combinations fail here, before anything starts
+    if cfg.run.resume:
+        resumable(cfg.run.resume)
     # The SFT start is made before the run dir's config.yaml, which then records policy.init.
     cfg.policy.init = ensure_warm_start(cfg) or cfg.policy.init
     run_dir = prepare_run_dir(cfg)
@@ -202,9 +204,8 @@ def train(cfg: TrainConfig, progress: Callable | None = None) -> dict:
     own_ray = _start_ray(cfg, plan)
     try:
         run = loop.build_runtime(cfg, plan)
-        ckpt = run_dir / "checkpoints" / "last"
-        if cfg.run.resume and ckpt.exists():
-            state = load_checkpoint(run.trainer, run_dir)
+        if cfg.run.resume:
+            state, ckpt = load_checkpoint(run.trainer, run_dir)
             restore_runtime_state(run, ckpt)
         writer = MetricsWriter(run_dir, wall_offset_s=state.wall_s)
         eval_policy = build_policy(cfg.policy, run.spec["action_dim"], run.spec["proprio_dim"], cfg.run.seed).eval()
@@ -220,8 +221,8 @@ def train(cfg: TrainConfig, progress: Callable | None = None) -> dict:
             driver.mark = (time.time(), run.ledger.trained_env_steps)
             loop.run(run, cfg.run.total_env_steps, left, on_update=driver)
         driver.finish()
-    except BaseException:
-        save_on_crash(run.trainer if run else None, run_dir, state, lambda: {RUNTIME_STATE: runtime_state(run)})
+    except BaseException as e:
+        save_on_crash(run.trainer if run else None, run_dir, state, lambda: {RUNTIME_STATE: runtime_state(run)}, e)
         raise
     finally:
         if writer is not None:

@@ -50,6 +50,11 @@ def next_values(policy: Policy, r: Rollout) -> np.ndarray:
     return nv
 
 
+class NonFiniteUpdates(RuntimeError):
+    """algo.max_skipped_updates updates in a row had only non-finite losses or gradients: the weights
+    (finite: a non-finite gradient is never applied) no longer give a usable loss."""
+
+
 def _floats(stats: dict) -> dict[str, float]:
     return {k: v for k, v in stats.items() if not k.startswith("_")}
 
@@ -102,6 +107,10 @@ class Trainer:
         """algo.step_kl: a policy step has measured the learning rate's KL (saved in checkpoints)."""
         # Bounded: a caller that never drains it (a benchmark) must not grow it without end.
         self.minibatch_log: deque[dict] = deque(maxlen=100_000)
+        self.skipped_steps = 0
+        """Optimizer steps not taken because the loss or the gradient was not finite (whole run)."""
+        self.skipped_in_a_row = 0
+        """Updates in a row of which every step was skipped."""
 
     def _param_groups(self) -> list[dict]:
         value_lr = self.algo.value_lr
@@ -166,7 +175,7 @@ class Trainer:
         ref_logprob = self._logprob(batch, self.ref_policy) if self.ref_policy is not None else None
         n, mb, target_kl = len(batch), self.algo.minibatch_size, self.algo.target_kl
         stepped: list[dict] = []  # the stats of each optimizer step of this update
-        stopped = False
+        stopped, skipped = False, 0
         for epoch in range(epochs):
             perm = self.rng.permutation(n)
             for chunk in np.array_split(perm, max(1, -(-n // mb))):
@@ -182,14 +191,24 @@ class Trainer:
                     break
                 stats = self._take_step(batch, chunk, idx, ref_logprob, loss, stats, first=not stepped)
                 row.update(_floats(stats))
+                if stats.get("skipped"):
+                    skipped += 1
+                    continue
                 stepped.append(stats)
             if stopped:
                 break
         self.policy.eval()
         self.num_updates += 1
+        self.skipped_steps += skipped
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped and not stepped else 0
+        if self.skipped_in_a_row >= self.algo.max_skipped_updates:
+            raise NonFiniteUpdates(f"training stopped: {self.skipped_in_a_row} updates in a row had a non-finite loss or "
+                                   f"gradient in every optimizer step (algo.max_skipped_updates={self.algo.max_skipped_updates}); "
+                                   "the last periodic checkpoint holds the last good weights")
         out = _update_stats(stepped)
         out.update({"train/samples": float(n), "train/optimizer_steps": float(len(stepped)), "train/version": float(self.version),
-                    "train/early_stopped": float(stopped), "train/lr": self.policy_lr})
+                    "train/early_stopped": float(stopped), "train/lr": self.policy_lr, "train/skipped_steps": float(skipped),
+                    "train/skipped_updates": float(skipped > 0 and not stepped)})
         return out
 
     def _losses(self, b: Batch, chunk: np.ndarray, idx: torch.Tensor, ref_logprob) -> tuple[torch.Tensor, dict]:
@@ -198,15 +217,19 @@ class Trainer:
         actor_on = not self.algorithm.uses_critic or self.num_updates >= self.algo.critic_warmup
         return minibatch_loss(self.policy, self.algo, self.algorithm.uses_critic, b, chunk, idx, ref_logprob, actor_on)
 
-    def _step(self, loss: torch.Tensor, stats: dict) -> torch.Tensor:
-        """One optimizer step; returns the minibatch's logprob before it (for the first step's change)."""
+    def _step(self, loss: torch.Tensor, stats: dict) -> torch.Tensor | None:
+        """One optimizer step; returns the minibatch's logprob before it (for the first step's change),
+        or None when the loss or the gradient is not finite: then nothing is applied."""
         before = stats.pop("_logprob")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.algo.max_grad_norm)
+        stats.update(total=float(loss.detach()), grad_norm=float(grad_norm))
+        if not (torch.isfinite(loss.detach()) and torch.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
         self.optimizer.step()
         self.policy.version += 1  # a version is one optimizer step
-        stats.update(total=float(loss.detach()), grad_norm=float(grad_norm))
         return before
 
     def _take_step(self, b: Batch, chunk: np.ndarray, idx: torch.Tensor, ref_logprob, loss: torch.Tensor,
@@ -221,6 +244,8 @@ class Trainer:
         tokens = chunk_tokens(b.actions)
         for attempt in range(MAX_RETAKES + 1):
             before = self._step(loss, stats)
+            if before is None:
+                return {**stats, "skipped": 1.0}
             if target is None and not first:
                 return stats
             with torch.no_grad():
