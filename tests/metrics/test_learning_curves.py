@@ -79,3 +79,5 @@ def test_cli_needs_some_runs(tmp_path):
         LearningCurves(out=str(tmp_path / "x.png")).run()
     with pytest.raises(ConfigError, match="runs='ppo' is invalid: expected LABEL=RUN_DIR"):
         LearningCurves(runs=["ppo"], out=str(tmp_path / "x.png")).run()
+    with pytest.raises(ConfigError, match="ppo run .* is invalid: no metrics.jsonl there"):
+        LearningCurves(runs=[f"ppo={tmp_path}"], out=str(tmp_path / "x.png")).run()

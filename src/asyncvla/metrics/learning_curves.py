@@ -176,7 +176,8 @@ class LearningCurves:
     async_: Annotated[list[str], tyro.conf.arg(name="async")] = field(default_factory=list)
     """Run directories of async-mode runs (the group "async")."""
     runs: list[str] = field(default_factory=list)
-    """Runs of any group, each "LABEL=RUN_DIR" (e.g. "ppo sync=runs/ppo-s0"); a label's runs form one curve."""
+    """Runs of any group, each "LABEL=RUN_DIR" split at the first "=" (e.g. "ppo sync=runs/ppo-s0");
+    a label's runs form one curve."""
     out: str = "docs/learning.png"
     """PNG to write."""
     smooth: float = 3000
@@ -192,6 +193,10 @@ class LearningCurves:
             if not sep or not label or not run:
                 raise ConfigError(f"runs={item!r} is invalid: expected LABEL=RUN_DIR")
             groups.setdefault(label, []).append(run)
+        for label, runs in groups.items():
+            for run in runs:
+                if not (Path(run) / "metrics.jsonl").is_file():
+                    raise ConfigError(f"{label} run {run!r} is invalid: no metrics.jsonl there (not a run directory)")
         if not groups:
             raise ConfigError("sync/async/runs are all empty: pass run directories with --sync DIR..., --async DIR... "
                               "or --runs LABEL=DIR...")
