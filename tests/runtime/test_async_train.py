@@ -84,3 +84,27 @@ def test_cli_mode_async_prints_the_sync_summary_keys(tmp_path, capsys):
     cfg = load_run_config(tmp_path / "cli")
     assert cfg.runtime.mode == "async" and cfg.runtime.async_env and cfg.runtime.decoupled_actor  # --mode async = full async
     assert _balanced(_ledger(tmp_path / "cli")) and last["env_steps"] == _ledger(tmp_path / "cli")["produced"]
+
+
+def test_an_inference_error_ends_the_run_at_once_naming_the_server_and_cause(tmp_path, monkeypatch):
+    import time
+
+    import pytest
+
+    from asyncvla.policies.tiny.model import TinyVLA
+
+    act = TinyVLA.act
+
+    def failing_act(self, obs, deterministic=False):
+        if self.version >= 1 and not deterministic:  # sampling on a server, e.g. after an update left NaN logits
+            raise ValueError("probabilities contain nan")
+        return act(self, obs, deterministic)
+
+    monkeypatch.setattr(TinyVLA, "act", failing_act)
+    cfg = async_cfg(tmp_path, updates=50)
+    cfg.run.eval_episodes = 0
+    t0 = time.time()
+    with pytest.raises(RuntimeError, match=r"env manager \d failed: .*rollout server 0: ValueError: probabilities contain nan"):
+        train_async(cfg)
+    assert time.time() - t0 < 60  # not a stall
+    assert (tmp_path / "run" / "checkpoints" / "last").is_dir()  # the crash left a checkpoint to resume

@@ -71,3 +71,54 @@ def test_routers():
     assert g.pick(3, 1) == 0
     with pytest.raises(ConfigError, match="runtime.router"):
         make_router("random", 2)
+
+
+def test_an_inference_error_reaches_every_waiting_caller_and_serving_goes_on(fake_policy, obs_of):
+    from asyncvla.runtime.inference.batcher import InferenceError
+
+    tr = LocalTransport()
+    policy = fake_policy(1.0)
+    server = RolloutServer(policy, max_batch=4, max_wait_s=0.05, index=3)
+
+    def boom():
+        raise ValueError("invalid logits\nsecond line")
+
+    policy.hook = boom
+    stop = threading.Event()
+    th = threading.Thread(target=server.serve, args=(tr, tr.clock, stop.is_set), daemon=True)
+    th.start()
+    futs = [tr.submit(i, obs_of(2, 0), 2) for i in range(2)]  # one batch of two requests
+    replies = [f.result(timeout=5) for f in futs]
+    assert [r.error for r in replies] == ["rollout server 3: ValueError: invalid logits"] * 2
+    with pytest.raises(InferenceError, match="^rollout server 3: ValueError: invalid logits$"):
+        replies[0].unwrap()
+    policy.hook = None  # the next batch is served normally
+    assert tr.submit(0, obs_of(1, 7), 1).result(timeout=5).unwrap().actions[0, 0, 0] == 7.0
+    stop.set()
+    tr.close()
+    th.join(timeout=5)
+
+
+def test_a_ray_servers_error_reaches_the_manager_as_an_error_reply():
+    from concurrent.futures import Future
+
+    from asyncvla.runtime.backends.ray_proxies import RayServerTransport
+
+    class Ref:
+        def __init__(self, fut):
+            self.fut = fut
+
+        def future(self):
+            return self.fut
+
+    class Actor:  # act.remote(...) fails the way a Ray task does: the future holds the exception
+        class act:
+            @staticmethod
+            def remote(client, obs):
+                fut = Future()
+                fut.set_exception(RuntimeError("ray task failed\nTraceback ...\nInferenceError: rollout server 1: ValueError: nan"))
+                return Ref(fut)
+
+    got = []
+    RayServerTransport(Actor()).submit(0, None, 1, got.append)
+    assert len(got) == 1 and got[0].error == "InferenceError: rollout server 1: ValueError: nan" and got[0].result is None

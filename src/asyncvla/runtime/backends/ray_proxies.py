@@ -185,7 +185,13 @@ class RayServerTransport:
         ref = self.actor.act.remote(client, payload)
 
         def done(fut) -> None:
-            out = fut.result()  # an error here surfaces as the manager's error (no reply, it stops)
+            # An exception raised in a done-callback is swallowed: the error must travel as a reply.
+            try:
+                out = fut.result()
+            except Exception as e:
+                msg = str(e).strip().splitlines()
+                on_reply(Reply(-1, client, None, -1, error=msg[-1] if msg else type(e).__name__))
+                return
             on_reply(Reply(-1, client, out, int(out.version)))
 
         ref.future().add_done_callback(done)

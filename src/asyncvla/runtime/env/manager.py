@@ -65,7 +65,7 @@ class RolloutClient:
         """Blocking request (lockstep managers)."""
         box: queue.SimpleQueue[Reply] = queue.SimpleQueue()
         self.submit(client, obs, box.put)
-        return box.get().result
+        return box.get().unwrap()
 
 
 class EnvManager:
@@ -150,7 +150,7 @@ class EnvManager:
             # replies that arrive meanwhile must not keep this loop from seeing stop or new results.
             for _ in range(self._replies.qsize()):
                 ids, reply = self._replies.get_nowait()
-                self.worker.send(ids, reply.result)
+                self.worker.send(ids, reply.unwrap())  # a server's error ends this manager, named
                 busy.update(ids)
                 # An inline executor ran the chunk inside `send`: the envs that finished send their
                 # requests now, so their inference overlaps the next env's chunk instead of following it.

@@ -47,6 +47,17 @@ class Reply:
     """What the server computed for the request (an `ActOut` of n samples)."""
     version: int
     error: str | None = None
+    """Set instead of `result` when the server could not act on the request (one line, naming it)."""
+
+    def unwrap(self) -> Any:
+        """The result, or InferenceError with the server's message."""
+        if self.error is not None:
+            raise InferenceError(self.error)
+        return self.result
+
+
+class InferenceError(RuntimeError):
+    """A rollout server could not act on a request; the message names the server and the cause."""
 
 
 class DynamicBatcher:

@@ -105,7 +105,12 @@ class RolloutServer:
             for req in transport.recv(timeout):
                 self.batcher.add(req)
             while (batch := self.batcher.pop_ready(clock())) is not None:
-                for reply in self.run_batch(batch):
+                try:
+                    replies = self.run_batch(batch)
+                except Exception as e:  # every waiting caller learns why, instead of waiting forever
+                    msg = f"rollout server {self.index}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    replies = [Reply(r.id, r.client, None, self.version, error=msg.rstrip(": ")) for r in batch]
+                for reply in replies:
                     transport.send(reply)
 
     def stats(self) -> dict[str, float]:
@@ -207,7 +212,7 @@ def make_ray_rollout_server(**ray_options):
             self._thread.start()
 
         def act(self, client: int, obs: ObsBatch) -> ActOut:
-            return self.transport.submit(client, obs, len(obs)).result().result
+            return self.transport.submit(client, obs, len(obs)).result().unwrap()
 
         def set_weights(self, state: Mapping[str, torch.Tensor], version: int) -> None:
             self.server.set_weights(state, version)
