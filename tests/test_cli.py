@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from asyncvla.config import ConfigError
+
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "asyncvla.cli", *args], capture_output=True, text=True, timeout=timeout)
@@ -106,3 +108,32 @@ def test_ray_address_shorthand_also_applies_on_resume(tmp_path):
     (tmp_path / "checkpoints" / "last").mkdir(parents=True)
     cfg = _parse_train("--resume", str(tmp_path), "--ray-address", "auto").resolved_config()
     assert cfg.runtime.ray_address == "auto" and cfg.run.resume == str(tmp_path)
+
+
+def test_resume_applies_budget_overrides_and_refuses_the_rest(tmp_path):
+    import yaml
+
+    from asyncvla.config import TrainConfig, load_preset, to_dict
+
+    saved = load_preset(TrainConfig, "emulated-e2e")
+    saved.run.total_updates = 4
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(saved), sort_keys=False))
+    (tmp_path / "checkpoints" / "last").mkdir(parents=True)
+    same = _parse_train("--resume", str(tmp_path)).resolved_config()
+    assert to_dict(same) == {**to_dict(saved), "run": {**to_dict(saved)["run"], "resume": str(tmp_path)}}
+    more = _parse_train("--resume", str(tmp_path), "--run.total-updates", "8", "--run.eval-every", "2").resolved_config()
+    assert (more.run.total_updates, more.run.eval_every) == (8, 2) and more.algo == saved.algo
+    with pytest.raises(ConfigError, match=r"--resume keeps the run's saved config: --algo.lr cannot change on resume .*"
+                                          r"allowed with --resume: --run.total-env-steps") as e:
+        _parse_train("--resume", str(tmp_path), "--algo.lr", "0.5").resolved_config()
+    assert "\n" not in str(e.value)
+
+
+def test_resume_of_a_directory_without_a_checkpoint_is_refused(tmp_path):
+    import yaml
+
+    from asyncvla.config import TrainConfig, load_preset, to_dict
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(load_preset(TrainConfig, "emulated-e2e")), sort_keys=False))
+    with pytest.raises(ConfigError, match="has no checkpoints/last"):
+        _parse_train("--resume", str(tmp_path)).resolved_config()

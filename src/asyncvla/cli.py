@@ -466,7 +466,7 @@ class Train:
         if self.resume:
             from asyncvla.runtime.checkpoints import load_run_config
 
-            cfg = load_run_config(self.resume)
+            cfg = _with_resume_overrides(load_run_config(self.resume), self.cfg, load_preset(TrainConfig, self.preset))
         elif self.mode is not None:
             rt = cfg.runtime
             levels = {}
@@ -494,6 +494,33 @@ class Train:
         _report(summary, self.json)
         if not self.json:
             print(train_epilogue(summary, cfg))
+
+
+RESUME_OVERRIDES = ("run.total_env_steps", "run.total_updates", "run.eval_every", "run.checkpoint_every")
+"""What a resumed run may change on the command line: its budget and how often it evaluates and
+saves. Anything else would make the resumed run another run than the one its logs describe."""
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _with_resume_overrides(saved: TrainConfig, given: TrainConfig, base: TrainConfig) -> TrainConfig:
+    """The saved config of a resumed run with the budget options given on the command line (the
+    fields where `given` differs from the preset it was parsed onto); other options are refused."""
+    from asyncvla.config import to_dict
+
+    changed = {k: v for k, v in _flat(to_dict(given)).items() if _flat(to_dict(base)).get(k, object()) != v}
+    refused = sorted(k for k in changed if k not in RESUME_OVERRIDES)
+    if refused:
+        raise ConfigError(f"--resume keeps the run's saved config: --{refused[0].replace('_', '-')} cannot change on resume "
+                          f"({len(refused)} such option(s)); allowed with --resume: "
+                          f"{', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDES)}")
+    run = dataclasses.replace(saved.run, **{k.split(".", 1)[1]: v for k, v in changed.items()})
+    return dataclasses.replace(saved, run=run)
 
 
 def train_epilogue(summary: dict, cfg: TrainConfig) -> str:
