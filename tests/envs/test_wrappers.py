@@ -86,3 +86,19 @@ def test_success_reward_rejects_unknown_kinds():
 
     with pytest.raises(ConfigError, match="env.wrappers.reward"):
         WrapperConfig(reward="dense")
+
+
+def test_a_rebuilt_env_draws_new_faults_not_its_predecessors():
+    """Each rebuild is a new incarnation with its own fault stream: with one stream per env id, env 0
+    crashed at exactly the same step after every rebuild (every 10 steps, 20 times in a row)."""
+    cfg = env_config(id="emulated/custom", emulated=FAST, image_size=16, num_envs=1,
+                    wrappers=WrapperConfig(fault_prob=0.1, fault_kind="crash"))
+    with make_vector_env(cfg) as venv:
+        venv.reset()
+        gaps, since = [], 0
+        for _ in range(400):
+            since += 1
+            if venv.step(np.zeros((1, 1, 4), np.float32))[0].error:
+                gaps.append(since)
+                since = 0
+    assert len(gaps) >= 10 and len(set(gaps)) > 3, gaps  # geometric gaps, not one repeated gap

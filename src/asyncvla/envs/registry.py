@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -85,19 +86,30 @@ def validate_env_id(cfg: EnvConfig) -> Backend:
     return backend
 
 
-def make_env(cfg: EnvConfig, index: int = 0, backend: Backend | None = None) -> Env:
-    """One env with the configured wrappers (latency, faults) around it."""
+def make_env(cfg: EnvConfig, index: int = 0, backend: Backend | None = None, incarnation: int = 0) -> Env:
+    """One env with the configured wrappers (latency, faults) around it.
+
+    `incarnation` counts the rebuilds of env `index`: each gets its own wrapper random streams, so
+    a rebuilt env does not replay its predecessor's injected faults step for step.
+    """
     from asyncvla.envs.wrappers import wrap
 
     backend = backend or get_backend(cfg.backend)
-    return wrap(backend.make(cfg.task, cfg, index), cfg.wrappers, seed=cfg.seed * 1_000_003 + index, index=index)
+    seed = cfg.seed * 1_000_003 + index + 104_729 * incarnation
+    return wrap(backend.make(cfg.task, cfg, index), cfg.wrappers, seed=seed, index=index)
+
+
+def _builder(cfg: EnvConfig, index: int, backend: Backend) -> Callable[[], Env]:
+    """Builds env `index`; each call is the next incarnation (VectorEnv calls it again to rebuild)."""
+    incarnations = itertools.count()
+    return lambda: make_env(cfg, index, backend, next(incarnations))
 
 
 def env_fns(cfg: EnvConfig, worker_index: int = 0, first_env: int | None = None) -> list[Callable[[], Env]]:
     """Builders of envs `first_env .. first_env + num_envs - 1` (default: worker_index * num_envs)."""
     backend = validate_env_id(cfg)
     base = worker_index * cfg.num_envs if first_env is None else first_env
-    return [lambda i=i: make_env(cfg, base + i, backend) for i in range(cfg.num_envs)]
+    return [_builder(cfg, base + i, backend) for i in range(cfg.num_envs)]
 
 
 def env_seed(cfg: EnvConfig, env_id: int) -> int:
