@@ -80,3 +80,22 @@ def test_cli_demos_sft_eval_on_metaworld(tmp_path, capsys):
     assert main(["eval", str(ckpt), "--episodes", "2", "--num-envs", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["episodes"] == 2 and result["env_id"] == "metaworld/reach-v3" and 0 <= result["success_rate"] <= 1
+
+
+def test_env_errors_are_rerun_up_to_a_cap_then_stop_the_evaluation():
+    import dataclasses
+    import time
+
+    from asyncvla.config import TrainConfig, WrapperConfig
+    from asyncvla.runtime.driver import eval_env_config
+
+    always = dataclasses.replace(_env(num_envs=2), wrappers=WrapperConfig(fault_prob=1.0, fault_kind="crash"))
+    t0 = time.time()
+    with pytest.raises(RuntimeError, match=r"evaluation stopped: 5 env errors in 0 of 4 episodes \(at most 4 reruns\); "
+                                           r"last: .*injected crash"):
+        evaluate_policy(_PointExpert(), always, episodes=4)
+    assert time.time() - t0 < 10  # it used to rerun forever
+    # A run's evaluation runs without the training envs' injected faults, so it reruns nothing.
+    cfg = TrainConfig(env=always)
+    res = evaluate_policy(_PointExpert(), eval_env_config(cfg), episodes=4)
+    assert res["env_errors"] == 0 and res["success_rate"] == 1.0 and cfg.env.wrappers.fault_prob == 1.0

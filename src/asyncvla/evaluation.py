@@ -35,6 +35,7 @@ def evaluate_policy(
     episodes: int,
     deterministic: bool = True,
     video: Path | str | None = None,
+    max_env_errors: int | None = None,
 ) -> dict:
     """Runs exactly `episodes` episodes on the eval split; returns success_rate (success at any
     step), success_at_end (in the last action chunk), mean_return, mean_episode_len, episodes
@@ -42,11 +43,14 @@ def evaluate_policy(
 
     Action chunks go through VectorEnv.send/recv, so each env moves on as soon as its own
     chunk is done. `video`: an mp4 of the first env's observations, one frame per decision.
+    An episode cut by an env error is rerun, at most `max_env_errors` times in all (default:
+    `episodes`); past that the evaluation stops with an error instead of rerunning forever.
     """
     from asyncvla.envs.registry import make_vector_env
 
     if episodes < 1:
         raise ConfigError(f"episodes={episodes!r} is invalid: must be >= 1")
+    cap = episodes if max_env_errors is None else max_env_errors
     quotas = episode_quotas(episodes, env_cfg.num_envs)
     cfg = dataclasses.replace(env_cfg, split="eval", num_envs=len(quotas))
     finished: list[list[EnvResult]] = [[] for _ in quotas]
@@ -62,6 +66,9 @@ def evaluate_policy(
                 env_steps += r.num_steps
                 if r.error is not None:  # a crashed env's cut episode is neither success nor failure: rerun it
                     env_errors += 1
+                    if env_errors > cap:
+                        raise RuntimeError(f"evaluation stopped: {env_errors} env errors in {sum(map(len, finished))} of "
+                                           f"{episodes} episodes (at most {cap} reruns); last: {r.error}")
                 elif r.done:
                     finished[r.env_id].append(r)
                 more = len(finished[r.env_id]) < quotas[r.env_id]
