@@ -137,3 +137,26 @@ def test_resume_of_a_directory_without_a_checkpoint_is_refused(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(load_preset(TrainConfig, "emulated-e2e")), sort_keys=False))
     with pytest.raises(ConfigError, match="has no checkpoints/last"):
         _parse_train("--resume", str(tmp_path)).resolved_config()
+
+
+@pytest.mark.parametrize("backend", ["local", pytest.param("ray", marks=pytest.mark.slow)])
+def test_sigterm_checkpoints_and_exits_143_with_one_line(tmp_path, backend):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = ["train", "--preset", "emulated-e2e", "--run.total-updates", "1000", "--run.eval-episodes", "0",
+            "--run.checkpoint-every", "0", "--run.out-dir", str(out)] + (["--runtime.local"] if backend == "local" else [])
+    proc = subprocess.Popen([sys.executable, "-m", "asyncvla.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    deadline = time.time() + 120
+    while time.time() < deadline and "loss/policy" not in ((out / "metrics.jsonl").read_text() if (out / "metrics.jsonl").exists() else ""):
+        time.sleep(0.2)
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and time.time() - t0 < 10, err[-2000:]
+    assert f"asyncvla: stopped by SIGTERM; resume with: asyncvla train --resume {out}" in err
+    assert "SIGTERM received" not in err  # Ray's C++ stack dump
+    assert json.loads((out / "checkpoints" / "last" / "run_state.json").read_text())["update"] >= 1

@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Union
 import tyro
 
 from asyncvla.config import ConfigError, EnvConfig, PolicyConfig, TrainConfig, env_config, from_dict, load_preset, policy_config
+from asyncvla.runtime.signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated, install_sigterm
 from asyncvla.sim.model import SimConfig
 
 Positional = tyro.conf.Positional
@@ -489,8 +490,16 @@ class Train:
         from asyncvla.runtime.driver import train
 
         cfg = self.resolved_config()
-        with TrainProgress(cfg.run.total_env_steps, cfg.run.total_updates) as progress:
-            summary = train(cfg, progress=progress)
+        try:
+            with TrainProgress(cfg.run.total_env_steps, cfg.run.total_updates) as progress:
+                summary = train(cfg, progress=progress)
+        except (Terminated, KeyboardInterrupt) as e:
+            what = "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"
+            if cfg.run.out_dir and (Path(cfg.run.out_dir) / "checkpoints" / "last").is_dir():
+                print(f"asyncvla: stopped by {what}; resume with: asyncvla train --resume {cfg.run.out_dir}", file=sys.stderr)
+            else:
+                print(f"asyncvla: stopped by {what} before the first checkpoint", file=sys.stderr)
+            raise
         _report(summary, self.json)
         if not self.json:
             print(train_epilogue(summary, cfg))
@@ -590,11 +599,16 @@ def main(argv: list[str] | None = None) -> int:
     # Before torch loads OpenMP: spinning worker threads collapse throughput (measured ~8x)
     # when other processes share the cores (env workers, Ray actors, other users).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    install_sigterm()
     try:
         parse(argv).run()
     except ConfigError as e:
         print(f"asyncvla: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        return EXIT_SIGTERM
+    except KeyboardInterrupt:
+        return EXIT_SIGINT
     return 0
 
 

@@ -32,6 +32,7 @@ from asyncvla.runtime.checkpoints import (RunState, load_checkpoint, prepare_run
                                           save_on_crash, summarize)
 from asyncvla.runtime.loop import Runtime
 from asyncvla.runtime.plan import make_plan
+from asyncvla.runtime.signals import install_sigterm
 
 RUNTIME_STATE = "async_state.json"
 MAX_TRACE_SPANS = 500_000
@@ -184,6 +185,7 @@ def _start_ray(cfg: TrainConfig, plan) -> bool:
     if ray.is_initialized():
         return False
     init_ray(cfg.runtime.ray_address, min_cpus=required_cpus(plan, cfg))
+    install_sigterm()  # ray.init replaced it with a handler that dumps a stack and aborts (exit 134)
     return True
 
 
