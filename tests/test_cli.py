@@ -160,3 +160,35 @@ def test_sigterm_checkpoints_and_exits_143_with_one_line(tmp_path, backend):
     assert f"asyncvla: stopped by SIGTERM; resume with: asyncvla train --resume {out}" in err
     assert "SIGTERM received" not in err  # Ray's C++ stack dump
     assert json.loads((out / "checkpoints" / "last" / "run_state.json").read_text())["update"] >= 1
+
+
+def test_sigkill_then_resume_leaves_no_step_twice_and_no_gap(tmp_path):
+    import os
+    import signal
+    import time
+
+    from asyncvla.metrics.writer import read_metrics
+
+    out = tmp_path / "run"
+    common = ["--run.eval-episodes", "0", "--run.checkpoint-every", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "asyncvla.cli", "train", "--preset", "emulated-e2e", "--runtime.local",
+                             "--run.total-updates", "1000", "--run.out-dir", str(out), *common],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def trained_steps():
+        path = out / "metrics.jsonl"
+        return [r["step"] for r in read_metrics(path) if "loss/policy" in r] if path.exists() else []
+
+    deadline = time.time() + 120
+    while time.time() < deadline and len(trained_steps()) < 3:  # update 3 logged, the checkpoint holds 2
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = trained_steps()
+    held = json.loads((out / "checkpoints" / "last" / "run_state.json").read_text())["update"]
+    assert held < killed_at[-1]  # the kill lost logged updates
+    r = run_cli("train", "--resume", str(out), "--run.total-updates", str(killed_at[-1] + 2), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert trained_steps() == list(range(1, killed_at[-1] + 3))
+    mb = [json.loads(line)["update"] for line in (out / "minibatches.jsonl").read_text().splitlines()]
+    assert mb == sorted(mb) and set(mb) == set(range(1, killed_at[-1] + 3))

@@ -2,17 +2,19 @@
 
 Every record carries `step` (the x-axis: updates in sync mode) and `wall_s` (seconds since
 the run started) and only namespaced keys (`perf/env_steps_per_s`, `loss/policy`, ...; see
-docs/metrics.md). Both files are flushed on every write, so a crash leaves intact logs; a
-resumed run appends to them.
+docs/metrics.md). Both files are flushed on every write, so a crash leaves intact logs. A
+resumed run first drops the records of the updates its checkpoint does not cover (a hard kill
+leaves some), then appends: the stream has no gap and no step twice.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 # Namespaces a metric key may start with (docs/metrics.md explains each).
 NAMESPACES = ("perf", "loss", "time", "rollout", "util", "eval", "lag", "queue", "train", "sys")
@@ -37,10 +39,14 @@ def _plain(v: Any) -> Any:
 class MetricsWriter:
     """Appends records to `<out_dir>/metrics.jsonl` and TensorBoard event files in `<out_dir>/tb`."""
 
-    def __init__(self, out_dir: str | Path, tensorboard: bool = True, start_time: float | None = None, wall_offset_s: float = 0.0):
+    def __init__(self, out_dir: str | Path, tensorboard: bool = True, start_time: float | None = None, wall_offset_s: float = 0.0,
+                 resume_step: int | None = None):
+        """resume_step: the update the resumed checkpoint holds; later records (and events) are dropped."""
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "metrics.jsonl"
+        if resume_step is not None:
+            truncate_jsonl(self.path, lambda r: r.get("step", 0) <= resume_step)
         self._file = open(self.path, "a", buffering=1)
         self._t0 = time.time() if start_time is None else start_time
         self._wall_offset = wall_offset_s  # a resumed run continues the wall clock
@@ -48,7 +54,8 @@ class MetricsWriter:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.out_dir / "tb"), flush_secs=5)
+            purge = None if resume_step is None else resume_step + 1  # TensorBoard hides the dropped steps' events
+            self._tb = SummaryWriter(str(self.out_dir / "tb"), flush_secs=5, purge_step=purge)
 
     @property
     def wall_s(self) -> float:
@@ -92,3 +99,26 @@ def read_metrics(path: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def truncate_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> int:
+    """Rewrites a JSON-lines file with only the records `keep` accepts (and no torn line), atomically;
+    returns how many were dropped. A missing file is left missing."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if _parses(line) and keep(json.loads(line))]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except json.JSONDecodeError:
+        return False

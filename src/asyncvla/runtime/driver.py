@@ -24,7 +24,7 @@ import torch
 
 from asyncvla.config import TrainConfig, to_dict
 from asyncvla.metrics.spans import Span, load_chrome_trace, write_chrome_trace
-from asyncvla.metrics.writer import MetricsWriter
+from asyncvla.metrics.writer import MetricsWriter, truncate_jsonl
 from asyncvla.policies.base import Policy
 from asyncvla.policies.registry import build_policy
 from asyncvla.runtime import loop
@@ -211,7 +211,10 @@ def train(cfg: TrainConfig, progress: Callable | None = None) -> dict:
         if cfg.run.resume:
             state, ckpt = load_checkpoint(run.trainer, run_dir)
             restore_runtime_state(run, ckpt)
-        writer = MetricsWriter(run_dir, wall_offset_s=state.wall_s)
+        resumed = state.update if cfg.run.resume else None
+        writer = MetricsWriter(run_dir, wall_offset_s=state.wall_s, resume_step=resumed)
+        if resumed is not None:
+            truncate_jsonl(run_dir / "minibatches.jsonl", lambda r: r.get("update", 0) <= resumed)
         eval_policy = build_policy(cfg.policy, run.spec["action_dim"], run.spec["proprio_dim"], cfg.run.seed).eval()
         driver = Driver(run, cfg, run_dir, state, writer, progress, eval_policy, trace)
         if state.success_before is None and cfg.run.eval_episodes:
