@@ -58,10 +58,24 @@ def test_env_bench_json_last_line():
         (["train", "--policy.type", "nope"], "policy.type='nope' is invalid: allowed: tiny, tiny-gaussian"),
         (["train", "--preset", "emulated-e2e", "--env.id", "metaworld/reach-v3"],
          "preset emulated-e2e.yaml.env (RenderedEnvConfig): unknown field(s) emulated"),
+        (["train", "--preset", "emulated-e2e", "--run.device", "cuda"], "run.device='cuda' is invalid: this machine has no CUDA"),
+        (["train", "--preset", "emulated-e2e", "--run.out-dir", "{file}/run"], "is invalid: {file} is not a directory"),
+        (["train", "--preset", "{yaml}"], "is invalid: not valid YAML at line 2, column 1"),
+        (["train", "--preset", "emulated-e2e", "--runtime.ray-address", "127.0.0.1:1"],
+         "runtime.ray_address='127.0.0.1:1' is invalid: nothing answers there"),
+        (["train", "--preset", "emulated-e2e", "--resume", "{dir}"], "is invalid: no config.yaml there"),
     ],
 )
-def test_bad_input_is_one_line_error(args, needle):
+def test_bad_input_is_one_line_error(args, needle, tmp_path):
+    import time
+
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "bad.yaml").write_text("env: [unclosed\n")
+    fill = {"file": str(tmp_path / "a_file"), "yaml": str(tmp_path / "bad.yaml"), "dir": str(tmp_path)}
+    args, needle = [a.format(**fill) for a in args], needle.format(**fill)
+    t0 = time.time()
     out = run_cli(*args)
+    assert time.time() - t0 < 30  # before anything starts (no Ray, no SFT)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.stderr
@@ -163,7 +177,6 @@ def test_sigterm_checkpoints_and_exits_143_with_one_line(tmp_path, backend):
 
 
 def test_sigkill_then_resume_leaves_no_step_twice_and_no_gap(tmp_path):
-    import os
     import signal
     import time
 

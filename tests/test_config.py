@@ -16,6 +16,13 @@ from asyncvla.envs import validate_env_id
         (lambda: policy_config(hidden_dim=30, num_heads=4), "policy.hidden_dim"),
         (lambda: AlgoConfig(dual_clip=0.5), "algo.dual_clip"),
         (lambda: AlgoConfig(name="sac"), "algo.name"),
+        (lambda: AlgoConfig(lr=float("inf")), "algo.lr"),
+        (lambda: AlgoConfig(value_lr=-1.0), "algo.value_lr"),
+        (lambda: AlgoConfig(max_grad_norm=-1.0), "algo.max_grad_norm"),
+        (lambda: AlgoConfig(max_grad_norm=0.0), "algo.max_grad_norm"),
+        (lambda: AlgoConfig(max_skipped_updates=0), "algo.max_skipped_updates"),
+        (lambda: WrapperConfig(fault_hang_s=float("inf")), "env.wrappers.fault_hang_s"),
+        (lambda: policy_config(num_heads=-4), "policy.num_heads"),
     ],
 )
 def test_bad_value_names_the_field(make, field):

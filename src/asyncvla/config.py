@@ -56,7 +56,7 @@ class WrapperConfig:
         _check(self.latency_jitter_s >= 0, "env.wrappers.latency_jitter_s", self.latency_jitter_s, "must be >= 0")
         _check(0 <= self.fault_prob <= 1, "env.wrappers.fault_prob", self.fault_prob, "must be in [0, 1]")
         _check(self.fault_kind in ("crash", "hang"), "env.wrappers.fault_kind", self.fault_kind, "allowed: crash, hang")
-        _check(self.fault_hang_s >= 0, "env.wrappers.fault_hang_s", self.fault_hang_s, "must be >= 0")
+        _check(0 <= self.fault_hang_s < math.inf, "env.wrappers.fault_hang_s", self.fault_hang_s, "must be >= 0 and finite")
         _check(self.reward in ("env", "success"), "env.wrappers.reward", self.reward, "allowed: env, success")
 
 
@@ -190,7 +190,14 @@ def load_preset(cls: type, name: str, choices: dict[str, dict[str, str]] | None 
         path = PRESET_DIR / f"{name}.yaml"
     if not path.exists():
         raise ConfigError(f"preset={name!r} is invalid: allowed: {', '.join(list_presets())} or a path to a .yaml file")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"preset={name!r} is invalid: not valid YAML{where} ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset={name!r} is invalid: expected a mapping of sections (env, policy, ...), got {type(data).__name__}")
     for section, values in (choices or {}).items():
         data[section] = {**data.get(section, {}), **values}
     return from_dict(cls, data, where=f"preset {path.name}")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from asyncvla.config import TrainConfig, to_dict
+from asyncvla.config import ConfigError, TrainConfig, to_dict
 from asyncvla.metrics.spans import Span, load_chrome_trace, write_chrome_trace
 from asyncvla.metrics.writer import MetricsWriter, truncate_jsonl
 from asyncvla.policies.base import Policy
@@ -174,6 +176,31 @@ class Driver:
         self.checkpoint("last")
 
 
+def preflight(cfg: TrainConfig, plan) -> None:
+    """What the machine must offer the run, checked before anything starts (one-line ConfigError):
+    the device, the checkpoint to resume, a writable run directory, a Ray cluster that answers."""
+    if cfg.run.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"run.device={cfg.run.device!r} is invalid: this machine has no CUDA device "
+                          "(torch.cuda.is_available() is False); allowed here: cpu")
+    if cfg.run.resume:
+        resumable(cfg.run.resume)
+    if cfg.run.out_dir and not cfg.run.resume:
+        parent = Path(cfg.run.out_dir).absolute()
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise ConfigError(f"run.out_dir={cfg.run.out_dir!r} is invalid: {parent} is "
+                              f"{'not a directory' if not parent.is_dir() else 'not writable'}")
+    address = cfg.runtime.ray_address
+    if plan.backend == "ray" and address not in (None, "auto", "local"):
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=3).close()
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"runtime.ray_address={address!r} is invalid: nothing answers there ({e}); "
+                              "start the head with `ray start --head` or check HOST:PORT") from None
+
+
 def _start_ray(cfg: TrainConfig, plan) -> bool:
     """Starts the embedded Ray (or joins runtime.ray_address) for the ray backend; True if this run started it."""
     if plan.backend != "ray":
@@ -194,8 +221,7 @@ def train(cfg: TrainConfig, progress: Callable | None = None) -> dict:
     from asyncvla.algos.warm_start import ensure_warm_start
 
     plan = make_plan(cfg)  # bad combinations fail here, before anything starts
-    if cfg.run.resume:
-        resumable(cfg.run.resume)
+    preflight(cfg, plan)
     # The SFT start is made before the run dir's config.yaml, which then records policy.init.
     cfg.policy.init = ensure_warm_start(cfg) or cfg.policy.init
     run_dir = prepare_run_dir(cfg)

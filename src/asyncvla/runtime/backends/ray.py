@@ -242,7 +242,11 @@ def init_ray(address: str | None, min_cpus: float = 0) -> None:
     env_vars = {k: os.environ[k] for k in ("MUJOCO_GL", "HF_HUB_OFFLINE", "RAY_AUTH_MODE", "TOKENIZERS_PARALLELISM") if k in os.environ}
     runtime_env = {"env_vars": env_vars}
     if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        try:
+            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        except ConnectionError as e:
+            raise ConfigError(f"runtime.ray_address={address!r} is invalid: Ray could not join it "
+                              f"({str(e).splitlines()[0]})") from None
         return
     # Ray's socket paths must stay short (107 bytes): a short temp dir, not the run dir.
     tmp = tempfile.mkdtemp(prefix="ray_", dir="/tmp")
