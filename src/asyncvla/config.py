@@ -79,6 +79,10 @@ class EnvConfig:
     """End an episode (terminated) as soon as the task succeeds."""
     executor: Literal["inline", "thread"] = "inline"
     """inline: `send` steps the envs in the caller's thread; thread: one thread per env, so envs that hold wall time (emulated, remote renderers) overlap."""
+    step_timeout_s: float | None = None
+    """Deadline of one action chunk or reset (needs executor thread): an env that has not returned by
+    then is taken as hung, replaced by a new one and its episode cut (counted as an env error).
+    null: no deadline."""
     split: Literal["train", "eval"] = "train"
     """Which initial states resets draw: train and eval are disjoint (LIBERO: fixed init states; other backends: separate seed streams)."""
     wrappers: WrapperConfig = field(default_factory=WrapperConfig)
@@ -91,6 +95,10 @@ class EnvConfig:
         _check(8 <= self.image_size <= 1024, "env.image_size", self.image_size, "must be in [8, 1024]")
         _check(self.max_episode_steps is None or self.max_episode_steps >= 1, "env.max_episode_steps", self.max_episode_steps, "must be >= 1 or null")
         _check(self.executor in ("inline", "thread"), "env.executor", self.executor, "allowed: inline, thread")
+        _check(self.step_timeout_s is None or 0 < self.step_timeout_s < math.inf, "env.step_timeout_s", self.step_timeout_s,
+               "must be > 0 and finite, or null")
+        _check(self.step_timeout_s is None or self.executor == "thread", "env.step_timeout_s", self.step_timeout_s,
+               "needs env.executor=thread (an inline chunk cannot be abandoned)")
         _check(self.split in ("train", "eval"), "env.split", self.split, "allowed: train, eval")
 
     @property

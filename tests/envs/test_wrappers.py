@@ -3,6 +3,7 @@
 import time
 
 import numpy as np
+import pytest
 
 from asyncvla.config import WrapperConfig, env_config
 from asyncvla.envs.emulated import EmulatedConfig
@@ -102,3 +103,31 @@ def test_a_rebuilt_env_draws_new_faults_not_its_predecessors():
                 gaps.append(since)
                 since = 0
     assert len(gaps) >= 10 and len(set(gaps)) > 3, gaps  # geometric gaps, not one repeated gap
+
+
+def test_an_env_that_never_returns_is_replaced_after_step_timeout_s():
+    """A hang that does not time itself out (fault_hang_s an hour): the watchdog cuts the episode,
+    replaces the env, and the other env steps on; the late result of the abandoned thread is dropped."""
+    hang = WrapperConfig(fault_prob=0.02, fault_kind="hang", fault_hang_s=3600.0)
+    cfg = env_config(id="emulated/custom", emulated=FAST, image_size=16, num_envs=2, executor="thread",
+                    step_timeout_s=0.5, wrappers=hang)
+    with make_vector_env(cfg) as venv:
+        venv.reset()
+        t0 = time.perf_counter()
+        hung, steps = [], 0
+        while not hung and time.perf_counter() - t0 < 30:
+            for r in venv.step(np.zeros((2, 1, 4), np.float32)):
+                steps += 1
+                if r.error:
+                    hung.append(r)
+        assert hung and "hung (no result within env.step_timeout_s=0.5 s); replaced" in hung[0].error
+        assert hung[0].truncated and hung[0].final_obs is None
+        for _ in range(5):  # the replacement steps normally
+            assert len(venv.step(np.zeros((2, 1, 4), np.float32))) == 2
+
+
+def test_step_timeout_needs_the_thread_executor():
+    from asyncvla.config import ConfigError
+
+    with pytest.raises(ConfigError, match="env.step_timeout_s=1.0 is invalid: needs env.executor=thread"):
+        env_config(id="emulated/custom", emulated=FAST, step_timeout_s=1.0)

@@ -108,3 +108,19 @@ def test_an_inference_error_ends_the_run_at_once_naming_the_server_and_cause(tmp
         train_async(cfg)
     assert time.time() - t0 < 60  # not a stall
     assert (tmp_path / "run" / "checkpoints" / "last").is_dir()  # the crash left a checkpoint to resume
+
+
+def test_a_run_survives_envs_that_hang_forever(tmp_path):
+    import dataclasses
+
+    from asyncvla.config import WrapperConfig
+
+    cfg = async_cfg(tmp_path, updates=4)
+    hang = WrapperConfig(fault_prob=0.1, fault_kind="hang", fault_hang_s=3600.0)
+    cfg.env = dataclasses.replace(cfg.env, executor="thread", step_timeout_s=0.5, wrappers=hang)
+    summary = train_async(cfg)
+    assert summary["updates"] == 4
+    led = _ledger(tmp_path / "run")
+    # Each hang cut an episode: counted, with the steps its chunk had completed (a chunk is 2 steps).
+    assert led["dropped_samples"].get("env_error", 0) > 0 and _balanced(led)
+    assert 0 < led["dropped_env_steps"]["env_error"] <= 2 * led["dropped_samples"]["env_error"]

@@ -127,4 +127,5 @@ def make_vector_env(cfg: EnvConfig, worker_index: int = 0):
         max_episode_steps=cfg.max_episode_steps,
         end_on_success=cfg.end_on_success,
         executor=cfg.executor,
+        step_timeout_s=cfg.step_timeout_s,
     )

@@ -8,8 +8,8 @@ Episodes auto-reset; the lockstep `step()` of synchronous RL is `send` to all + 
 from __future__ import annotations
 
 import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -56,6 +56,25 @@ class EnvResult:
 _WAKE = object()  # a `wake()` marker in the ready queue
 
 
+class _EnvThread:
+    """One env's own daemon thread running its jobs in order. Daemon: a hung env's thread, abandoned
+    by the watchdog, must not keep the process from exiting (a pool's threads are joined at exit)."""
+
+    def __init__(self, name: str):
+        self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._loop, daemon=True, name=name).start()
+
+    def _loop(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            job()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.jobs.put(job)
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+
+
 class _Slot:
     """Book-keeping of one env: its episode counters and reset-seed stream."""
 
@@ -64,6 +83,14 @@ class _Slot:
         self.env = make()
         self.rng = np.random.default_rng(seed_seq)
         self.busy = False
+        self.started = 0.0
+        """When its running chunk or reset was submitted (monotonic clock)."""
+        self.resetting = False
+        """What runs is a first reset (reset_all / reset_some), not a chunk."""
+        self.chunk_steps = 0
+        """Steps the running chunk has completed (what a failure inside it loses)."""
+        self.thread: _EnvThread | None = None
+        """Its own thread (executor thread); None: it steps in the caller's thread."""
         self.ep_step = 0
         self.ep_return = 0.0
         self.ep_success = False
@@ -92,6 +119,7 @@ class VectorEnv:
         max_episode_steps: int | None = None,
         end_on_success: bool = True,
         executor: str = "inline",
+        step_timeout_s: float | None = None,
     ):
         # One seed per env (e.g. from its global id) keeps an env's episodes the same however
         # the envs are split into workers and managers; one int spawns a stream per env.
@@ -109,7 +137,12 @@ class VectorEnv:
         self.action_dim = first.action_dim
         self.proprio_dim = first.proprio_dim
         self._ready: queue.SimpleQueue[EnvResult] = queue.SimpleQueue()
-        self._pool = ThreadPoolExecutor(self.num_envs, "env") if executor == "thread" else None
+        if executor == "thread":
+            for i, slot in enumerate(self._slots):
+                slot.thread = _EnvThread(f"env{i}")
+        elif step_timeout_s is not None:
+            raise ValueError("step_timeout_s needs executor='thread': an inline chunk cannot be abandoned")
+        self.step_timeout_s = step_timeout_s
         self._started = False
 
     # -- protocol -------------------------------------------------------------------------
@@ -140,27 +173,27 @@ class VectorEnv:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         woken = False
         while len(out) < min_ready and not woken:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            watch = self._next_hang_deadline()
+            until = min((d for d in (deadline, watch) if d is not None), default=None)
+            wait = None if until is None else max(0.0, until - time.monotonic())
             try:
                 item = self._ready.get(timeout=wait)
             except queue.Empty:
-                break
+                out += self._replace_hung()
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                continue
             woken = item is _WAKE
-            if isinstance(item, BaseException):
-                raise item
             if not woken:
-                out.append(item)
+                out += self._current(item)
         while True:
             try:
                 item = self._ready.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, BaseException):
-                raise item
             if item is not _WAKE:
-                out.append(item)
-        for r in out:
-            self._slots[r.env_id].busy = False
+                out += self._current(item)
+        out += self._replace_hung()
         return out
 
     def wake(self) -> None:
@@ -204,8 +237,9 @@ class VectorEnv:
         return [s.env.instruction for s in self._slots]
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        for slot in self._slots:
+            if slot.thread is not None:
+                slot.thread.stop()
         for slot in self._slots:
             try:
                 slot.env.close()
@@ -219,13 +253,57 @@ class VectorEnv:
         self.close()
 
     # -- internals ------------------------------------------------------------------------
-    def _submit(self, fn: Callable[..., EnvResult], *args) -> None:
-        if self._pool is None:
-            self._ready.put(self._guarded(fn, *args))
-        else:
-            fut = self._pool.submit(self._guarded, fn, *args)
-            # An env that cannot even be rebuilt must fail the caller's recv, not hang it.
-            fut.add_done_callback(lambda f: self._ready.put(f.exception() or f.result()))
+    def _submit(self, fn: Callable[..., EnvResult], i: int, *args) -> None:
+        slot = self._slots[i]
+        slot.started, slot.resetting = time.monotonic(), fn == self._first_reset
+        if slot.thread is None:
+            self._ready.put((slot, self._guarded(fn, i, *args)))
+            return
+
+        def job() -> None:
+            try:
+                self._ready.put((slot, self._guarded(fn, i, *args)))
+            except BaseException as e:  # an env that cannot even be rebuilt must fail the caller's recv, not hang it
+                self._ready.put(e)
+
+        slot.thread.submit(job)
+
+    def _current(self, item) -> list[EnvResult]:
+        """The result in a ready-queue item, unless it comes from a slot replaced since (a hung env
+        that returned late); an exception is raised."""
+        if isinstance(item, BaseException):
+            raise item
+        slot, res = item
+        if slot is not self._slots[res.env_id]:
+            return []
+        slot.busy = False  # collected: the watchdog must not also cut it
+        return [res]
+
+    def _next_hang_deadline(self) -> float | None:
+        if self.step_timeout_s is None:
+            return None
+        return min((s.started + self.step_timeout_s for s in self._slots if s.busy), default=None)
+
+    def _replace_hung(self) -> list[EnvResult]:
+        """Envs whose chunk or reset is past step_timeout_s: each is replaced by a new incarnation
+        (its thread is abandoned; a late result is dropped) and its episode cut (an error result)."""
+        if self.step_timeout_s is None:
+            return []
+        now, out = time.monotonic(), []
+        for i, old in enumerate(self._slots):
+            if old.busy and now - old.started > self.step_timeout_s:
+                new = _Slot(old.make, np.random.SeedSequence(0))
+                new.rng, new.ep_index, new.thread = old.rng, old.ep_index + 1, _EnvThread(f"env{i}")
+                old.thread.stop()  # after its hung job, if that ever returns
+                self._slots[i] = new
+                msg = f"env {i}: hung (no result within env.step_timeout_s={self.step_timeout_s:g} s); replaced"
+                if old.resetting:  # no episode had started: the replacement's reset is the first observation
+                    new.ep_index = old.ep_index
+                    out.append(EnvResult(i, new.new_episode(), episode_index=new.ep_index, error=msg, is_first=True))
+                else:
+                    out.append(EnvResult(i, new.new_episode(), truncated=True, num_steps=old.chunk_steps,
+                                         episode_index=new.ep_index, error=msg))
+        return out
 
     def _guarded(self, fn: Callable[..., EnvResult], i: int, *args) -> EnvResult:
         t0 = time.perf_counter()
@@ -243,9 +321,11 @@ class VectorEnv:
         slot = self._slots[i]
         reward, success, n = 0.0, False, 0
         terminated = truncated = False
+        slot.chunk_steps = 0
         for action in chunk:
             out = slot.env.step(action)
             n += 1
+            slot.chunk_steps = n
             slot.ep_step += 1
             reward += out.reward
             success = success or out.success
@@ -276,4 +356,6 @@ class VectorEnv:
         obs = slot.new_episode()
         msg = str(err) if isinstance(err, EnvError) else f"{type(err).__name__}: {err}"
         # A failed first reset has no episode to cut: the result is a (late) first observation.
-        return EnvResult(i, obs, truncated=not first, episode_index=slot.ep_index, error=msg, is_first=first)
+        # The steps the failed chunk completed count as produced (and as lost with the cut episode).
+        return EnvResult(i, obs, truncated=not first, num_steps=0 if first else slot.chunk_steps,
+                         episode_index=slot.ep_index, error=msg, is_first=first)

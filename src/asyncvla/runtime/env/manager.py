@@ -285,13 +285,17 @@ class EnvManager:
                 self.worker.record(r)
 
     def _count_dropped(self, segs: list[Segment], reason: str) -> int:
-        """Counts the valid steps of `segs` as dropped for `reason`; returns how many decisions."""
+        """Counts the valid steps of `segs` as dropped for `reason` (failed ones as env_error); returns
+        how many valid decisions."""
         n = 0
         for seg in segs:
             steps = [st for st in seg.steps if st.valid]
             if steps:
                 self.ledger.dropped(reason, len(steps), sum(st.num_steps for st in steps))
                 n += len(steps)
+            failed = [st for st in seg.steps if not st.valid]  # e.g. a chunk that failed while shutting down
+            if failed:
+                self.ledger.dropped("env_error", len(failed), sum(st.num_steps for st in failed))
         return n
 
     def _drop_segments(self, segs: list[Segment], reason: str) -> None:
