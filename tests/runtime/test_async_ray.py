@@ -141,3 +141,15 @@ def test_the_same_plan_gives_the_same_request_sizes_on_both_backends():
     assert hist[True, "sync"] == hist[False, "sync"] == Counter({2: 16})
     for local in (True, False):
         assert max(hist[local, "async"]) <= 2 and sum(hist[local, "async"].values()) > 0, hist
+
+
+def test_a_control_call_that_gets_no_answer_stops_with_a_line_naming_it(ray_local):
+    from asyncvla.runtime.backends.ray_proxies import ActorTimeout, ray_get
+
+    ray = ray_local
+    stuck = ray.remote(num_cpus=0)(lambda: time.sleep(30)).remote()
+    t0 = time.time()
+    with pytest.raises(ActorTimeout, match=r"^env managers: start: no answer within 0.5 s \(the actor hangs or died\)$"):
+        ray_get(stuck, "env managers: start", timeout_s=0.5)
+    assert time.time() - t0 < 5
+    assert ray_get(ray.remote(num_cpus=0)(lambda: 7).remote(), "a quick call") == 7

@@ -26,7 +26,7 @@ import ray
 from asyncvla.config import ConfigError, TrainConfig
 from asyncvla.metrics.spans import Span
 from asyncvla.runtime.backends.ray_proxies import (Hub, HubAdmission, HubQueue, MirroredController, RayServerTransport,
-                                                   RemoteManager, RemoteQueue, RemoteServer)
+                                                   RemoteManager, RemoteQueue, RemoteServer, ray_get)
 from asyncvla.runtime.backends.threads import make_manager, make_server_policy, make_trainer, make_worker
 from asyncvla.runtime.device import DeviceGate
 from asyncvla.runtime.env.manager import RolloutClient
@@ -88,7 +88,7 @@ class PushingWeightStore(WeightStore):
         super().publish(state, version)
         ref = ray.put(self.latest()[1])
         # Wait: admission reopens after publish, and a rollout admitted on `version` must find it.
-        ray.get([s.set_weights.remote(ref, version) for s in self.servers])
+        ray_get([s.set_weights.remote(ref, version) for s in self.servers], "rollout servers: set_weights")
 
 
 class NcclWeightStore(WeightStore):
@@ -107,7 +107,7 @@ class NcclWeightStore(WeightStore):
         # Every rank must enter init together: the actors' calls run while the driver joins.
         refs = [s.init_weight_group.remote(addr, port, i + 1, world, backend) for i, s in enumerate(servers)]
         broadcast.init_group(addr, port, 0, world, backend)
-        ray.get(refs)
+        ray_get(refs, "rollout servers: init_weight_group")
 
     def publish(self, state, version: int) -> None:
         from asyncvla.runtime.inference import broadcast
@@ -115,7 +115,7 @@ class NcclWeightStore(WeightStore):
         super().publish(state, version)
         refs = [s.receive_weights.remote() for s in self.servers]
         broadcast.broadcast_module(self.module, version, src=0)
-        versions = ray.get(refs)
+        versions = ray_get(refs, "rollout servers: receive_weights")
         if any(v != version for v in versions):
             raise RuntimeError(f"weight broadcast: servers report {versions}, expected {version}")
 
@@ -130,7 +130,7 @@ class RayBackend:
         self._alive = True
 
     def start(self) -> None:
-        ray.get([m.actor.start.remote() for m in self.managers])
+        ray_get([m.actor.start.remote() for m in self.managers], "env managers: start")
 
     def poll(self, force: bool = False) -> None:
         """Refreshes every view's counters (at most every POLL_S unless forced)."""
@@ -140,12 +140,12 @@ class RayBackend:
         self._last_poll = now
         # All actors answer at once (one wait, not one round trip after another).
         views = [*self.managers, *self.servers, self.queue]
-        for v, stats in zip(views, ray.get([v.request() for v in views])):
+        for v, stats in zip(views, ray_get([v.request() for v in views], "env managers and servers: stats")):
             v.take(stats)
 
     def _fetch_spans(self) -> None:
         refs = [m.actor.drain_spans.remote() for m in self.managers] + [s.actor.drain_spans.remote() for s in self.servers]
-        self._spans += [x for part in ray.get(refs) for x in part]
+        self._spans += [x for part in ray_get(refs, "actors: drain_spans") for x in part]
 
     def spans(self) -> list[Span]:
         if self._alive:
@@ -214,7 +214,7 @@ def build(cfg: TrainConfig, plan: Plan) -> Runtime:
     handles = [mgr_cls.remote(cfg, plan, m, actors, hub) for m in plan.managers]
     ledger = Ledger()
     managers = [RemoteManager(h, m.index, m.num_envs, ledger) for h, m in zip(handles, plan.managers)]
-    ray.get([h.spec.remote() for h in handles])  # envs built (fails here, not mid-run, on a bad env config)
+    ray_get([h.spec.remote() for h in handles], "env managers: build envs")  # envs built (fails here, not mid-run, on a bad env config)
     controller = MirroredController(hub, plan.max_staleness, plan.samples_per_version)
     learner = make_learner(cfg, plan, trainer, store, controller, ledger)
     servers = [RemoteServer(s, i) for i, s in enumerate(actors)]

@@ -27,6 +27,28 @@ from asyncvla.runtime.inference.batcher import Reply
 from asyncvla.runtime.learner.staleness import Ledger, StalenessController
 from asyncvla.runtime.queues import QueueClosed, TrajectoryQueue
 
+CALL_TIMEOUT_S = 600.0
+"""Longest wait for one control call to an actor (building envs, starting, a queue operation
+beyond its own timeout): past it the run stops with a line naming the call, instead of waiting
+forever on an actor that died or hangs."""
+
+
+def _beyond(timeout_s: float | None) -> float:
+    """A call that itself waits up to timeout_s gets that long on top of the control-call timeout."""
+    return CALL_TIMEOUT_S + (timeout_s or 0.0)
+
+
+class ActorTimeout(RuntimeError):
+    """An actor did not answer a control call within its timeout."""
+
+
+def ray_get(refs, what: str, timeout_s: float = CALL_TIMEOUT_S):
+    """`ray.get(refs)` with a timeout; ActorTimeout names `what` did not answer."""
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise ActorTimeout(f"{what}: no answer within {timeout_s:g} s (the actor hangs or died)") from None
+
 
 # -- the hub: queue + admission -------------------------------------------------------------
 class Hub:
@@ -79,10 +101,10 @@ class HubAdmission:
         self.hub = hub
 
     def try_admit(self, want: int) -> int:
-        return ray.get(self.hub.try_admit.remote(want))
+        return ray_get(self.hub.try_admit.remote(want), "staleness hub: try_admit")
 
     def admit(self, want: int, timeout_s: float | None = None) -> int:
-        return ray.get(self.hub.admit.remote(want, timeout_s))
+        return ray_get(self.hub.admit.remote(want, timeout_s), "staleness hub: admit", _beyond(timeout_s))
 
     def refund(self, n: int) -> None:
         if n > 0:
@@ -96,7 +118,7 @@ class HubQueue:
         self.hub = hub
 
     def put(self, seg: Segment, timeout_s: float | None = None) -> bool:
-        if not ray.get(self.hub.put.remote(seg)):
+        if not ray_get(self.hub.put.remote(seg), "trajectory hub: put"):
             raise QueueClosed("put on a closed TrajectoryQueue")
         return True
 
@@ -113,7 +135,7 @@ class RemoteView:
         raise NotImplementedError
 
     def poll(self) -> None:
-        self.take(ray.get(self.request()))
+        self.take(ray_get(self.request(), f"{type(self).__name__}: stats"))
 
 
 class RemoteQueue(RemoteView):
@@ -124,13 +146,13 @@ class RemoteQueue(RemoteView):
         self._stats = {"depth": 0, "samples": 0, "put_wait_s": 0.0}
 
     def get(self, timeout_s: float | None = None) -> Segment | None:
-        return ray.get(self.hub.get.remote(timeout_s))
+        return ray_get(self.hub.get.remote(timeout_s), "trajectory hub: get", _beyond(timeout_s))
 
     def drain(self) -> list[Segment]:
-        return ray.get(self.hub.drain.remote())
+        return ray_get(self.hub.drain.remote(), "trajectory hub: drain")
 
     def close(self) -> None:
-        ray.get(self.hub.close.remote())
+        ray_get(self.hub.close.remote(), "trajectory hub: close")
 
     def request(self) -> Any:
         return self.hub.queue_stats.remote()
@@ -159,7 +181,7 @@ class MirroredController(StalenessController):
 
     def advance(self, version: int, consumed_samples: int) -> None:
         super().advance(version, consumed_samples)
-        ray.get(self.hub.advance.remote(version, consumed_samples))  # admission reopens only after this
+        ray_get(self.hub.advance.remote(version, consumed_samples), "staleness hub: advance")  # admission reopens only after this
 
     def refund(self, n: int) -> None:
         super().refund(n)
@@ -172,7 +194,7 @@ class MirroredController(StalenessController):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        ray.get(self.hub.load_state.remote(state))
+        ray_get(self.hub.load_state.remote(state), "staleness hub: load_state")
 
 
 class RayServerTransport:
@@ -228,7 +250,7 @@ class RemoteManager(RemoteView):
         self._seen = s["ledger"]
 
     def stop(self) -> None:
-        self.take(ray.get(self.actor.stop.remote()))
+        self.take(ray_get(self.actor.stop.remote(), "env manager: stop"))
 
     def pop_episodes(self) -> list[dict]:
         out, self._episodes = self._episodes, []
