@@ -122,3 +122,13 @@ def test_a_ray_servers_error_reaches_the_manager_as_an_error_reply():
     got = []
     RayServerTransport(Actor()).submit(0, None, 1, got.append)
     assert len(got) == 1 and got[0].error == "InferenceError: rollout server 1: ValueError: nan" and got[0].result is None
+
+
+def test_a_reply_that_never_comes_is_an_error_not_a_stall(monkeypatch, obs_of):
+    from asyncvla.runtime.env import manager
+    from asyncvla.runtime.inference.batcher import InferenceError
+
+    monkeypatch.setattr(manager, "REPLY_TIMEOUT_S", 0.2)
+    client = manager.RolloutClient([LocalTransport()], make_router("round-robin", 1))  # no server serves it
+    with pytest.raises(InferenceError, match=r"env manager 3: no inference reply within 0.2 s"):
+        client.act(3, obs_of(1, 0))

@@ -22,7 +22,7 @@ from typing import Callable
 
 from asyncvla.envs.vector import EnvResult
 from asyncvla.policies.base import ActOut, ObsBatch
-from asyncvla.runtime.inference.batcher import LocalTransport, Reply
+from asyncvla.runtime.inference.batcher import REPLY_TIMEOUT_S, InferenceError, LocalTransport, Reply
 from asyncvla.runtime.data import Segment
 from asyncvla.runtime.env.worker import EnvWorker
 from asyncvla.runtime.env.groups import EnvGroups
@@ -65,7 +65,10 @@ class RolloutClient:
         """Blocking request (lockstep managers)."""
         box: queue.SimpleQueue[Reply] = queue.SimpleQueue()
         self.submit(client, obs, box.put)
-        return box.get().unwrap()
+        try:
+            return box.get(timeout=REPLY_TIMEOUT_S).unwrap()
+        except queue.Empty:
+            raise InferenceError(f"env manager {client}: no inference reply within {REPLY_TIMEOUT_S:g} s") from None
 
 
 class EnvManager:

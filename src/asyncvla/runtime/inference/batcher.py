@@ -60,6 +60,11 @@ class InferenceError(RuntimeError):
     """A rollout server could not act on a request; the message names the server and the cause."""
 
 
+REPLY_TIMEOUT_S = 600.0
+"""Longest wait for a rollout server's reply: past it the caller raises InferenceError rather than
+waiting forever on a server whose thread hangs or died."""
+
+
 class DynamicBatcher:
     """Forms batches from requests; pure (no threads, no clock of its own)."""
 

@@ -25,7 +25,8 @@ from asyncvla.config import ConfigError
 from asyncvla.metrics.spans import SpanRecorder
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
 from asyncvla.runtime.device import DeviceGate
-from asyncvla.runtime.inference.batcher import DynamicBatcher, LocalTransport, Reply, Request, Transport
+from asyncvla.runtime.inference.batcher import (REPLY_TIMEOUT_S, DynamicBatcher, InferenceError, LocalTransport, Reply, Request,
+                                                Transport)
 from asyncvla.runtime.inference.weight_store import WeightStore
 
 
@@ -212,7 +213,10 @@ def make_ray_rollout_server(**ray_options):
             self._thread.start()
 
         def act(self, client: int, obs: ObsBatch) -> ActOut:
-            return self.transport.submit(client, obs, len(obs)).result().unwrap()
+            try:
+                return self.transport.submit(client, obs, len(obs)).result(timeout=REPLY_TIMEOUT_S).unwrap()
+            except TimeoutError:
+                raise InferenceError(f"rollout server {self.server.index}: no reply within {REPLY_TIMEOUT_S:g} s") from None
 
         def set_weights(self, state: Mapping[str, torch.Tensor], version: int) -> None:
             self.server.set_weights(state, version)
