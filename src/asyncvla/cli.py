@@ -522,7 +522,8 @@ def _with_resume_overrides(saved: TrainConfig, given: TrainConfig, base: TrainCo
     fields where `given` differs from the preset it was parsed onto); other options are refused."""
     from asyncvla.config import to_dict
 
-    changed = {k: v for k, v in _flat(to_dict(given)).items() if _flat(to_dict(base)).get(k, object()) != v}
+    preset = _flat(to_dict(base))
+    changed = {k: v for k, v in _flat(to_dict(given)).items() if preset.get(k, object()) != v}
     refused = sorted(k for k in changed if k not in RESUME_OVERRIDES)
     if refused:
         raise ConfigError(f"--resume keeps the run's saved config: --{refused[0].replace('_', '-')} cannot change on resume "

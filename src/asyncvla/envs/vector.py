@@ -78,7 +78,7 @@ class _EnvThread:
 class _Slot:
     """Book-keeping of one env: its episode counters and reset-seed stream."""
 
-    def __init__(self, make: Callable[[], Env], seed_seq: np.random.SeedSequence):
+    def __init__(self, make: Callable[[], Env], seed_seq: np.random.SeedSequence | np.random.Generator):
         self.make = make
         self.env = make()
         self.rng = np.random.default_rng(seed_seq)
@@ -95,6 +95,12 @@ class _Slot:
         self.ep_return = 0.0
         self.ep_success = False
         self.ep_index = 0
+
+    def successor(self, name: str) -> "_Slot":
+        """A new incarnation of this env (its own thread) that continues its reset seeds and episode count."""
+        new = _Slot(self.make, self.rng)  # default_rng returns a Generator unaltered: the stream goes on
+        new.ep_index, new.thread = self.ep_index + 1, _EnvThread(name)
+        return new
 
     def next_seed(self) -> int:
         return int(self.rng.integers(0, 2**31 - 1))
@@ -292,8 +298,7 @@ class VectorEnv:
         now, out = time.monotonic(), []
         for i, old in enumerate(self._slots):
             if old.busy and now - old.started > self.step_timeout_s:
-                new = _Slot(old.make, np.random.SeedSequence(0))
-                new.rng, new.ep_index, new.thread = old.rng, old.ep_index + 1, _EnvThread(f"env{i}")
+                new = old.successor(f"env{i}")
                 old.thread.stop()  # after its hung job, if that ever returns
                 self._slots[i] = new
                 msg = f"env {i}: hung (no result within env.step_timeout_s={self.step_timeout_s:g} s); replaced"
@@ -319,13 +324,12 @@ class VectorEnv:
 
     def _run_chunk(self, i: int, chunk: np.ndarray) -> EnvResult:
         slot = self._slots[i]
-        reward, success, n = 0.0, False, 0
+        reward, success = 0.0, False
         terminated = truncated = False
         slot.chunk_steps = 0
         for action in chunk:
             out = slot.env.step(action)
-            n += 1
-            slot.chunk_steps = n
+            slot.chunk_steps += 1
             slot.ep_step += 1
             reward += out.reward
             success = success or out.success
@@ -336,7 +340,7 @@ class VectorEnv:
         slot.ep_return += reward
         slot.ep_success = slot.ep_success or success
         out.obs.time_left = max(0.0, 1.0 - slot.ep_step / self.max_episode_steps)
-        res = EnvResult(i, out.obs, reward, terminated, truncated, success, n, episode_index=slot.ep_index)
+        res = EnvResult(i, out.obs, reward, terminated, truncated, success, slot.chunk_steps, episode_index=slot.ep_index)
         if terminated or truncated:
             res.final_obs = out.obs
             res.episode_return, res.episode_len, res.episode_success = slot.ep_return, slot.ep_step, slot.ep_success

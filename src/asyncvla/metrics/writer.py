@@ -103,22 +103,14 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def truncate_jsonl(path: str | Path, keep: Callable[[dict], bool]) -> int:
     """Rewrites a JSON-lines file with only the records `keep` accepts (and no torn line), atomically;
-    returns how many were dropped. A missing file is left missing."""
+    returns how many lines were dropped. A missing file is left missing."""
     path = Path(path)
     if not path.exists():
         return 0
     lines = path.read_text().splitlines()
-    kept = [line for line in lines if _parses(line) and keep(json.loads(line))]
+    kept = [r for r in read_metrics(path) if keep(r)]
     if len(kept) != len(lines):
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, path)
     return len(lines) - len(kept)
-
-
-def _parses(line: str) -> bool:
-    try:
-        json.loads(line)
-        return True
-    except json.JSONDecodeError:
-        return False

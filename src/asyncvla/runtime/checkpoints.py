@@ -81,6 +81,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _nonfinite(state) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or inf."""
+    return [n for n, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+
+
 def save_checkpoint(trainer: Trainer, run_dir: Path, state: RunState, tag: str,
                     extra_files: dict[str, dict] | None = None, meta: dict | None = None) -> Path:
     """Writes checkpoints/<tag> atomically (tmp dir + rename): policy, optimizer, RNG, counters.
@@ -90,7 +95,7 @@ def save_checkpoint(trainer: Trainer, run_dir: Path, state: RunState, tag: str,
     policy's config.yaml (e.g. how the run evaluates). Raises NonFiniteWeights, writing
     nothing, when a weight is NaN or infinite.
     """
-    bad = [n for n, v in trainer.policy.state_dict().items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    bad = _nonfinite(trainer.policy.state_dict())
     if bad:
         raise NonFiniteWeights(f"checkpoint {tag!r} not written: {len(bad)} weight tensor(s) are not finite "
                                f"(first: {bad[0]}); checkpoints/{tag} keeps the last good weights")
@@ -135,7 +140,7 @@ def checkpoint_problem(ckpt: Path) -> str | None:
         weights = load_file(str(ckpt / WEIGHTS))
     except Exception as e:  # a torn or garbled file: whatever the parser says, on one line
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-    bad = [n for n, v in weights.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    bad = _nonfinite(weights)
     return f"{len(bad)} weight tensor(s) are not finite (first: {bad[0]})" if bad else None
 
 

@@ -107,8 +107,6 @@ class Trainer:
         """algo.step_kl: a policy step has measured the learning rate's KL (saved in checkpoints)."""
         # Bounded: a caller that never drains it (a benchmark) must not grow it without end.
         self.minibatch_log: deque[dict] = deque(maxlen=100_000)
-        self.skipped_steps = 0
-        """Optimizer steps not taken because the loss or the gradient was not finite (whole run)."""
         self.skipped_in_a_row = 0
         """Updates in a row of which every step was skipped."""
 
@@ -199,7 +197,6 @@ class Trainer:
                 break
         self.policy.eval()
         self.num_updates += 1
-        self.skipped_steps += skipped
         self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped and not stepped else 0
         if self.skipped_in_a_row >= self.algo.max_skipped_updates:
             raise NonFiniteUpdates(f"training stopped: {self.skipped_in_a_row} updates in a row had a non-finite loss or "
