@@ -109,6 +109,8 @@ class Demos:
     episodes: int = 40
     out: Path = Path("demos")
     image_size: int = 64
+    cameras: tuple[str, ...] = ("main",)
+    """Cameras to record (env.cameras), e.g. `--cameras main wrist`."""
     seed: int = 0
     action_noise: float = 0.3
     """Std of Gaussian noise added to the actions the env executes (the dataset keeps the
@@ -118,7 +120,7 @@ class Demos:
     def run(self) -> None:
         from asyncvla.data.demos import record_demos
 
-        cfg = env_config(id=self.env_id, num_envs=1, image_size=self.image_size, seed=self.seed)
+        cfg = env_config(id=self.env_id, num_envs=1, image_size=self.image_size, cameras=self.cameras, seed=self.seed)
         summary = record_demos(cfg, episodes=self.episodes, out=self.out, progress=not self.json, action_noise=self.action_noise)
         _report(summary, self.json)
 
@@ -233,7 +235,8 @@ class Eval:
             if env_id is None:
                 raise ConfigError(f"env=None is invalid: checkpoint {ckpt} records no env id; pass --env ENV_ID")
             size = meta.get("env_image_size") or policy.cfg.image_size
-            cfg, episodes, sample = env_config(id=env_id, num_envs=4, image_size=size, seed=0, split="eval"), 30, False
+            cfg = env_config(id=env_id, num_envs=4, image_size=size, cameras=policy.cfg.cameras, seed=0, split="eval")
+            episodes, sample = 30, False
         given = {k: v for k, v in (("num_envs", self.num_envs), ("image_size", self.image_size), ("seed", self.seed)) if v is not None}
         cfg = dataclasses.replace(cfg, **given)
         episodes = self.episodes or episodes

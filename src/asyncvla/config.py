@@ -60,6 +60,18 @@ class WrapperConfig:
         _check(self.reward in ("env", "success"), "env.wrappers.reward", self.reward, "allowed: env, success")
 
 
+MAIN_CAMERA = "main"
+"""The name of every backend's main camera (`Obs.image`) in `env.cameras` and `policy.cameras`."""
+
+
+def _check_cameras(where: str, cameras: tuple[str, ...], allowed: tuple[str, ...] | None = None) -> None:
+    _check(len(cameras) >= 1 and len(set(cameras)) == len(cameras) and all(isinstance(c, str) and c for c in cameras),
+           where, list(cameras), "must name one or more distinct cameras")
+    if allowed is not None:
+        bad = [c for c in cameras if c not in allowed]
+        _check(not bad, where, list(cameras), f"{', '.join(bad)} not rendered by this backend; allowed: {', '.join(allowed)}")
+
+
 @dataclass
 class EnvConfig:
     """Which simulator and how many copies of it. Each backend owns a subclass with its own
@@ -83,14 +95,22 @@ class EnvConfig:
     """Deadline of one action chunk or reset (needs executor thread): an env that has not returned by
     then is taken as hung, replaced by a new one and its episode cut (counted as an env error).
     null: no deadline."""
+    cameras: tuple[str, ...] = (MAIN_CAMERA,)
+    """Cameras the env renders and the policy sees, in order: `main` (the backend's main camera) and
+    the backend's other cameras by name (LIBERO and ManiSkill `wrist`; MetaWorld `wrist` and its
+    scene cameras). The main camera is always rendered (videos show it)."""
     split: Literal["train", "eval"] = "train"
     """Which initial states resets draw: train and eval are disjoint (LIBERO: fixed init states; other backends: separate seed streams)."""
     wrappers: WrapperConfig = field(default_factory=WrapperConfig)
     """Latency and fault injection."""
 
     def __post_init__(self) -> None:
+        from asyncvla.envs.registry import get_backend
+
         cls = env_config_class(self.id)
         _check(type(self) is cls, "env.id", self.id, f"its backend's config is {cls.__name__}, not {type(self).__name__} (build it with env_config)")
+        self.cameras = tuple(self.cameras)
+        _check_cameras("env.cameras", self.cameras, get_backend(self.backend).cameras)
         _check(self.num_envs >= 1, "env.num_envs", self.num_envs, "must be >= 1")
         _check(8 <= self.image_size <= 1024, "env.image_size", self.image_size, "must be in [8, 1024]")
         _check(self.max_episode_steps is None or self.max_episode_steps >= 1, "env.max_episode_steps", self.max_episode_steps, "must be >= 1 or null")
@@ -228,9 +248,16 @@ class PolicyConfig:
     """cpu or cuda[:n]; the same code runs on both (in training runs: run.device)."""
     init: str | None = None
     """Checkpoint directory to start from (e.g. an SFT checkpoint); it fixes the architecture."""
+    cameras: tuple[str, ...] = (MAIN_CAMERA,)
+    """Cameras the policy reads, in order (in training runs: env.cameras; in SFT: the dataset's)."""
 
     RL_ONLY: ClassVar[tuple[str, ...]] = ()
     """Fields only RL reads (`Policy.prepare_rl` applies them): they do not shape an SFT start."""
+
+    @classmethod
+    def at_checkpoint(cls, fields: dict[str, Any], ckpt_dir: str | Path) -> dict[str, Any]:
+        """The saved config fields of checkpoint `ckpt_dir` as they rebuild from it (e.g. paths the checkpoint replaces)."""
+        return fields
 
     def without_rl_settings(self) -> "PolicyConfig":
         """This config with its RL-only fields at their defaults (what an SFT start is built and cached by)."""
@@ -242,11 +269,13 @@ class PolicyConfig:
         _check(self.chunk >= 1, "policy.chunk", self.chunk, "must be >= 1")
         _check(self.temperature > 0, "policy.temperature", self.temperature, "must be > 0")
         _check(self.device == "cpu" or self.device.startswith("cuda"), "policy.device", self.device, "allowed: cpu, cuda, cuda:N")
+        self.cameras = tuple(self.cameras)
+        _check_cameras("policy.cameras", self.cameras)
 
 
 _POLICY_CONFIGS: dict[str, type[PolicyConfig]] = {}
 # Modules whose import registers the built-in policies' configs (torch-free, so parsing stays fast).
-_POLICY_CONFIG_MODULES = ("asyncvla.policies.tiny.config",)
+_POLICY_CONFIG_MODULES = ("asyncvla.policies.tiny.config", "asyncvla.policies.oft.config")
 
 
 def register_policy_config(name: str):
@@ -550,7 +579,7 @@ class WarmStartConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything `asyncvla train` needs. Derived: policy.image_size and policy.device follow env and run."""
+    """Everything `asyncvla train` needs. Derived: policy.image_size, policy.cameras and policy.device follow env and run."""
 
     env: EnvConfig = field(default_factory=env_config)
     """The simulator; its fields depend on the backend of env.id."""
@@ -568,6 +597,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # One source of truth: the policy sees what the env renders, on the run's device.
         self.policy.image_size = self.env.image_size
+        self.policy.cameras = self.env.cameras
         self.policy.device = self.run.device
         rt, env = self.runtime, self.env
         _check(not rt.env_managers or sum(rt.env_managers) == env.num_envs, "runtime.env_managers", rt.env_managers,

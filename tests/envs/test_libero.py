@@ -67,7 +67,7 @@ def test_bad_task_is_one_line_config_error(env_id):
 def env():
     if not OK:
         pytest.skip(f"LIBERO unavailable: {WHY}")
-    cfg = env_config(id="libero/libero_spatial/0", image_size=64, fast_render=True)
+    cfg = env_config(id="libero/libero_spatial/0", image_size=64, fast_render=True, cameras=("main", "wrist"))
     e = libero.BACKEND.make(cfg.task, cfg, 0)
     yield e
     e.close()
@@ -77,6 +77,7 @@ def test_obs_shapes_and_instruction(env):
     obs = env.reset(0)
     assert obs.image.shape == (64, 64, 3) and obs.image.dtype == np.uint8
     assert obs.extra_images["wrist"].shape == (64, 64, 3) and obs.extra_images["wrist"].dtype == np.uint8
+    assert np.abs(obs.extra_images["wrist"].astype(int) - obs.image).mean() > 10  # another view, not a copy
     assert obs.proprio.shape == (libero.PROPRIO_DIM,) and obs.proprio.dtype == np.float32
     assert obs.instruction == env.instruction == TASK0
     assert env.max_episode_steps == 220

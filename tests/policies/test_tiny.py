@@ -10,8 +10,9 @@ from asyncvla.config import ConfigError, PolicyConfig, policy_config
 from asyncvla.policies.base import ObsBatch
 from asyncvla.policies.checkpoint import load_policy, save_policy
 from asyncvla.policies.registry import make_policy, policy_types
-from asyncvla.policies.tiny.model import discrete_logprob_entropy, gaussian_logprob_entropy
-from asyncvla.policies.tiny.processor import actions_to_bins, bin_centers, bins_to_actions, normalisation_std
+from asyncvla.policies.tiny.model import gaussian_logprob_entropy
+from asyncvla.policies.tokens import discrete_logprob_entropy
+from asyncvla.policies.processor import actions_to_bins, bin_centers, bins_to_actions, normalisation_std
 
 A, P, K = 3, 7, 2
 TYPES = ["tiny", "tiny-gaussian"]
@@ -191,7 +192,7 @@ def test_lerobot_select_action_pops_the_chunk(policy):
 
 
 def test_ordinal_logits_peak_at_the_mean_bin_without_residual():
-    from asyncvla.policies.tiny.model import ordinal_logits
+    from asyncvla.policies.tokens import ordinal_logits
 
     centres = bin_centers(256)
     target = torch.tensor([-0.9, -0.2, 0.01, 0.55])  # not on a bin edge

@@ -12,14 +12,14 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from asyncvla.config import ConfigError, PolicyConfig, policy_config
+from asyncvla.config import MAIN_CAMERA, ConfigError, PolicyConfig, policy_config
 from asyncvla.policies.base import ObsBatch, Policy
 
 
@@ -37,9 +37,15 @@ class DemoData:
     """[N] int: frames of one episode are contiguous and in time order."""
     instructions: list[str]
     """[N] instruction of each frame."""
+    extra_images: dict[str, np.ndarray] = field(default_factory=dict)
+    """The other cameras by name, each [N, S, S, 3] uint8."""
 
     def __len__(self) -> int:
         return len(self.actions)
+
+    @property
+    def cameras(self) -> list[str]:
+        return [MAIN_CAMERA, *self.extra_images]
 
 
 def chunk_targets(actions: np.ndarray, episode_index: np.ndarray, chunk: int) -> np.ndarray:
@@ -142,8 +148,10 @@ def fit_bc(
         for step in range(steps):
             idx = rng.integers(0, len(data), batch_size)
             images = drop_images(shift_augment(data.images[idx], augment_pad, rng), image_dropout, rng)
+            extra = {k: drop_images(shift_augment(v[idx], augment_pad, rng), image_dropout, rng)
+                     for k, v in data.extra_images.items() if k in policy.cfg.cameras}
             proprio = perturb_proprio(data.proprio[idx], proprio_scale, proprio_noise, rng)
-            obs = ObsBatch(images, proprio, [data.instructions[i] for i in idx])
+            obs = ObsBatch(images, proprio, [data.instructions[i] for i in idx], extra_images=extra)
             loss = bc_loss(policy, obs, torch.as_tensor(targets[idx], device=device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -175,6 +183,7 @@ def load_demos(demos_dir: str | Path) -> DemoData:
         actions=np.asarray(ds.actions, dtype=np.float32)[keep],
         episode_index=episode_index[keep],
         instructions=[s for s, k in zip(ds.instructions, keep) if k],
+        extra_images={k: np.asarray(v, dtype=np.uint8)[keep] for k, v in ds.extra_images.items()},
     )
 
 
@@ -219,6 +228,10 @@ def train_sft(
         raise ConfigError(f"sft.proprio_noise={proprio_noise!r} is invalid: must be >= 0")
     policy_cfg = policy_cfg or policy_config()
     data = load_demos(demos_dir)
+    missing = [c for c in policy_cfg.cameras if c not in data.cameras]
+    if missing:
+        raise ConfigError(f"policy.cameras={list(policy_cfg.cameras)} is invalid: the demos in {demos_dir} have cameras "
+                          f"{', '.join(data.cameras)} (record others with `asyncvla demos --cameras ...`)")
     torch.manual_seed(seed)
     policy = make_policy(policy_cfg, action_dim=data.actions.shape[1], proprio_dim=data.proprio.shape[1])
     processor = getattr(policy, "processor", None)

@@ -50,6 +50,7 @@ class _Recording:
     def __init__(self, obs: Obs):
         self.obs = obs
         self.images: list[np.ndarray] = []
+        self.extra_images: dict[str, list[np.ndarray]] = {k: [] for k in obs.extra_images}
         self.proprio: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
         self.rewards: list[float] = []
@@ -57,6 +58,8 @@ class _Recording:
 
     def add(self, action: np.ndarray, reward: float, success: bool, next_obs: Obs) -> None:
         self.images.append(self.obs.image)
+        for k, frames in self.extra_images.items():
+            frames.append(self.obs.extra_images[k])
         self.proprio.append(self.obs.proprio)
         self.actions.append(action)
         self.rewards.append(reward)
@@ -64,7 +67,8 @@ class _Recording:
         self.obs = next_obs
 
     def episode(self, success: bool) -> Episode:
-        return Episode(self.images, self.proprio, self.actions, self.rewards, self.successes, self.obs.instruction, success)
+        return Episode(self.images, self.proprio, self.actions, self.rewards, self.successes, self.obs.instruction, success,
+                       self.extra_images)
 
 
 def record_demos(cfg: EnvConfig, episodes: int, out: Path, progress: bool = True,

@@ -8,8 +8,9 @@ meta/episodes/chunk-000/file-000.parquet     episode_index, tasks, length, succe
                                              dataset_from_index, dataset_to_index
 data/chunk-000/file-000.parquet              one row per frame (below)
 ```
-Frame columns: observation.image (struct{bytes: PNG, path: null}, as Hugging Face
-`datasets.Image` stores images inline), observation.state (list<float32>), action
+Frame columns: observation.image (the main camera: struct{bytes: PNG, path: null}, as Hugging
+Face `datasets.Image` stores images inline), observation.images.<name> (each other camera,
+the same way), observation.state (list<float32>), action
 (list<float32>), episode_index, frame_index, index, timestamp (frame_index / fps),
 task_index, next.reward, next.success, next.done. A row holds the observation at t, the
 action taken at t, and what that action led to (next.*).
@@ -17,7 +18,8 @@ action taken at t, and what that action led to (next.*).
 Reading for training:
 ```
 ds = load_dataset("demos/")
-ds.images        # [N, S, S, 3] uint8, right side up
+ds.images        # [N, S, S, 3] uint8, right side up (the main camera)
+ds.extra_images  # {camera name: [N, S, S, 3] uint8}
 ds.proprio       # [N, P] float32
 ds.actions       # [N, A] float32
 ds.episode_index # [N] int64;  ds.frame_index [N] int64;  ds.task_index [N] int64
@@ -42,6 +44,9 @@ CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 _IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+MAIN_IMAGE = "observation.image"
+EXTRA_IMAGE = "observation.images.{}"
+"""Column of each camera besides the main one."""
 
 
 @dataclass
@@ -60,6 +65,8 @@ class Episode:
     instruction: str
     success: bool
     """The episode succeeded (at any step)."""
+    extra_images: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    """The other cameras by name, T images each."""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -83,11 +90,12 @@ class DatasetWriter:
         self.fps = fps
         self.robot_type = robot_type
         self._columns: dict[str, list] = {k: [] for k in (
-            "observation.image", "observation.state", "action", "episode_index", "frame_index", "index",
+            MAIN_IMAGE, "observation.state", "action", "episode_index", "frame_index", "index",
             "timestamp", "task_index", "next.reward", "next.success", "next.done")}
         self._episodes: list[dict] = []
         self._tasks: dict[str, int] = {}
         self._shapes: dict[str, list[int]] = {}
+        self._cameras: list[str] | None = None
 
     @property
     def num_frames(self) -> int:
@@ -104,10 +112,17 @@ class DatasetWriter:
     def add_episode(self, ep: Episode) -> None:
         if len(ep) == 0:
             raise ValueError("add_episode: an episode needs at least one frame")
+        if self._cameras is None:
+            self._cameras = list(ep.extra_images)
+            self._columns.update({EXTRA_IMAGE.format(k): [] for k in self._cameras})
+        if list(ep.extra_images) != self._cameras:
+            raise ValueError(f"add_episode: cameras {list(ep.extra_images)} differ from the dataset's {self._cameras}")
         task_index = self._tasks.setdefault(ep.instruction, len(self._tasks))
         ep_index, start, n = len(self._episodes), self.num_frames, len(ep)
         c = self._columns
-        c["observation.image"] += [{"bytes": encode_png(img), "path": None} for img in ep.images]
+        for col, images in ((MAIN_IMAGE, ep.images), *((EXTRA_IMAGE.format(k), v) for k, v in ep.extra_images.items())):
+            c[col] += [{"bytes": encode_png(img), "path": None} for img in images]
+            self._shapes[col] = list(images[0].shape)
         c["observation.state"] += [np.asarray(p, np.float32).tolist() for p in ep.proprio]
         c["action"] += [np.asarray(a, np.float32).tolist() for a in ep.actions]
         c["episode_index"] += [ep_index] * n
@@ -118,8 +133,7 @@ class DatasetWriter:
         c["next.reward"] += [float(r) for r in ep.rewards]
         c["next.success"] += [bool(s) for s in ep.successes]
         c["next.done"] += [False] * (n - 1) + [True]
-        self._shapes = {"observation.image": list(ep.images[0].shape), "observation.state": [len(ep.proprio[0])],
-                        "action": [len(ep.actions[0])]}
+        self._shapes.update({"observation.state": [len(ep.proprio[0])], "action": [len(ep.actions[0])]})
         self._episodes.append(dict(episode_index=ep_index, tasks=[ep.instruction], length=n, success=bool(ep.success),
                                    **{"return": float(np.sum(ep.rewards))}, dataset_from_index=start,
                                    dataset_to_index=start + n, **{"data/chunk_index": 0, "data/file_index": 0}))
@@ -144,7 +158,7 @@ class DatasetWriter:
         c = self._columns
         f32 = pa.list_(pa.float32())
         arrays = {
-            "observation.image": pa.array(c["observation.image"], _IMAGE_TYPE),
+            **{col: pa.array(c[col], _IMAGE_TYPE) for col in self._image_columns},
             "observation.state": pa.array(c["observation.state"], f32),
             "action": pa.array(c["action"], f32),
             **{k: pa.array(c[k], pa.int64()) for k in ("episode_index", "frame_index", "index", "task_index")},
@@ -155,11 +169,15 @@ class DatasetWriter:
         }
         return pa.table(arrays)
 
+    @property
+    def _image_columns(self) -> list[str]:
+        return [MAIN_IMAGE, *(EXTRA_IMAGE.format(k) for k in self._cameras or ())]
+
     def _info(self) -> dict:
         s = self._shapes
         scalar = lambda dtype: {"dtype": dtype, "shape": [1], "names": None}  # noqa: E731
         features = {
-            "observation.image": {"dtype": "image", "shape": s["observation.image"], "names": ["height", "width", "channels"]},
+            **{col: {"dtype": "image", "shape": s[col], "names": ["height", "width", "channels"]} for col in self._image_columns},
             "observation.state": {"dtype": "float32", "shape": s["observation.state"], "names": None},
             "action": {"dtype": "float32", "shape": s["action"], "names": None},
             "timestamp": scalar("float32"), "frame_index": scalar("int64"), "episode_index": scalar("int64"),
@@ -194,6 +212,8 @@ class DemoDataset:
     episode_length: np.ndarray
     fps: float
     info: dict = field(default_factory=dict)
+    extra_images: dict[str, np.ndarray] = field(default_factory=dict)
+    """The other cameras by name, each [N, S, S, 3] uint8."""
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -225,10 +245,15 @@ def load_dataset(root: str | Path) -> DemoDataset:
         col = data.column(name).combine_chunks()
         return col.values.to_numpy().reshape(len(col), -1).astype(np.float32)
 
-    images = [decode_png(d["bytes"]) for d in data.column("observation.image").to_pylist()]
+    def images(column: str) -> np.ndarray:
+        frames = [decode_png(d["bytes"]) for d in data.column(column).to_pylist()]
+        return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
+
+    prefix = EXTRA_IMAGE.format("")
+    extra = {col[len(prefix):]: images(col) for col in data.column_names if col.startswith(prefix)}
     ints = lambda name: data.column(name).to_numpy().astype(np.int64)  # noqa: E731
     return DemoDataset(
-        images=np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8),
+        images=images(MAIN_IMAGE),
         proprio=vectors("observation.state"),
         actions=vectors("action"),
         episode_index=ints("episode_index"),
@@ -241,4 +266,5 @@ def load_dataset(root: str | Path) -> DemoDataset:
         episode_length=episodes.column("length").to_numpy().astype(np.int64),
         fps=float(info["fps"]),
         info=info,
+        extra_images=extra,
     )

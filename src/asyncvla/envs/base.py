@@ -12,6 +12,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from asyncvla.config import MAIN_CAMERA
+
+__all__ = ["MAIN_CAMERA", "Env", "EnvCrashed", "EnvError", "EnvHung", "Obs", "StepOut", "flip_upright"]
+
 
 @dataclass
 class Obs:
@@ -23,7 +27,7 @@ class Obs:
     """[P] float32."""
     instruction: str
     extra_images: dict[str, np.ndarray] = field(default_factory=dict)
-    """Other cameras by name, each [H, W, 3] uint8."""
+    """The other cameras of `env.cameras` by name, each [H, W, 3] uint8 (the main camera is `image`)."""
     time_left: float = 1.0
     """Fraction of the episode's time limit still ahead (1 at reset, 0 at the limit); set by
     VectorEnv. A critic that sees it can tell an early state from a late one (policy.value_time)."""

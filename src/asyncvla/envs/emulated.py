@@ -126,6 +126,7 @@ class EmulatedBackend:
     name = "emulated"
     config = EmulatedEnvConfig
     description = "point reaching whose steps hold configurable wall time without CPU (benchmarks)"
+    cameras = ("main",)
 
     def available(self) -> tuple[bool, str]:
         return True, ""

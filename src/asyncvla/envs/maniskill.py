@@ -2,7 +2,8 @@
 
 What an env gives the policy:
 - image: the task's first sensor camera (`base_camera`), [S, S, 3] uint8, already upright;
-  tasks whose robot carries a wrist camera (`panda_wristcam`) add `extra_images["wrist"]`.
+  tasks whose robot carries a wrist camera (`panda_wristcam`) add `extra_images["wrist"]` when
+  `env.cameras` asks for it.
 - proprio: float32 = the robot's joint positions then joint velocities (Panda: 9 + 9 = 18;
   PushT's panda_stick: 7 + 7).
 - action: `pd_ee_delta_pose` control, [7] = delta end-effector position (3) and rotation
@@ -30,7 +31,7 @@ import sys
 
 import numpy as np
 
-from asyncvla.config import RenderedEnvConfig
+from asyncvla.config import ConfigError, RenderedEnvConfig
 from asyncvla.envs.base import Obs, StepOut
 
 SIM_BACKEND = "physx_cpu"
@@ -152,12 +153,16 @@ class ManiSkillEnv:
         agent = self.raw.unwrapped.agent
         self.proprio_dim = 2 * int(agent.robot.get_qpos().shape[-1])
         self._camera: str | None = None
+        self._wrist = "wrist" in cfg.cameras
 
     def _obs(self, raw_obs: dict) -> Obs:
         cams = raw_obs["sensor_data"]
         if self._camera is None:  # the first sensor is the task's main view
             self._camera = next(iter(cams))
-        extra = {"wrist": _np(cams["hand_camera"]["rgb"])} if "hand_camera" in cams and self._camera != "hand_camera" else {}
+            if self._wrist and ("hand_camera" not in cams or self._camera == "hand_camera"):
+                raise ConfigError(f"env.cameras=wrist is invalid for maniskill/{self.env_id}: its robot has no wrist camera "
+                                  f"besides the main view (sensors: {', '.join(cams)})")
+        extra = {"wrist": _np(cams["hand_camera"]["rgb"])} if self._wrist else {}
         proprio = np.concatenate([_np(raw_obs["agent"]["qpos"]), _np(raw_obs["agent"]["qvel"])]).astype(np.float32)
         return Obs(image=_np(cams[self._camera]["rgb"]), proprio=proprio, instruction=self.instruction, extra_images=extra)
 
@@ -188,6 +193,7 @@ class ManiSkillBackend:
     name = "maniskill"
     config = RenderedEnvConfig
     description = "ManiSkill3 tabletop tasks (SAPIEN, physx_cpu, rgb sensor camera; needs Vulkan)"
+    cameras = ("main", "wrist")
 
     def available(self) -> tuple[bool, str]:
         p = _probe_cached()

@@ -1,7 +1,9 @@
 """`metaworld/<task>`: the 50 MetaWorld v3 tasks (the embedded default simulator).
 
 Observation
-- image: the `corner` camera, [S, S, 3] uint8, rotated right side up.
+- image: the `corner` camera, [S, S, 3] uint8, rotated right side up; the other cameras of
+  `env.cameras` in `extra_images`: `wrist` (MetaWorld's `gripperPOV`) and the scene's fixed
+  cameras by their MetaWorld names (`CAMERAS`), each rendered upright at the same size.
 - proprio: MetaWorld's 39-d state vector as float32 (the multi-task setting: goal visible):
   [0:3] end-effector xyz, [3] gripper opening (0 closed .. 1 open),
   [4:11] object 1 xyz + quaternion, [11:18] object 2 xyz + quaternion (zeros where the task
@@ -36,10 +38,13 @@ from typing import Callable
 
 import numpy as np
 
-from asyncvla.config import ConfigError, RenderedEnvConfig
+from asyncvla.config import MAIN_CAMERA, ConfigError, RenderedEnvConfig
 from asyncvla.envs.base import Obs, StepOut, flip_upright
 
 CAMERA = "corner"
+CAMERAS = {"main": CAMERA, "wrist": "gripperPOV", "topview": "topview", "corner2": "corner2", "corner3": "corner3",
+           "corner4": "corner4", "behindGripper": "behindGripper"}
+"""`env.cameras` name -> MetaWorld camera."""
 ROBOT_TYPE = "sawyer"
 FPS = 80
 """Control rate: one env step is frame_skip 5 x timestep 2.5 ms = 12.5 ms."""
@@ -187,23 +192,23 @@ class MetaWorldEnv:
             # Scene flags persist across update_scene calls, so setting them once suffices.
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
-        self._camera = mujoco.MjvCamera()
-        self._camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
-        self._camera.fixedcamid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA)
+        self._cameras = {name: _fixed_camera(model, CAMERAS[name]) for name in (MAIN_CAMERA, *cfg.cameras)}
+        self._camera = self._cameras[MAIN_CAMERA]
         self._release_after_render = cfg.executor == "thread"
         if self._release_after_render:
             _release_gl_context()  # the Renderer made its context current in this (the creating) thread
 
-    def render(self) -> np.ndarray:
-        """The corner camera now, [S, S, 3] uint8, right side up."""
-        self._renderer.update_scene(self._raw.data, camera=self._camera)
+    def render(self, camera: str = MAIN_CAMERA) -> np.ndarray:
+        """Camera `camera` now (default the corner camera), [S, S, 3] uint8, right side up."""
+        self._renderer.update_scene(self._raw.data, camera=self._cameras[camera])
         frame = self._renderer.render()
         if self._release_after_render:
             _release_gl_context()
         return flip_upright(frame)
 
     def _obs(self, state: np.ndarray) -> Obs:
-        return Obs(image=self.render(), proprio=state.astype(np.float32), instruction=self.instruction)
+        extra = {name: self.render(name) for name in self._cameras if name != MAIN_CAMERA}
+        return Obs(image=self.render(), proprio=state.astype(np.float32), instruction=self.instruction, extra_images=extra)
 
     def reset(self, seed: int) -> Obs:
         raw = self._raw
@@ -241,6 +246,15 @@ class MetaWorldEnv:
         self._gym.close()
 
 
+def _fixed_camera(model, name: str):
+    import mujoco
+
+    cam = mujoco.MjvCamera()
+    cam.type = mujoco.mjtCamera.mjCAMERA_FIXED
+    cam.fixedcamid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, name)
+    return cam
+
+
 def _release_gl_context() -> None:
     """Detaches the current EGL context from this thread, so another thread can render with it.
 
@@ -261,6 +275,7 @@ class MetaWorldBackend:
     name = "metaworld"
     config = RenderedEnvConfig
     description = "MetaWorld v3 (MuJoCo): 50 Sawyer tasks with scripted experts; embedded default"
+    cameras = tuple(CAMERAS)
 
     def available(self) -> tuple[bool, str]:
         try:

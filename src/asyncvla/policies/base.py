@@ -7,7 +7,8 @@ names (`select_action`, `predict_action_chunk`, `reset`) sit on top so real VLAs
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from asyncvla.config import PolicyConfig
-from asyncvla.envs.base import Obs
+from asyncvla.envs.base import MAIN_CAMERA, Obs
 
 
 @dataclass
@@ -23,7 +24,7 @@ class ObsBatch:
     """A batch of observations as numpy (what travels through Ray's object store)."""
 
     images: np.ndarray
-    """[B, H, W, 3] uint8."""
+    """[B, H, W, 3] uint8: the main camera (`Obs.image`)."""
     proprio: np.ndarray
     """[B, P] float32."""
     instructions: list[str]
@@ -33,15 +34,19 @@ class ObsBatch:
     thread or server served it; None samples from the global torch RNG."""
     time_left: np.ndarray | None = None
     """[B] float32 `Obs.time_left` of each row, or None where no episode clock exists (datasets)."""
+    extra_images: dict[str, np.ndarray] = field(default_factory=dict)
+    """The other cameras by name (`Obs.extra_images`), each [B, H, W, 3] uint8."""
 
     @staticmethod
     def stack(obs: Sequence[Obs], sample_keys: Sequence[int] | None = None) -> "ObsBatch":
+        names = obs[0].extra_images.keys() if obs else ()
         return ObsBatch(
             images=np.stack([o.image for o in obs]),
             proprio=np.stack([o.proprio for o in obs]).astype(np.float32),
             instructions=[o.instruction for o in obs],
             sample_keys=None if sample_keys is None else np.asarray(sample_keys, np.int64),
             time_left=np.asarray([o.time_left for o in obs], np.float32),
+            extra_images={k: np.stack([o.extra_images[k] for o in obs]) for k in names},
         )
 
     @staticmethod
@@ -53,7 +58,17 @@ class ObsBatch:
             instructions=[s for b in batches for s in b.instructions],
             sample_keys=np.concatenate([b.sample_keys for b in batches]) if keyed else None,
             time_left=np.concatenate([b.time_left for b in batches]) if all(b.time_left is not None for b in batches) else None,
+            extra_images={k: np.concatenate([b.extra_images[k] for b in batches]) for k in batches[0].extra_images},
         )
+
+    def camera(self, name: str) -> np.ndarray:
+        """[B, H, W, 3] images of camera `name`: `main` is the main camera, any other an extra one."""
+        if name == MAIN_CAMERA:
+            return self.images
+        if name not in self.extra_images:
+            have = ", ".join([MAIN_CAMERA, *self.extra_images])
+            raise KeyError(f"camera {name!r} is not in the observation (cameras: {have}); set env.cameras to render it")
+        return self.extra_images[name]
 
     def __len__(self) -> int:
         return len(self.instructions)
@@ -68,7 +83,8 @@ class ObsBatch:
         def take(a: np.ndarray | None) -> np.ndarray | None:
             return None if a is None else a[rows]
 
-        return ObsBatch(self.images[rows], self.proprio[rows], instructions, take(self.sample_keys), take(self.time_left))
+        return ObsBatch(self.images[rows], self.proprio[rows], instructions, take(self.sample_keys), take(self.time_left),
+                        {k: v[rows] for k, v in self.extra_images.items()})
 
 
 def sample_key(seed: int, env_id: int, decision: int) -> int:
@@ -128,6 +144,27 @@ class Policy(nn.Module):
         run's policy config (of this policy's type), which may differ from the checkpoint's in
         settings that only RL reads (e.g. tiny's rl_spread and value_time). Deterministic: the
         copies must stay identical."""
+
+    def save_architecture(self, out: Path) -> None:
+        """Writes what rebuilding this policy needs beyond its config and weights into checkpoint dir `out`."""
+
+    def published_state(self) -> dict[str, torch.Tensor]:
+        """What a weight publish sends: the parameters that train. Frozen ones (a backbone under LoRA) never
+        change, and every copy of the policy was built with them."""
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_published(self, state: dict[str, torch.Tensor]) -> None:
+        """Loads a `published_state` of a copy of this policy."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        if unexpected or trainable & set(missing):
+            raise ValueError(f"published weights do not fit this policy: unexpected {unexpected[:3]}, "
+                             f"missing {sorted(trainable & set(missing))[:3]}")
+
+    def _as_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """Actions as float32 [B, K, A] on the policy's device."""
+        return torch.as_tensor(actions, dtype=torch.float32, device=next(self.parameters()).device).reshape(
+            -1, self.chunk, self.action_dim)
 
     def _noise(self, obs: ObsBatch, shape: torch.Size, kind: str) -> torch.Tensor:
         """Sampling noise of `shape` ([B, ...]) for `act`: per row from obs.sample_keys when set."""

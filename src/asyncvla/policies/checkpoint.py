@@ -33,6 +33,7 @@ def save_policy(policy: Policy, out_dir: str | Path, extra: dict[str, Any] | Non
     # safetensors refuses shared or non-contiguous storage; clone to be safe.
     state = {k: v.detach().cpu().contiguous().clone() for k, v in policy.state_dict().items()}
     save_file(state, str(out / WEIGHTS), metadata={"version": str(policy.version)})
+    policy.save_architecture(out)
     meta: dict[str, Any] = dict(extra or {})
     meta.update(
         policy=to_dict(policy.cfg),
@@ -68,7 +69,9 @@ def _current_fields(policy: dict[str, Any]) -> dict[str, Any]:
 def load_policy(ckpt_dir: str | Path, device: str | None = None) -> Policy:
     """Rebuilds the saved policy with its weights, statistics and version (on `device` if given)."""
     meta = read_checkpoint_config(ckpt_dir)
-    cfg = from_dict(PolicyConfig, _current_fields(meta["policy"]), where="checkpoint policy")
+    fields = _current_fields(meta["policy"])
+    fields = policy_config_class(fields.get("type", PolicyConfig.type)).at_checkpoint(fields, ckpt_dir)
+    cfg = from_dict(PolicyConfig, fields, where="checkpoint policy")
     if device is not None:
         cfg = dataclasses.replace(cfg, device=device)
     policy = make_policy(cfg, meta["action_dim"], meta["proprio_dim"])

@@ -16,7 +16,7 @@ P = TypeVar("P", bound=type)
 
 _REGISTRY: dict[str, type] = {}
 # Modules whose import registers the built-in policies.
-_BUILTIN_MODULES = ("asyncvla.policies.tiny.model",)
+_BUILTIN_MODULES = ("asyncvla.policies.tiny.model", "asyncvla.policies.oft.model")
 
 
 def register(name: str) -> Callable[[P], P]:
@@ -68,6 +68,9 @@ def build_policy(cfg: PolicyConfig, action_dim: int, proprio_dim: int, seed: int
         policy = load_policy(cfg.init, device=cfg.device)
         if policy.cfg.type != cfg.type:
             raise ConfigError(f"policy.type={cfg.type!r} is invalid: policy.init {cfg.init} holds a {policy.cfg.type!r} policy")
+        if policy.cfg.cameras != cfg.cameras:
+            raise ConfigError(f"env.cameras={list(cfg.cameras)} is invalid: policy.init {cfg.init} reads cameras "
+                              f"{list(policy.cfg.cameras)}; render those")
         # The checkpoint fixes the architecture; the run's sampling temperature still applies.
         policy.temperature = cfg.temperature
     else:

@@ -58,7 +58,7 @@ def restore_runtime_state(run: Runtime, ckpt: Path) -> None:
         run.controller.load_state_dict(state["staleness"])
         run.ledger.load_state_dict(state["ledger"])
         run.learner.consumed = run.controller.consumed
-    run.store.publish(run.trainer.policy.state_dict(), run.trainer.version)
+    run.store.publish(run.trainer.policy.published_state(), run.trainer.version)
 
 
 def evaluate(cfg: TrainConfig, run_dir: Path, update: int, trainer, eval_policy: Policy) -> dict:

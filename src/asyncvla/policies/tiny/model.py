@@ -1,7 +1,8 @@
 """The tiny VLA: a CNN trained from scratch, a frozen sentence embedding and proprio feed a
 small transformer trunk; action heads read learned query tokens, a value head the pooled trunk.
 
-tokens = [image patches ceil(S/16)^2 | instruction | proprio | action queries]
+tokens = [image patches ceil(S/16)^2 per camera of policy.cameras | instruction | proprio | action queries]
+(the cameras share the encoder; the learned positions tell their patches apart)
 - `tiny`: one query per (step, action dim) of the chunk, each predicting one of
   `action_bins` bins over [-1, 1] (OpenVLA-style action tokens, decoded in parallel), with
   ordinally parametrised logits (`ordinal_logits`).
@@ -17,30 +18,18 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from asyncvla.policies import text
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
 from asyncvla.policies.registry import register
 from asyncvla.policies.tiny.config import TinyConfig, TinyGaussianConfig, TinyTrunkConfig
-from asyncvla.policies.tiny.processor import TinyProcessor, actions_to_bins, bin_centers, bins_to_actions
+from asyncvla.policies.processor import bin_centers
+from asyncvla.policies.tokens import TokenActions, ordinal_logits
+from asyncvla.policies.tiny.processor import TinyProcessor
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
-
-
-def discrete_logprob_entropy(logits: torch.Tensor, bins: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunk logprob and entropy of categorical action tokens.
-
-    logits [B, K, A, N], bins [B, K, A] (long) -> (logprob [B], entropy [B]): sums over the
-    K*A tokens of log softmax(logits / temperature) at `bins`, and of the token entropies.
-    """
-    logp = F.log_softmax(logits / temperature, dim=-1)  # [B, K, A, N]
-    token_lp = logp.gather(-1, bins.unsqueeze(-1)).squeeze(-1)  # [B, K, A]
-    token_ent = -(logp.exp() * logp).sum(-1)  # [B, K, A]
-    return token_lp.sum((1, 2)), token_ent.sum((1, 2))
 
 
 def gaussian_logprob_entropy(mean: torch.Tensor, log_std: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,22 +42,6 @@ def gaussian_logprob_entropy(mean: torch.Tensor, log_std: torch.Tensor, actions:
     lp = -0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)  # [B, K, A]
     ent = 0.5 + 0.5 * math.log(2 * math.pi) + log_std  # [B, K, A]
     return lp.sum((1, 2)), ent.sum((1, 2))
-
-
-def ordinal_logits(head_out: torch.Tensor, centers: torch.Tensor, freeze_spread: bool = False) -> torch.Tensor:
-    """[..., 2 + N] head outputs -> [..., N] bin logits.
-
-    logit_i = -((c_i - tanh(m)) / exp(s))^2 / 2 + r_i: a discretized Gaussian (mean m, log
-    std s) plus free residual logits r. Still an ordinary categorical over the N action
-    tokens (exact logprobs, argmax, temperature), but neighbouring bins share evidence: with
-    plain independent logits, BC on ~2k MetaWorld frames fit the demos and failed closed
-    loop (measured: MLP + plain logits 37% reach success, + this parametrisation 97%).
-    freeze_spread: no gradient through s and r (RL fine-tuning moves the means only).
-    """
-    mean = torch.tanh(head_out[..., :1])
-    spread = head_out[..., 1:].detach() if freeze_spread else head_out[..., 1:]
-    log_std = spread[..., :1].clamp(-6.0, 1.0)
-    return -0.5 * ((centers - mean) * torch.exp(-log_std)).pow(2) + spread[..., 1:]
 
 
 class ImageEncoder(nn.Module):
@@ -113,7 +86,7 @@ class TinyBase(Policy):
         h = cfg.hidden_dim
         self.processor = TinyProcessor(proprio_dim, action_dim, cfg.image_size, cfg.proprio_std_min)
         self.image_encoder = ImageEncoder(h)
-        num_patches = self.image_encoder(torch.zeros(1, 3, cfg.image_size, cfg.image_size)).shape[1]
+        num_patches = self.image_encoder(torch.zeros(1, 3, cfg.image_size, cfg.image_size)).shape[1] * len(cfg.cameras)
         self.text_proj = nn.Linear(text.DIM, h)
         self.proprio_proj = nn.Sequential(nn.Linear(proprio_dim, h), nn.GELU(), nn.Linear(h, h))
         self.queries = nn.Parameter(0.02 * torch.randn(num_queries, h))
@@ -155,10 +128,11 @@ class TinyBase(Policy):
 
     def features(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(query outputs [B, Q, H], value [B])."""
-        images, proprio, instr = self.processor(obs)
-        b = images.shape[0]
+        images, proprio, instr = self.processor(obs, self.cfg.cameras)
+        b = proprio.shape[0]
+        patches = self.image_encoder(images)  # [C*B, n, H]
         tokens = torch.cat([
-            self.image_encoder(images),  # [B, n, H]
+            torch.cat(patches.split(b), dim=1),  # [B, C*n, H]
             self.text_proj(instr).unsqueeze(1),  # [B, 1, H]
             self.proprio_proj(proprio).unsqueeze(1),  # [B, 1, H]
             self.queries.expand(b, -1, -1),  # [B, Q, H]
@@ -169,12 +143,9 @@ class TinyBase(Policy):
             pooled = pooled.detach()
         return out[:, self.num_obs_tokens :], self.value(pooled, obs, proprio.detach() if self.cfg.detach_value else proprio)
 
-    def _as_actions(self, actions: torch.Tensor | np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(actions, dtype=torch.float32, device=self.device).reshape(-1, self.chunk, self.action_dim)
-
 
 @register("tiny")
-class TinyVLA(TinyBase):
+class TinyVLA(TokenActions, TinyBase):
     """Discrete action tokens: `action_bins` bins per dimension over [-1, 1], K*A tokens per chunk."""
 
     def __init__(self, cfg: TinyConfig, action_dim: int, proprio_dim: int):
@@ -189,28 +160,6 @@ class TinyVLA(TinyBase):
         logits = ordinal_logits(self.action_head(q), self.centers, self.freeze_spread)  # [B, K*A, N]
         return logits.view(-1, self.chunk, self.action_dim, self.num_bins), value
 
-    @torch.no_grad()
-    def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOut:
-        logits, value = self.logits(obs)
-        if deterministic:
-            bins = logits.argmax(-1)  # [B, K, A]
-        else:
-            # Gumbel-max: a Categorical sample whose noise comes from each row's own key.
-            u = self._noise(obs, logits.shape, "uniform").clamp_(1e-20, 1.0)
-            bins = (logits / self.temperature - torch.log(-torch.log(u))).argmax(-1)
-        logprob, _ = discrete_logprob_entropy(logits, bins, self.temperature)
-        return ActOut(
-            actions=bins_to_actions(bins, self.num_bins).cpu().numpy(),
-            logprob=logprob.float().cpu().numpy(),
-            value=value.float().cpu().numpy(),
-            version=self.version,
-        )
-
-    def evaluate(self, obs: ObsBatch, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, value = self.logits(obs)
-        bins = actions_to_bins(self._as_actions(actions), self.num_bins)
-        logprob, entropy = discrete_logprob_entropy(logits, bins, self.temperature)
-        return logprob, entropy, value
 
 
 @register("tiny-gaussian")

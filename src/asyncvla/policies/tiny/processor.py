@@ -1,100 +1,20 @@
-"""Pre- and post-processing of the tiny VLA: images, proprio normalisation, action bins.
-
-The normalisation statistics are buffers of the processor, so they travel inside the
-checkpoint's state dict (and are also written to config.yaml for people to read). They are
-fit from demonstrations by SFT; before that they are the identity.
-"""
+"""The tiny VLA's processor: the shared one (`policies/processor.py`) plus a frozen sentence
+embedding of the instruction."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from asyncvla.policies import text
 from asyncvla.policies.base import ObsBatch
-
-ACTION_LOW, ACTION_HIGH = -1.0, 1.0
-"""Env actions live in [-1, 1]; the discrete head bins exactly this range."""
+from asyncvla.policies.processor import Processor
 
 
-def bin_centers(num_bins: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """[num_bins] centres of equal-width bins over [-1, 1]."""
-    width = (ACTION_HIGH - ACTION_LOW) / num_bins
-    return ACTION_LOW + width * (torch.arange(num_bins, device=device, dtype=torch.float32) + 0.5)
-
-
-def actions_to_bins(actions: torch.Tensor, num_bins: int) -> torch.Tensor:
-    """Bin index (long, same shape) of each action value; values outside [-1, 1] clip to the end bins."""
-    scaled = (actions.clamp(ACTION_LOW, ACTION_HIGH) - ACTION_LOW) / (ACTION_HIGH - ACTION_LOW) * num_bins
-    return scaled.floor().long().clamp_(0, num_bins - 1)
-
-
-def bins_to_actions(bins: torch.Tensor, num_bins: int) -> torch.Tensor:
-    """Action value (float32, same shape) at the centre of each bin index."""
-    width = (ACTION_HIGH - ACTION_LOW) / num_bins
-    return ACTION_LOW + width * (bins.float() + 0.5)
-
-
-def normalisation_std(x: np.ndarray, std_min: float) -> np.ndarray:
-    """[N, D] -> [D] normalisation std per dim: the data std, at least `std_min`; 1 for constant dims.
-
-    Constant dims (zero padding in MetaWorld's obs) get 1 so they stay 0, not inf. The floor
-    is for dims that barely move in the demos, which carry simulator jitter, not task
-    information: MetaWorld reach's puck height (std 1e-4), puck quaternion (2e-6 .. 3e-4) and
-    gripper opening (1e-3, drifting 1.0 -> 0.997 within an episode: a clock). Scaled to unit
-    variance they reach |z| = 5-6, more than any task dim. Measured on reach-v3 (40 clean
-    demos, default `asyncvla sft`, 30 held-out episodes): success 0.73 / 0.63 / 0.57 for SFT
-    seeds 0 / 1 / 2 without a floor, 0.83 / 0.90 / 0.67 with 0.01 (PolicyConfig.proprio_std_min).
-    """
-    s = x.std(0)
-    return np.where(s < 1e-6, 1.0, np.maximum(s, std_min))
-
-
-class TinyProcessor(nn.Module):
-    """ObsBatch (numpy) -> model tensors; holds proprio and action statistics as buffers."""
-
-    def __init__(self, proprio_dim: int, action_dim: int, image_size: int, proprio_std_min: float = 0.0):
-        super().__init__()
-        self.image_size = image_size
-        self.proprio_std_min = proprio_std_min
-        self.register_buffer("proprio_mean", torch.zeros(proprio_dim))
-        self.register_buffer("proprio_std", torch.ones(proprio_dim))
-        self.register_buffer("action_mean", torch.zeros(action_dim))
-        self.register_buffer("action_std", torch.ones(action_dim))
-
-    @torch.no_grad()
-    def fit(self, proprio: np.ndarray, actions: np.ndarray) -> None:
-        """Sets the statistics from demonstrations: proprio [N, P], actions [N, A].
-
-        Proprio stds are floored at `proprio_std_min` (see `normalisation_std`)."""
-        dev = self.proprio_mean.device
-        self.proprio_mean.copy_(torch.as_tensor(proprio.mean(0), dtype=torch.float32, device=dev))
-        self.proprio_std.copy_(torch.as_tensor(normalisation_std(proprio, self.proprio_std_min), dtype=torch.float32, device=dev))
-        self.action_mean.copy_(torch.as_tensor(actions.mean(0), dtype=torch.float32, device=dev))
-        self.action_std.copy_(torch.as_tensor(normalisation_std(actions, 0.0), dtype=torch.float32, device=dev))
-
-    def stats(self) -> dict[str, list[float]]:
-        """The statistics as plain lists (for config.yaml)."""
-        return {k: [round(float(x), 6) for x in v] for k, v in self.state_dict().items()}
-
-    def images(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 [B, H, W, 3] -> float [B, 3, S, S] in [-0.5, 0.5], resized to image_size."""
-        x = torch.as_tensor(images, device=self.proprio_mean.device).permute(0, 3, 1, 2).float()
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
-        return x / 255.0 - 0.5
-
-    def proprio(self, proprio: np.ndarray) -> torch.Tensor:
-        """[B, P] normalised with the fitted statistics (clipped: an unseen state must not blow up)."""
-        p = torch.as_tensor(proprio, dtype=torch.float32, device=self.proprio_mean.device)
-        return ((p - self.proprio_mean) / self.proprio_std).clamp(-10.0, 10.0)
-
+class TinyProcessor(Processor):
     def instructions(self, instructions: list[str]) -> torch.Tensor:
         """[B, text.DIM] frozen sentence embeddings."""
         return torch.as_tensor(text.embed(instructions), device=self.proprio_mean.device)
 
-    def forward(self, obs: ObsBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(images [B, 3, S, S], proprio [B, P], text [B, D])."""
-        return self.images(obs.images), self.proprio(obs.proprio), self.instructions(obs.instructions)
+    def forward(self, obs: ObsBatch, cameras: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images [C*B, 3, S, S] camera-major, proprio [B, P], text [B, D]) for the C `cameras`."""
+        return self.camera_images(obs, cameras), self.proprio(obs.proprio), self.instructions(obs.instructions)

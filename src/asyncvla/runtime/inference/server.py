@@ -71,7 +71,7 @@ class RolloutServer:
             pending = self.weights.latest()
         if pending is not None and pending[0] > self.version:
             version, state = pending
-            self.policy.load_state_dict(state)
+            self.policy.load_published(state)
             self.policy.version = version
             self.version = version
 

@@ -177,7 +177,7 @@ class StreamingTrainer:
         self.num_updates += 1
         # Publish first, then reopen admission: a rollout admitted on the new version must find it.
         with self.trainer.rec.span("weight_sync"):
-            self.store.publish(self.trainer.policy.state_dict(), self.trainer.version)
+            self.store.publish(self.trainer.policy.published_state(), self.trainer.version)
         self.publish_s += time.perf_counter() - t1
         if self.is_last():
             self.controller.close()  # first: the advance below then records the version but admits nothing

@@ -1,0 +1,194 @@
+"""Building blocks of the VLA families made from Hugging Face `transformers` parts (`oft`, `flow`).
+
+- `HFVLAConfig`: what those families share: the vision tower and language model sizes of the
+  tiny built-in architecture, or `pretrained_path` with real weights; LoRA, dtype,
+  gradient checkpointing.
+- `build_backbone`: the vision tower (SigLIP) and the decoder (Llama), from tiny configs or
+  from `pretrained_path/{vision_model,language_model}` (Hugging Face format, local only).
+- `ByteTokenizer`: instructions as UTF-8 bytes, for the built-in architecture (no tokenizer
+  files to download); a `pretrained_path` with a tokenizer uses that one.
+- `prefix_mask`: causal attention over the prompt, bidirectional over the action slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from asyncvla.config import ConfigError, PolicyConfig, _check
+
+VISION_DIR, LANGUAGE_DIR = "vision_model", "language_model"
+"""Subdirectories of `policy.pretrained_path` (each `save_pretrained` output: config.json + weights)."""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@dataclass
+class HFVLAConfig(PolicyConfig):
+    """Fields shared by the transformers-based VLA families."""
+
+    hidden_dim: int = 64
+    """Language model width (ignored with pretrained_path: its config decides)."""
+    num_layers: int = 2
+    """Language model decoder layers."""
+    num_heads: int = 4
+    """Attention heads of the language model (hidden_dim must divide by it)."""
+    num_kv_heads: int = 2
+    """Key/value heads of the language model (grouped-query attention; num_heads must divide by it)."""
+    vision_dim: int = 64
+    """Vision tower (SigLIP) width."""
+    vision_layers: int = 2
+    """Vision tower layers."""
+    patch_size: int = 16
+    """Vision tower patch size (image_size must divide by it)."""
+    max_text_tokens: int = 48
+    """Instruction tokens (padded or cut to this, so a sample's positions never depend on its batch)."""
+    pretrained_path: str | None = None
+    """Local directory with real weights: `vision_model/` and `language_model/` in Hugging Face format
+    (`save_pretrained`); the architecture fields above are then taken from their configs."""
+    lora_rank: int = 0
+    """> 0: train LoRA adapters of this rank on the language model's attention and MLP projections
+    (peft), with the vision tower and the language model frozen; projectors and heads still train."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_rank)."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """Weights and activations of the vision tower and language model; heads and logprobs stay fp32."""
+    gradient_checkpointing: bool = False
+    """Recompute the language model's activations in the backward pass (less memory, ~30% more compute)."""
+    proprio_std_min: float = 0.01
+    """Floor of the per-dim std that normalises proprio (as the tiny VLA's)."""
+    detach_value: bool = True
+    """The value head reads the prefix through a stop-gradient (as the tiny VLA's)."""
+
+    @classmethod
+    def at_checkpoint(cls, fields: dict[str, Any], ckpt_dir: str | Path) -> dict[str, Any]:
+        # A checkpoint of a pretrained_path policy holds the backbone configs itself (save_architecture).
+        return fields if fields.get("pretrained_path") is None else {**fields, "pretrained_path": str(ckpt_dir)}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.hidden_dim >= 8 and self.hidden_dim % self.num_heads == 0, "policy.hidden_dim", self.hidden_dim,
+               f"must be >= 8 and divisible by policy.num_heads={self.num_heads}")
+        _check(self.num_heads >= 1 and self.num_kv_heads >= 1 and self.num_heads % self.num_kv_heads == 0, "policy.num_kv_heads",
+               self.num_kv_heads, f"must be >= 1 and divide policy.num_heads={self.num_heads}")
+        _check(self.num_layers >= 1, "policy.num_layers", self.num_layers, "must be >= 1")
+        _check(self.vision_layers >= 1, "policy.vision_layers", self.vision_layers, "must be >= 1")
+        _check(self.vision_dim >= 8 and self.vision_dim % 2 == 0, "policy.vision_dim", self.vision_dim, "must be even and >= 8")
+        _check(self.patch_size >= 2 and self.image_size % self.patch_size == 0, "policy.patch_size", self.patch_size,
+               f"must be >= 2 and divide policy.image_size={self.image_size}")
+        _check(4 <= self.max_text_tokens <= 512, "policy.max_text_tokens", self.max_text_tokens, "must be in [4, 512]")
+        _check(self.lora_rank >= 0, "policy.lora_rank", self.lora_rank, "must be >= 0 (0: train every weight)")
+        _check(self.lora_alpha > 0, "policy.lora_alpha", self.lora_alpha, "must be > 0")
+        _check(self.dtype in DTYPES, "policy.dtype", self.dtype, f"allowed: {', '.join(DTYPES)}")
+        _check(self.proprio_std_min >= 0, "policy.proprio_std_min", self.proprio_std_min, "must be >= 0")
+        if self.pretrained_path is not None:
+            for sub in (VISION_DIR, LANGUAGE_DIR):
+                _check((Path(self.pretrained_path) / sub / "config.json").is_file(), "policy.pretrained_path",
+                       self.pretrained_path, f"needs {sub}/config.json (Hugging Face save_pretrained format)")
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens: 0 pad, 1 bos, 2 + byte. `vocab_size` text tokens; the action tokens follow."""
+
+    PAD, BOS = 0, 1
+    vocab_size = 258
+
+    def __call__(self, texts: list[str], length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [B, length] int64, valid [B, length] bool): bos + bytes, cut or right-padded to `length`."""
+        ids = np.full((len(texts), length), self.PAD, np.int64)
+        for i, t in enumerate(texts):
+            row = [self.BOS, *(2 + b for b in t.encode("utf-8"))][:length]
+            ids[i, : len(row)] = row
+        return ids, ids != self.PAD
+
+
+class HFTokenizer:
+    """A tokenizer from `pretrained_path/language_model` (AutoTokenizer), with ByteTokenizer's call."""
+
+    def __init__(self, path: Path):
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.vocab_size = len(self.tok)
+
+    def __call__(self, texts: list[str], length: int) -> tuple[np.ndarray, np.ndarray]:
+        enc = self.tok(texts, padding="max_length", truncation=True, max_length=length, return_tensors="np")
+        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(bool)
+
+
+def tokenizer_for(cfg: HFVLAConfig):
+    if cfg.pretrained_path is not None and (Path(cfg.pretrained_path) / LANGUAGE_DIR / "tokenizer_config.json").is_file():
+        return HFTokenizer(Path(cfg.pretrained_path) / LANGUAGE_DIR)
+    return ByteTokenizer()
+
+
+def build_backbone(cfg: HFVLAConfig, vocab_size: int) -> tuple[nn.Module, nn.Module]:
+    """(vision tower, causal LM): from `pretrained_path` (weights loaded bit-exact, local files only), or
+    the tiny built-in SigLIP + Llama of cfg's sizes with `vocab_size` tokens (random init, torch's RNG)."""
+    from transformers import AutoModel, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per load would flood a run's log
+
+    if cfg.pretrained_path is not None:
+        root = Path(cfg.pretrained_path)
+        vision, lm = (_load(auto, root / sub) for auto, sub in ((AutoModel, VISION_DIR), (AutoModelForCausalLM, LANGUAGE_DIR)))
+        if lm.config.vocab_size < vocab_size:
+            raise ConfigError(f"policy.pretrained_path={cfg.pretrained_path!r} is invalid: its language model has "
+                              f"{lm.config.vocab_size} tokens, the action bins need at least {vocab_size}")
+        return vision, lm
+    vision = SiglipVisionModel(SiglipVisionConfig(
+        hidden_size=cfg.vision_dim, num_hidden_layers=cfg.vision_layers, num_attention_heads=max(1, cfg.vision_dim // 32),
+        intermediate_size=2 * cfg.vision_dim, image_size=cfg.image_size, patch_size=cfg.patch_size,
+        vision_use_head=False))  # the patch tokens are the features; SigLIP's pooling head would be dead weight
+    lm = LlamaForCausalLM(LlamaConfig(
+        hidden_size=cfg.hidden_dim, num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads, intermediate_size=2 * cfg.hidden_dim, vocab_size=vocab_size,
+        max_position_embeddings=1024, tie_word_embeddings=False))
+    return vision, lm
+
+
+def _load(auto, path: Path) -> nn.Module:
+    """A model from a save_pretrained directory; from its config.json alone (random weights, to be
+    overwritten by a checkpoint's state) where the directory holds no weights."""
+    from transformers import AutoConfig
+
+    if any(path.glob("*.safetensors")) or any(path.glob("*.bin")):
+        return auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    return auto.from_config(AutoConfig.from_pretrained(str(path), local_files_only=True), dtype=torch.float32)
+
+
+def vision_tokens(vision: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """[B, n, Dv] patch features of a vision tower (SigLIP, ViT, ... : its last hidden state)."""
+    return vision(pixel_values=pixels).last_hidden_state
+
+
+def apply_lora(lm: nn.Module, cfg: HFVLAConfig) -> nn.Module:
+    """The LM with LoRA adapters on its attention and MLP projections and every base weight frozen (peft)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        raise ConfigError(f"policy.lora_rank={cfg.lora_rank} is invalid here: peft is not installed ({e}); pip install peft") from None
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    # peft's init of lora_A draws from torch's RNG: seeded by the caller like every other weight.
+    return get_peft_model(lm, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=targets, lora_dropout=0.0))
+
+
+def prefix_mask(valid: torch.Tensor, num_actions: int) -> torch.Tensor:
+    """[B, 1, L, L] bool attention mask (True: attend) of a sequence [prefix (L - num_actions) | action slots].
+
+    valid [B, L - num_actions]: the prefix's real tokens (False: padding). The prefix is causal
+    (a decoder's prompt); every action slot sees the whole valid prefix and every other slot
+    (OpenVLA-OFT's parallel decoding: one forward pass for the whole chunk)."""
+    b, n = valid.shape
+    length = n + num_actions
+    mask = torch.tril(torch.ones(length, length, dtype=torch.bool, device=valid.device)).repeat(b, 1, 1)
+    mask[:, n:, n:] = True
+    keys = torch.cat([valid, torch.ones(b, num_actions, dtype=torch.bool, device=valid.device)], dim=1)
+    mask &= keys[:, None, :]
+    mask[:, torch.arange(length), torch.arange(length)] = True  # a padding query sees itself: no empty row (NaN)
+    return mask[:, None]
