@@ -27,6 +27,7 @@ class FakeTrainer:
         self.algo, self.decoupled, self.sizes = algo, False, []
         self.policy = torch.nn.Linear(1, 1)
         self.policy.version = 0
+        self.policy.published_state = self.policy.state_dict
         self.rec = SpanRecorder("trainer", 0)
 
     @property

@@ -28,9 +28,16 @@ class Batch:
     returns: torch.Tensor  # [N]
     version: torch.Tensor  # [N] int64
     prox_logprob: torch.Tensor | None = None  # [N], decoupled PPO only
+    aux: torch.Tensor | None = None  # [N, ...] `ActOut.aux` of each sample, or None
 
     def __len__(self) -> int:
         return self.actions.shape[0]
+
+    def evaluate(self, policy: Policy, rows: np.ndarray | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`policy.evaluate` of samples `rows` (indices or a slice)."""
+        obs = self.obs.slice(rows.start, rows.stop) if isinstance(rows, slice) else self.obs.index(rows)
+        at = rows if isinstance(rows, slice) else torch.as_tensor(rows, device=self.actions.device)
+        return policy.evaluate(obs, self.actions[at], None if self.aux is None else self.aux[at])
 
 
 def chunk_tokens(actions: torch.Tensor) -> int:
@@ -50,7 +57,7 @@ def minibatch_loss(policy: Policy, cfg: AlgoConfig, uses_critic: bool, b: Batch,
     actor_on False (critic warm-up) keeps only the value loss. stats["_logprob"] holds the
     minibatch's chunk logprobs [M] at the current weights (detached), for step diagnostics.
     """
-    logprob, entropy, values = policy.evaluate(b.obs.index(chunk), b.actions[idx])  # [M] each
+    logprob, entropy, values = b.evaluate(policy, chunk)  # [M] each
     mask = torch.ones_like(logprob, dtype=torch.bool)
     adv = b.advantages[idx]
     per = ratio_tokens(cfg, b.actions)

@@ -108,12 +108,6 @@ def _temperature_one(policy: Policy) -> Iterator[None]:
             policy.temperature = saved
 
 
-def bc_loss(policy: Policy, obs: ObsBatch, targets: torch.Tensor) -> torch.Tensor:
-    """Mean negative logprob per action token of target chunks [B, K, A] (scalar)."""
-    logprob, _, _ = policy.evaluate(obs, targets)
-    return -logprob.mean() / (targets.shape[1] * targets.shape[2])
-
-
 def fit_bc(
     policy: Policy,
     data: DemoData,
@@ -152,7 +146,7 @@ def fit_bc(
                      for k, v in data.extra_images.items() if k in policy.cfg.cameras}
             proprio = perturb_proprio(data.proprio[idx], proprio_scale, proprio_noise, rng)
             obs = ObsBatch(images, proprio, [data.instructions[i] for i in idx], extra_images=extra)
-            loss = bc_loss(policy, obs, torch.as_tensor(targets[idx], device=device))
+            loss = policy.sft_loss(obs, torch.as_tensor(targets[idx], device=device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)

@@ -114,6 +114,14 @@ class ActOut:
     """[B] float32: value estimate of the observation (0 where the policy has no critic)."""
     version: int
     """Policy version (optimizer steps) that produced these actions."""
+    aux: np.ndarray | None = None
+    """[B, ...] float32 or None: what `evaluate` needs besides the actions to score a sample (a flow
+    policy's denoising chain); it travels with the sample to the trainer."""
+
+    def rows(self, start: int, stop: int) -> "ActOut":
+        """Rows start..stop (the replies of one client of a batch)."""
+        aux = None if self.aux is None else self.aux[start:stop]
+        return ActOut(self.actions[start:stop], self.logprob[start:stop], self.value[start:stop], self.version, aux)
 
 
 class Policy(nn.Module):
@@ -135,9 +143,17 @@ class Policy(nn.Module):
     def act(self, obs: ObsBatch, deterministic: bool = False) -> ActOut:
         raise NotImplementedError
 
-    def evaluate(self, obs: ObsBatch, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(logprob [B], entropy [B], value [B]) of actions [B, K, A], with grad."""
+    def evaluate(self, obs: ObsBatch, actions: torch.Tensor, aux: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logprob [B], entropy [B], value [B]) of actions [B, K, A] (with `act`'s aux rows), with grad."""
         raise NotImplementedError
+
+    def sft_loss(self, obs: ObsBatch, targets: torch.Tensor) -> torch.Tensor:
+        """Behaviour-cloning loss of target chunks [B, K, A] (scalar): the mean negative logprob per action
+        token, so SFT fits exactly the distribution RL samples. Policies without a tractable
+        logprob of an action alone (flow) override it."""
+        logprob, _, _ = self.evaluate(obs, targets)
+        return -logprob.mean() / (targets.shape[1] * targets.shape[2])
 
     def prepare_rl(self, cfg: "PolicyConfig") -> None:
         """Called once on every RL copy of the policy (trainer, rollout servers, evaluation) with the

@@ -63,7 +63,8 @@ class TokenActions:
             version=self.version,
         )
 
-    def evaluate(self, obs: ObsBatch, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(self, obs: ObsBatch, actions: torch.Tensor, aux: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, value = self.logits(obs)
         bins = actions_to_bins(self._as_actions(actions), self.num_bins)
         logprob, entropy = discrete_logprob_entropy(logits, bins, self.temperature)

@@ -40,6 +40,8 @@ class Step:
     """Last observation of the episode when it was truncated here (bootstrap)."""
     num_steps: int = 0
     """Simulator steps executed by the chunk."""
+    aux: np.ndarray | None = None
+    """`ActOut.aux` of this sample (None for most policies)."""
 
 
 @dataclass
@@ -97,6 +99,8 @@ class Rollout:
     """[B] int: decisions of each column's segment (rows past it are padding)."""
     env_steps: int = 0
     """Simulator steps behind these samples."""
+    aux: np.ndarray | None = None
+    """[T, B, ...] float32 `ActOut.aux` of each sample (zeros in padding), or None."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -122,6 +126,7 @@ def stack_segments(segments: Sequence[Segment]) -> Rollout:
     actions = np.zeros((T, B, K, A), np.float32)
     logprob, value, reward = (np.zeros((T, B), np.float32) for _ in range(3))
     version = np.zeros((T, B), np.int64)
+    aux = None if first.aux is None else np.zeros((T, B, *first.aux.shape), np.float32)
     terminated, truncated, mask = (np.zeros((T, B), bool) for _ in range(3))
     obs_grid: list[list[Obs]] = [[None] * B for _ in range(T)]  # type: ignore[list-item]
     finals: list[Obs] = []
@@ -132,6 +137,8 @@ def stack_segments(segments: Sequence[Segment]) -> Rollout:
                 st = seg.steps[t]
                 obs_grid[t][b] = st.obs
                 actions[t, b] = st.action
+                if aux is not None:
+                    aux[t, b] = st.aux
                 logprob[t, b], value[t, b], version[t, b], reward[t, b] = st.logprob, st.value, st.version, st.reward
                 terminated[t, b], truncated[t, b], mask[t, b] = st.terminated, st.truncated, st.valid
                 if st.final_obs is not None and st.truncated and not st.terminated:
@@ -149,4 +156,5 @@ def stack_segments(segments: Sequence[Segment]) -> Rollout:
         env_ids=np.asarray([s.env_id for s in segments], np.int64),
         lengths=np.asarray([max(len(s), 1) for s in segments], np.int64),
         env_steps=sum(s.env_steps for s in segments),
+        aux=aux,
     )

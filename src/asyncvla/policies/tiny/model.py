@@ -188,7 +188,8 @@ class TinyGaussianVLA(TinyBase):
         logprob, _ = gaussian_logprob_entropy(mean, log_std, actions)
         return ActOut(actions.float().cpu().numpy(), logprob.float().cpu().numpy(), value.float().cpu().numpy(), self.version)
 
-    def evaluate(self, obs: ObsBatch, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def evaluate(self, obs: ObsBatch, actions: torch.Tensor, aux: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mean, log_std, value = self.dist_params(obs)
         logprob, entropy = gaussian_logprob_entropy(mean, log_std, self._as_actions(actions))
         return logprob, entropy, value

@@ -63,7 +63,8 @@ class EnvWorker:
         """Starts the chunks of `act` (rows in `env_ids` order) and remembers what produced them."""
         for row, i in enumerate(env_ids):
             self._in_flight[i] = Step(obs=self._obs[i], action=act.actions[row], logprob=float(act.logprob[row]),
-                                      value=float(act.value[row]), version=int(act.version))
+                                      value=float(act.value[row]), version=int(act.version),
+                                      aux=None if act.aux is None else act.aux[row])
             self._decisions[i] += 1
         self.vec.send(env_ids, act.actions)
 

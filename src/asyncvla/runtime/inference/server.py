@@ -33,7 +33,7 @@ from asyncvla.runtime.inference.weight_store import WeightStore
 def split_act(out: ActOut, sizes: list[int]) -> list[ActOut]:
     """Cuts a batch's ActOut into one per request (sizes in request order)."""
     bounds = np.cumsum([0] + sizes)
-    return [ActOut(out.actions[a:b], out.logprob[a:b], out.value[a:b], out.version)
+    return [out.rows(a, b)
             for a, b in zip(bounds[:-1], bounds[1:])]
 
 

@@ -136,6 +136,7 @@ class Trainer:
         """Advantages per rollout (time-major), then flattened to the valid samples, normalised."""
         self.policy.eval()
         obs_parts, parts = [], {k: [] for k in ("actions", "logprob", "value", "adv", "ret", "version")}
+        aux_parts = []
         for r in rollouts:
             adv, ret, mask = self.algorithm.advantages(r, lambda r=r: torch.as_tensor(next_values(self.policy, r)))
             flat = mask.reshape(-1).numpy()  # index t * B + b, as in r.obs
@@ -144,6 +145,8 @@ class Trainer:
             parts["actions"].append(torch.as_tensor(r.actions.reshape(-1, *r.actions.shape[2:])[idx]))
             for key, arr in (("logprob", r.logprob), ("value", r.value), ("version", r.version)):
                 parts[key].append(torch.as_tensor(arr.reshape(-1)[idx]))
+            if r.aux is not None:
+                aux_parts.append(torch.as_tensor(r.aux.reshape(-1, *r.aux.shape[2:])[idx]))
             parts["adv"].append(adv.reshape(-1)[idx])
             parts["ret"].append(ret.reshape(-1)[idx])
         cat = {k: torch.cat(v).to(self.device) for k, v in parts.items()}
@@ -151,7 +154,8 @@ class Trainer:
         if self.algorithm.normalize:
             adv = normalize_advantages(adv, torch.ones_like(adv, dtype=torch.bool))
         batch = Batch(ObsBatch.concat(obs_parts), cat["actions"].float(), cat["logprob"].float(), cat["value"].float(),
-                      adv, cat["ret"].float(), cat["version"])
+                      adv, cat["ret"].float(), cat["version"],
+                      aux=torch.cat(aux_parts).to(self.device).float() if aux_parts else None)
         if self.decoupled:
             batch.prox_logprob = self._logprob(batch)
         return batch
@@ -160,7 +164,7 @@ class Trainer:
     def _logprob(self, batch: Batch, policy: Policy | None = None) -> torch.Tensor:
         policy = policy or self.policy
         mb = max(self.algo.minibatch_size, 1)
-        out = [policy.evaluate(batch.obs.slice(i, i + mb), batch.actions[i:i + mb])[0] for i in range(0, len(batch), mb)]
+        out = [batch.evaluate(policy, slice(i, i + mb))[0] for i in range(0, len(batch), mb)]
         return torch.cat(out)
 
     def update(self, batch: Batch, epochs: int) -> dict[str, float]:
@@ -246,7 +250,7 @@ class Trainer:
             if target is None and not first:
                 return stats
             with torch.no_grad():
-                after = self.policy.evaluate(b.obs.index(chunk), b.actions[idx])[0]
+                after = b.evaluate(self.policy, chunk)[0]
             kl = step_kl(before, after, tokens)
             if target is not None and kl > 0:  # 0: the policy did not move (critic warm-up), nothing to learn from
                 lr = next_lr(self.policy_lr, kl, target, self.algo.lr, self.algo.lr * LR_MIN_FRACTION)
