@@ -275,7 +275,7 @@ class PolicyConfig:
 
 _POLICY_CONFIGS: dict[str, type[PolicyConfig]] = {}
 # Modules whose import registers the built-in policies' configs (torch-free, so parsing stays fast).
-_POLICY_CONFIG_MODULES = ("asyncvla.policies.tiny.config", "asyncvla.policies.oft.config")
+_POLICY_CONFIG_MODULES = ("asyncvla.policies.tiny.config", "asyncvla.policies.oft.config", "asyncvla.policies.flow.config")
 
 
 def register_policy_config(name: str):

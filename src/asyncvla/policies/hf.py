@@ -1,4 +1,4 @@
-"""Building blocks of the VLA families made from Hugging Face `transformers` parts (`oft`, `flow`).
+"""The VLA families made from Hugging Face `transformers` parts (`oft`, `flow`): what they share.
 
 - `HFVLAConfig`: what those families share: the vision tower and language model sizes of the
   tiny built-in architecture, or `pretrained_path` with real weights; LoRA, dtype,
@@ -8,6 +8,9 @@
 - `ByteTokenizer`: instructions as UTF-8 bytes, for the built-in architecture (no tokenizer
   files to download); a `pretrained_path` with a tokenizer uses that one.
 - `prefix_mask`: causal attention over the prompt, bidirectional over the action slots.
+- `HFVLA`: the policy base: processor, vision tower + projector, language model, the prompt
+  embeddings of an observation, the value head on the prompt, LoRA/dtype/checkpointing, and
+  the backbone configs a `pretrained_path` checkpoint keeps.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import torch
 from torch import nn
 
 from asyncvla.config import ConfigError, PolicyConfig, _check
+from asyncvla.policies.base import ObsBatch, Policy
+from asyncvla.policies.processor import Processor
 
 VISION_DIR, LANGUAGE_DIR = "vision_model", "language_model"
 """Subdirectories of `policy.pretrained_path` (each `save_pretrained` output: config.json + weights)."""
@@ -178,17 +183,92 @@ def apply_lora(lm: nn.Module, cfg: HFVLAConfig) -> nn.Module:
     return get_peft_model(lm, LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=targets, lora_dropout=0.0))
 
 
-def prefix_mask(valid: torch.Tensor, num_actions: int) -> torch.Tensor:
+def prefix_mask(valid: torch.Tensor, num_actions: int, causal: bool = True) -> torch.Tensor:
     """[B, 1, L, L] bool attention mask (True: attend) of a sequence [prefix (L - num_actions) | action slots].
 
     valid [B, L - num_actions]: the prefix's real tokens (False: padding). The prefix is causal
-    (a decoder's prompt); every action slot sees the whole valid prefix and every other slot
-    (OpenVLA-OFT's parallel decoding: one forward pass for the whole chunk)."""
+    (a decoder's prompt) or, `causal=False`, bidirectional (π0's prefix); every action slot sees
+    the whole valid prefix and every other slot (OpenVLA-OFT's parallel decoding: one forward
+    pass for the whole chunk)."""
     b, n = valid.shape
     length = n + num_actions
-    mask = torch.tril(torch.ones(length, length, dtype=torch.bool, device=valid.device)).repeat(b, 1, 1)
+    full = torch.ones(length, length, dtype=torch.bool, device=valid.device)
+    mask = (torch.tril(full) if causal else full).repeat(b, 1, 1)
     mask[:, n:, n:] = True
     keys = torch.cat([valid, torch.ones(b, num_actions, dtype=torch.bool, device=valid.device)], dim=1)
     mask &= keys[:, None, :]
     mask[:, torch.arange(length), torch.arange(length)] = True  # a padding query sees itself: no empty row (NaN)
     return mask[:, None]
+
+
+def mlp(n_in: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, n_out), nn.GELU(), nn.Linear(n_out, n_out))
+
+
+class HFVLA(Policy):
+    """Base of the transformers-based families: builds the shared parts, embeds an observation's prompt."""
+
+    def __init__(self, cfg: HFVLAConfig, action_dim: int, proprio_dim: int, action_tokens: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.chunk, self.action_dim, self.proprio_dim = cfg.chunk, action_dim, proprio_dim
+        self.temperature = cfg.temperature
+        self.tokenizer = tokenizer_for(cfg)
+        self.vision, self.language_model = build_backbone(cfg, self.tokenizer.vocab_size + action_tokens)
+        h, dv = self.language_model.config.hidden_size, self.vision.config.hidden_size
+        image_size = int(getattr(self.vision.config, "image_size", cfg.image_size))
+        self.processor = Processor(proprio_dim, action_dim, image_size, cfg.proprio_std_min, image_scale=2.0)  # SigLIP: [-1, 1]
+        self.projector = mlp(dv, h)
+        self.value_head = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 1))
+        self.vision.to(DTYPES[cfg.dtype])
+        self.language_model.to(DTYPES[cfg.dtype])
+        if cfg.lora_rank > 0:
+            self.vision.requires_grad_(False)
+            self.language_model = apply_lora(self.language_model, cfg)
+        if cfg.gradient_checkpointing:
+            self.language_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.language_model.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.value_head[0].weight.device
+
+    def prompt(self, obs: ObsBatch, proprio: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings [B, n, H] fp32, valid [B, n] bool) of [vision patches per camera | proprio token (when
+        `proprio` projects it) | instruction tokens]."""
+        b = len(obs)
+        pixels = self.processor.camera_images(obs, self.cfg.cameras).to(self.language_model.dtype)
+        patches = vision_tokens(self.vision, pixels)  # [C*B, p, Dv]
+        parts = [torch.cat(self.projector(patches.float()).split(b), dim=1)]  # [B, C*p, H]
+        if proprio is not None:
+            parts.append(proprio(self.processor.proprio(obs.proprio))[:, None])  # [B, 1, H]
+        ids, valid = self.tokenizer(obs.instructions, self.cfg.max_text_tokens)
+        parts.append(self.language_model.get_input_embeddings()(torch.as_tensor(ids, device=self.device)).float())  # [B, T, H]
+        fixed = sum(x.shape[1] for x in parts[:-1])
+        ones = torch.ones(b, fixed, dtype=torch.bool, device=self.device)
+        return torch.cat(parts, dim=1), torch.cat([ones, torch.as_tensor(valid, device=self.device)], dim=1)
+
+    def decode(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states [B, L, H] fp32 of the language model's decoder over embeddings seq [B, L, H]."""
+        return self.language_model.get_decoder()(inputs_embeds=seq.to(self.language_model.dtype), attention_mask=mask
+                                                 ).last_hidden_state.float()
+
+    def value(self, hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """V [B] from the mean of the prompt's hidden states [B, n, H] over its valid tokens."""
+        pooled = (hidden * valid[..., None]).sum(1) / valid.sum(1, keepdim=True)
+        return self.value_head(pooled.detach() if self.cfg.detach_value else pooled).squeeze(-1)
+
+    def save_architecture(self, out: Path) -> None:
+        """With pretrained_path: the backbone configs (and tokenizer) beside the checkpoint's weights, so
+        the checkpoint rebuilds without the original directory (`HFVLAConfig.at_checkpoint`)."""
+        if self.cfg.pretrained_path is None:
+            return
+        lm = self.language_model.get_base_model() if self.cfg.lora_rank > 0 else self.language_model
+        self.vision.config.save_pretrained(str(out / VISION_DIR))
+        lm.config.save_pretrained(str(out / LANGUAGE_DIR))
+        tok = getattr(self.tokenizer, "tok", None)
+        if tok is not None:
+            tok.save_pretrained(str(out / LANGUAGE_DIR))

@@ -16,7 +16,7 @@ P = TypeVar("P", bound=type)
 
 _REGISTRY: dict[str, type] = {}
 # Modules whose import registers the built-in policies.
-_BUILTIN_MODULES = ("asyncvla.policies.tiny.model", "asyncvla.policies.oft.model")
+_BUILTIN_MODULES = ("asyncvla.policies.tiny.model", "asyncvla.policies.oft.model", "asyncvla.policies.flow.model")
 
 
 def register(name: str) -> Callable[[P], P]:

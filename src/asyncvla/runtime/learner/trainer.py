@@ -112,13 +112,14 @@ class Trainer:
 
     def _param_groups(self) -> list[dict]:
         value_lr = self.algo.value_lr
+        trained = [(n, p) for n, p in self.policy.named_parameters() if p.requires_grad]  # not a frozen backbone
         if value_lr is None and self.algo.step_kl is None:
-            return [{"params": list(self.policy.parameters())}]
+            return [{"params": [p for _, p in trained]}]
         value_lr = self.algo.lr if value_lr is None else value_lr  # step_kl scales the policy's group only
         # Parameters of modules named value_* (the built-in policies' critic) get value_lr.
-        critic = [p for n, p in self.policy.named_parameters() if n.startswith("value_")]
+        critic = [p for n, p in trained if n.startswith("value_")]
         ids = {id(p) for p in critic}
-        return [{"params": [p for p in self.policy.parameters() if id(p) not in ids]}, {"params": critic, "lr": value_lr}]
+        return [{"params": [p for _, p in trained if id(p) not in ids]}, {"params": critic, "lr": value_lr}]
 
     @property
     def version(self) -> int:
