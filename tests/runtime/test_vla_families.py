@@ -58,3 +58,27 @@ def test_grpo_async_threads(tmp_path, family):
 def test_ppo_async_through_ray(tmp_path, family):
     summary = train(family_cfg(tmp_path, family, "ppo", "async", local=False))
     assert summary["updates"] == 2 and summary["env_steps"] > 0
+
+
+@pytest.mark.slow
+def test_oft_trains_on_libero_with_two_cameras(tmp_path):
+    """`asyncvla train --policy.type oft --env.id libero/libero_spatial/0 --env.cameras main wrist`, a few updates."""
+    from asyncvla.cli import parse
+    from asyncvla.envs import libero
+
+    ok, why = libero.BACKEND.available()
+    if not ok:
+        pytest.skip(f"LIBERO unavailable: {why}")
+    cmd = parse(["train", "--preset", "libero-spatial", "--policy.type", "oft", "--env.id", "libero/libero_spatial/0", "--env.cameras", "main", "wrist",
+                 "--env.num-envs", "2", "--env.image-size", "32", "--env.max-episode-steps", "12", "--policy.chunk", "2",
+                 "--policy.patch-size", "16", "--policy.hidden-dim", "32", "--policy.num-heads", "2", "--policy.num-kv-heads", "1",
+                 "--policy.vision-dim", "32", "--policy.vision-layers", "1", "--policy.num-layers", "1",
+                 "--runtime.rollout-steps", "3", "--runtime.pipeline-stages", "1", "--algo.minibatch-size", "6",
+                 "--run.total-updates", "2", "--run.total-env-steps", "None", "--run.eval-episodes", "1", "--run.no-eval-video",
+                 "--run.out-dir", str(tmp_path / "run"), "--runtime.local", "--json"])
+    cmd.run()
+    run_dir = tmp_path / "run"
+    assert [r["step"] for r in _trained(run_dir)] == [1, 2]
+    policy = load_policy(run_dir / "checkpoints" / "last")
+    assert policy.cfg.type == "oft" and policy.cfg.cameras == ("main", "wrist")
+    assert load_run_config(run_dir).env.cameras == ("main", "wrist")
