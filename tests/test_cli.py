@@ -205,3 +205,16 @@ def test_sigkill_then_resume_leaves_no_step_twice_and_no_gap(tmp_path):
     assert trained_steps() == list(range(1, killed_at[-1] + 3))
     mb = [json.loads(line)["update"] for line in (out / "minibatches.jsonl").read_text().splitlines()]
     assert mb == sorted(mb) and set(mb) == set(range(1, killed_at[-1] + 3))
+
+
+def test_bench_policy_gives_rows_for_every_family_asked(tmp_path):
+    import json
+
+    from asyncvla.cli import parse
+
+    parse(["bench", "policy", "--types", "tiny", "oft", "flow", "--batch-sizes", "2", "--budget-s", "0.01",
+           "--out", str(tmp_path)]).cmd.run()
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [r["policy_type"] for r in rows] == ["tiny", "oft", "flow"]
+    for r in rows:
+        assert r["params"] >= r["trainable_params"] > 0 and r["infer_samples_per_s"] > 0 and r["train_samples_per_s"] > 0

@@ -255,6 +255,9 @@ class BenchPolicy:
     budget_s: float = 1.0
     """Seconds per measurement (at least 3 calls each)."""
     policy: PolicyConfig = field(default_factory=_argv_policy)
+    types: tuple[str, ...] = ()
+    """Bench each of these policy types at its default sizes instead of --policy (e.g. `--types tiny oft flow`);
+    results.json then holds the rows of all of them."""
     json: bool = False
     """Print one JSON line per batch size (the table goes to stderr)."""
 
@@ -263,9 +266,15 @@ class BenchPolicy:
 
         from asyncvla.bench.policy import bench_policy, results_table
 
-        rows = bench_policy(self.policy, self.batch_sizes, budget_s=self.budget_s, out=self.out,
-                            on_result=_print_json if self.json else None)
-        Console(stderr=self.json).print(results_table(rows))
+        configs = [policy_config(t, device=self.policy.device) for t in self.types] or [self.policy]
+        rows = []
+        for cfg in configs:
+            mine = bench_policy(cfg, self.batch_sizes, budget_s=self.budget_s, on_result=_print_json if self.json else None)
+            Console(stderr=self.json).print(results_table(mine))
+            rows += mine
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "results.json").write_text(json.dumps(rows, indent=2))
 
 
 @dataclass

@@ -43,10 +43,12 @@ def _random_obs(b: int, image_size: int, proprio_dim: int, rng: np.random.Genera
 def bench_batch(policy: Policy, opt: torch.optim.Optimizer, b: int, image_size: int, budget_s: float, seed: int = 0) -> dict:
     """Inference and training throughput of `policy` at batch size b (one result row)."""
     obs = _random_obs(b, image_size, policy.proprio_dim, np.random.default_rng(seed))
-    actions = torch.as_tensor(policy.act(obs).actions)
+    sampled = policy.act(obs)
+    actions = torch.as_tensor(sampled.actions)
+    aux = None if sampled.aux is None else torch.as_tensor(sampled.aux)
 
     def train_step() -> None:
-        logprob, entropy, value = policy.evaluate(obs, actions)
+        logprob, entropy, value = policy.evaluate(obs, actions, aux)
         loss = -logprob.mean() + value.pow(2).mean() - 0.01 * entropy.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -80,9 +82,10 @@ def bench_policy(
         raise ConfigError(f"batch_sizes={list(batch_sizes)!r} is invalid: need at least one size, all >= 1")
     torch.manual_seed(0)
     policy = make_policy(cfg, action_dim, proprio_dim)
-    opt = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
     meta = {"policy_type": cfg.type, "hidden_dim": cfg.hidden_dim, "num_layers": cfg.num_layers, "chunk": cfg.chunk,
             "image_size": cfg.image_size, "params": sum(p.numel() for p in policy.parameters()),
+            "trainable_params": sum(p.numel() for p in policy.parameters() if p.requires_grad),
             "device": cfg.device, "torch_threads": torch.get_num_threads()}
     rows = []
     for b in batch_sizes:
