@@ -55,7 +55,7 @@ def test_env_bench_json_last_line():
         (["env-bench", "emulated/nope", "--json"], "unknown emulated task"),
         (["env-bench", "emulated/fast", "--num-envs", "0"], "env.num_envs=0 is invalid"),
         (["env-bench", "emulated/fast", "--fast-render", "False"], "env (EmulatedEnvConfig): unknown field(s) fast_render"),
-        (["train", "--policy.type", "nope"], "policy.type='nope' is invalid: allowed: tiny, tiny-gaussian"),
+        (["train", "--policy.type", "nope"], "policy.type='nope' is invalid: allowed: flow, oft, tiny, tiny-gaussian"),
         (["train", "--preset", "emulated-e2e", "--env.id", "metaworld/reach-v3"],
          "preset emulated-e2e.yaml.env (RenderedEnvConfig): unknown field(s) emulated"),
         (["train", "--preset", "emulated-e2e", "--run.device", "cuda"], "run.device='cuda' is invalid: this machine has no CUDA"),

@@ -64,7 +64,7 @@ def test_each_backend_and_policy_type_owns_its_fields():
         PolicyConfig()
     with pytest.raises(ConfigError, match=r"^env.id='emulated/fast' is invalid: its backend's config is EmulatedEnvConfig"):
         EnvConfig(id="emulated/fast")
-    with pytest.raises(ConfigError, match=r"^policy.type='nope' is invalid: allowed: tiny, tiny-gaussian"):
+    with pytest.raises(ConfigError, match=r"^policy.type='nope' is invalid: allowed: flow, oft, tiny, tiny-gaussian"):
         from_dict(PolicyConfig, {"type": "nope"})
 
 

@@ -23,8 +23,9 @@ import yaml
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
-class ConfigError(ValueError):
-    """A config value is invalid; the message is one line naming the field."""
+class ConfigError(Exception):
+    """A config value is invalid; the message is one line naming the field. Not a ValueError: tyro would
+    catch that while parsing and print a multi-line box instead of `asyncvla: error: <the line>`."""
 
 
 def _check(ok: bool, name: str, value: Any, allowed: str) -> None:
@@ -390,7 +391,9 @@ class AlgoConfig:
         _check(self.grpo_credit in ("episode", "reward_to_go"), "algo.grpo_credit", self.grpo_credit,
                "allowed: episode, reward_to_go")
         _check(self.ratio in ("chunk", "token_mean"), "algo.ratio", self.ratio, "allowed: chunk, token_mean")
-        _check(self.reward_scale > 0, "algo.reward_scale", self.reward_scale, "must be > 0")
+        _check(0 < self.reward_scale < math.inf, "algo.reward_scale", self.reward_scale, "must be > 0 and finite")
+        for name in ("value_coef", "entropy_coef", "kl_coef"):  # weights of loss terms: a negative one flips its sign
+            _check(0 <= getattr(self, name) < math.inf, f"algo.{name}", getattr(self, name), "must be >= 0 and finite")
         _check(0 < self.lr < math.inf, "algo.lr", self.lr, "must be > 0 and finite")
         _check(self.value_lr is None or 0 < self.value_lr < math.inf, "algo.value_lr", self.value_lr, "must be > 0 and finite, or null")
         _check(0 < self.max_grad_norm < math.inf, "algo.max_grad_norm", self.max_grad_norm, "must be > 0 and finite")

@@ -173,8 +173,7 @@ class MetaWorldEnv:
         self.split = cfg.split
         self.instruction = instruction_for(task)
         self.max_episode_steps = cfg.max_episode_steps or default_max_episode_steps(task)
-        if self.max_episode_steps > METAWORLD_MAX_STEPS:
-            raise ConfigError(f"env.max_episode_steps={self.max_episode_steps} is invalid: MetaWorld truncates at {METAWORLD_MAX_STEPS}")
+        BACKEND.check(cfg)
         size = cfg.image_size
         # gym.make builds MetaWorld's MT1 wrapper stack (and sizes the offscreen buffer);
         # we step the unwrapped env: the wrappers cost time and re-sample tasks on reset.
@@ -289,6 +288,10 @@ class MetaWorldBackend:
 
     def make(self, task: str, cfg: RenderedEnvConfig, index: int) -> MetaWorldEnv:
         return MetaWorldEnv(task, cfg)
+
+    def check(self, cfg: RenderedEnvConfig) -> None:
+        if cfg.max_episode_steps is not None and cfg.max_episode_steps > METAWORLD_MAX_STEPS:
+            raise ConfigError(f"env.max_episode_steps={cfg.max_episode_steps} is invalid: MetaWorld truncates at {METAWORLD_MAX_STEPS}")
 
 
 BACKEND = MetaWorldBackend()

@@ -31,6 +31,9 @@ class Backend(Protocol):
         """Builds env number `index` of a worker."""
         ...
 
+    # Optional: `check(cfg)` raises a one-line ConfigError for settings the backend cannot run
+    # (called by validate_env_id, before anything starts).
+
 
 # name -> module that defines BACKEND; imported on first use.
 _MODULES = {
@@ -83,6 +86,9 @@ def validate_env_id(cfg: EnvConfig) -> Backend:
     if cfg.task not in tasks:
         shown = ", ".join(tasks[:8]) + (f", ... ({len(tasks)} in all; see `asyncvla envs`)" if len(tasks) > 8 else "")
         raise ConfigError(f"env.id={cfg.id!r} is invalid: unknown {backend.name} task; allowed: {shown}")
+    check = getattr(backend, "check", None)  # the backend's own limits (e.g. MetaWorld's 500-step episodes)
+    if check is not None:
+        check(cfg)
     return backend
 
 

@@ -178,7 +178,17 @@ class Driver:
 
 def preflight(cfg: TrainConfig, plan) -> None:
     """What the machine must offer the run, checked before anything starts (one-line ConfigError):
-    the device, the checkpoint to resume, a writable run directory, a Ray cluster that answers."""
+    the env id and backend, the policy's init checkpoint, the device, the checkpoint to resume, a
+    writable run directory, a Ray cluster that answers."""
+    from asyncvla.envs.registry import validate_env_id
+    from asyncvla.policies.checkpoint import read_checkpoint_config
+
+    validate_env_id(cfg.env)
+    if cfg.policy.init:
+        saved = read_checkpoint_config(cfg.policy.init).get("policy", {})
+        if saved.get("type", cfg.policy.type) != cfg.policy.type:
+            raise ConfigError(f"policy.type={cfg.policy.type!r} is invalid: policy.init {cfg.policy.init} holds a "
+                              f"{saved.get('type')!r} policy")
     if cfg.run.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"run.device={cfg.run.device!r} is invalid: this machine has no CUDA device "
                           "(torch.cuda.is_available() is False); allowed here: cpu")

@@ -22,21 +22,22 @@ def init_group(addr: str, port: int, rank: int, world_size: int, backend: str = 
 
 
 def broadcast_module(module: nn.Module, version: int, src: int = 0) -> int:
-    """Broadcasts `module`'s state (parameters and buffers) and version from rank `src`.
+    """Broadcasts what `module` publishes (a Policy: its trainable parameters, `published_state`; any
+    other module: its state dict) and the version from rank `src`.
 
     On the source rank it sends; on the others it overwrites the module in place. Tensors
-    travel on the module's device (CUDA for NCCL), in `state_dict` order, which is the same
+    travel on the module's device (CUDA for NCCL), in registration order, which is the same
     on every rank because the modules share one architecture. Returns the version.
     """
     import torch.distributed as dist
 
-    state = module.state_dict()
+    state = module.published_state() if hasattr(module, "published_state") else module.state_dict()
     device = next(iter(state.values())).device if state else torch.device("cpu")
     ver = torch.tensor([version], dtype=torch.int64, device=device)
     dist.broadcast(ver, src=src)
     with torch.no_grad():
         for tensor in state.values():
-            # state_dict tensors share storage with the parameters, so receiving in place updates the module.
+            # These tensors share storage with the parameters, so receiving in place updates the module.
             buf = tensor if tensor.is_contiguous() else tensor.contiguous()
             dist.broadcast(buf, src=src)
             if buf is not tensor:
