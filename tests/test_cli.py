@@ -200,8 +200,14 @@ def test_sigkill_then_resume_leaves_no_step_twice_and_no_gap(tmp_path):
     killed_at = trained_steps()
     held = json.loads((out / "checkpoints" / "last" / "run_state.json").read_text())["update"]
     assert held < killed_at[-1]  # the kill lost logged updates
+    rows = read_metrics(out / "metrics.jsonl")
+    at_held = max(r["perf/env_steps"] for r in rows if r["step"] == held and "perf/env_steps" in r)
+    lost_steps = max(r["perf/env_steps"] for r in rows if r["step"] > held and "perf/env_steps" in r) - at_held
     r = run_cli("train", "--resume", str(out), "--run.total-updates", str(killed_at[-1] + 2), "--json")
     assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert summary["lost_updates"] == killed_at[-1] - held and summary["lost_env_steps"] == lost_steps > 0
+    assert f"the stopped run logged {killed_at[-1] - held} update(s) ({lost_steps} env steps)" in r.stderr
     assert trained_steps() == list(range(1, killed_at[-1] + 3))
     mb = [json.loads(line)["update"] for line in (out / "minibatches.jsonl").read_text().splitlines()]
     assert mb == sorted(mb) and set(mb) == set(range(1, killed_at[-1] + 3))

@@ -48,6 +48,25 @@ class RunState:
     window_env_steps: int = 0
     """Env steps of the updates after the first of each (re)start (the throughput window excludes warm-up)."""
     window_s: float = 0.0
+    lost_updates: int = 0
+    """Updates that a killed run (SIGKILL, power loss: no crash checkpoint) logged after its last
+    checkpoint; resume redoes them, so their samples were collected but never kept."""
+    lost_env_steps: int = 0
+    """Env steps of those lost updates (produced, then thrown away with the killed process)."""
+
+
+def count_lost(state: RunState, metrics_path: Path) -> tuple[int, int]:
+    """Adds to `state` what metrics.jsonl logged beyond the checkpoint `state` came from (before the resume
+    truncates it): (updates, env steps) lost to a kill; (0, 0) after a clean stop or a crash checkpoint."""
+    from asyncvla.metrics.writer import read_metrics
+
+    after = [r for r in read_metrics(metrics_path) if r.get("step", 0) > state.update] if metrics_path.exists() else []
+    updates = len({r["step"] for r in after})
+    steps = max((int(r["perf/env_steps"]) for r in after if r.get("perf/env_steps") is not None), default=state.env_steps)
+    lost = (updates, max(0, steps - state.env_steps))
+    state.lost_updates += lost[0]
+    state.lost_env_steps += lost[1]
+    return lost
 
 
 def prepare_run_dir(cfg: TrainConfig) -> Path:
@@ -192,5 +211,6 @@ def summarize(state: RunState, run_dir: Path) -> dict:
         "env_steps": state.env_steps, "updates": state.update, "wall_s": round(state.wall_s, 2),
         "env_steps_per_s": round(state.window_env_steps / window_s, 2) if window_s > 0 else None,
         "throughput_window": WINDOW_NOTE,
+        **({"lost_updates": state.lost_updates, "lost_env_steps": state.lost_env_steps} if state.lost_updates else {}),
         "run_dir": str(run_dir),
     }

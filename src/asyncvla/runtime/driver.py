@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from asyncvla.metrics.writer import MetricsWriter, truncate_jsonl
 from asyncvla.policies.base import Policy
 from asyncvla.policies.registry import build_policy
 from asyncvla.runtime import loop
-from asyncvla.runtime.checkpoints import (RunState, load_checkpoint, prepare_run_dir, resumable, save_checkpoint,
+from asyncvla.runtime.checkpoints import (RunState, count_lost, load_checkpoint, prepare_run_dir, resumable, save_checkpoint,
                                           save_on_crash, summarize)
 from asyncvla.runtime.loop import Runtime
 from asyncvla.runtime.plan import make_plan
@@ -247,6 +248,10 @@ def train(cfg: TrainConfig, progress: Callable | None = None) -> dict:
         if cfg.run.resume:
             state, ckpt = load_checkpoint(run.trainer, run_dir)
             restore_runtime_state(run, ckpt)
+            lost_updates, lost_steps = count_lost(state, run_dir / "metrics.jsonl")
+            if lost_updates:
+                print(f"warning: resuming at update {state.update}: the stopped run logged {lost_updates} update(s) "
+                      f"({lost_steps} env steps) after its last checkpoint; they are redone", file=sys.stderr)
         resumed = state.update if cfg.run.resume else None
         writer = MetricsWriter(run_dir, wall_offset_s=state.wall_s, resume_step=resumed)
         if resumed is not None:
