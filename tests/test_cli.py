@@ -218,9 +218,9 @@ def test_bench_policy_gives_rows_for_every_family_asked(tmp_path):
 
     from asyncvla.cli import parse
 
-    parse(["bench", "policy", "--types", "tiny", "oft", "flow", "--batch-sizes", "2", "--budget-s", "0.01",
+    parse(["bench", "policy", "--types", "oft", "flow", "--batch-sizes", "1", "2", "--budget-s", "0.01",
            "--out", str(tmp_path)]).cmd.run()
     rows = json.loads((tmp_path / "results.json").read_text())
-    assert [r["policy_type"] for r in rows] == ["tiny", "oft", "flow"]
+    assert [(r["policy_type"], r["batch_size"]) for r in rows] == [("oft", 1), ("oft", 2), ("flow", 1), ("flow", 2)]
     for r in rows:
         assert r["params"] >= r["trainable_params"] > 0 and r["infer_samples_per_s"] > 0 and r["train_samples_per_s"] > 0
