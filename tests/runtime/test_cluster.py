@@ -17,16 +17,23 @@ from asyncvla.runtime.inference.broadcast import free_port
 
 @pytest.fixture
 def ray_head():
-    """A one-node cluster on the loopback address, in its own session so the test can stop it all."""
+    """A one-node cluster on this machine's node IP, in its own session so the test can stop it all.
+
+    Not the loopback address: `ray.init(address="127.0.0.1:PORT")` swaps a loopback host for the
+    node IP before it connects, so a head bound to 127.0.0.1 cannot be joined on a machine that
+    has another interface."""
+    from ray._private.services import get_node_ip_address
+
     ray = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
+    ip = get_node_ip_address()  # what Ray resolves 127.0.0.1 to (127.0.0.1 itself on a loopback-only machine)
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="rayh_", dir="/tmp")  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     head = subprocess.Popen([ray, "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
-                             "--node-ip-address", "127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
+                             "--node-ip-address", ip, "--include-dashboard=false", "--disable-usage-stats",
                              "--temp-dir", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env=env)
-    address = f"127.0.0.1:{port}"
+    address = f"{ip}:{port}"
     try:
         deadline = time.time() + 90
         while subprocess.run([ray, "status", "--address", address], capture_output=True, env=env).returncode != 0:
