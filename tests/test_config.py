@@ -117,3 +117,14 @@ def test_every_shipped_preset_loads_and_plans(name):
 
     assert name in list_presets()
     make_plan(load_preset(TrainConfig, name))  # bad combinations would fail here, before anything starts
+
+
+def test_parsing_every_policy_config_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, asyncvla.config as c\n"
+            "for t in ('tiny', 'tiny-gaussian', 'oft', 'flow'): c.policy_config(t)\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr[-500:]

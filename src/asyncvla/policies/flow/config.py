@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 from asyncvla.config import _check, register_policy_config
-from asyncvla.policies.hf import HFVLAConfig
+from asyncvla.policies.hf_config import HFVLAConfig
 
 
 @register_policy_config("flow")
