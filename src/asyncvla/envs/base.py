@@ -12,10 +12,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from asyncvla.config import MAIN_CAMERA
-
-__all__ = ["MAIN_CAMERA", "Env", "EnvCrashed", "EnvError", "EnvHung", "Obs", "StepOut", "flip_upright"]
-
 
 @dataclass
 class Obs:

@@ -7,16 +7,16 @@ names (`select_action`, `predict_action_chunk`, `reset`) sit on top so real VLAs
 from __future__ import annotations
 
 from collections import deque
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from asyncvla.config import PolicyConfig
-from asyncvla.envs.base import MAIN_CAMERA, Obs
+from asyncvla.config import MAIN_CAMERA, PolicyConfig
+from asyncvla.envs.base import Obs
 
 
 @dataclass

@@ -56,6 +56,16 @@ def make_policy(cfg: PolicyConfig, action_dim: int, proprio_dim: int) -> Policy:
     return _REGISTRY[cfg.type](cfg, action_dim, proprio_dim).to(cfg.device)
 
 
+def check_init(cfg: PolicyConfig, saved_type: str, saved_cameras: tuple[str, ...]) -> None:
+    """One-line ConfigError when the checkpoint `cfg.init` (of `saved_type`, reading `saved_cameras`) cannot
+    start this run: the checkpoint fixes the architecture, so the type and the cameras must match."""
+    if saved_type != cfg.type:
+        raise ConfigError(f"policy.type={cfg.type!r} is invalid: policy.init {cfg.init} holds a {saved_type!r} policy")
+    if tuple(saved_cameras) != cfg.cameras:
+        raise ConfigError(f"env.cameras={list(cfg.cameras)} is invalid: policy.init {cfg.init} reads cameras "
+                          f"{list(saved_cameras)}; render those")
+
+
 def build_policy(cfg: PolicyConfig, action_dim: int, proprio_dim: int, seed: int) -> Policy:
     """The RL policy of `cfg`, from `cfg.init` (e.g. an SFT checkpoint) when set, else freshly seeded,
     prepared with the run's RL settings (`Policy.prepare_rl`)."""
@@ -66,11 +76,7 @@ def build_policy(cfg: PolicyConfig, action_dim: int, proprio_dim: int, seed: int
         from asyncvla.policies.checkpoint import load_policy
 
         policy = load_policy(cfg.init, device=cfg.device)
-        if policy.cfg.type != cfg.type:
-            raise ConfigError(f"policy.type={cfg.type!r} is invalid: policy.init {cfg.init} holds a {policy.cfg.type!r} policy")
-        if policy.cfg.cameras != cfg.cameras:
-            raise ConfigError(f"env.cameras={list(cfg.cameras)} is invalid: policy.init {cfg.init} reads cameras "
-                              f"{list(policy.cfg.cameras)}; render those")
+        check_init(cfg, policy.cfg.type, policy.cfg.cameras)
         # The checkpoint fixes the architecture; the run's sampling temperature still applies.
         policy.temperature = cfg.temperature
     else:

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from asyncvla.config import ConfigError, TrainConfig, to_dict
+from asyncvla.config import ConfigError, PolicyConfig, TrainConfig, to_dict
 from asyncvla.metrics.spans import Span, load_chrome_trace, write_chrome_trace
 from asyncvla.metrics.writer import MetricsWriter, truncate_jsonl
 from asyncvla.policies.base import Policy
@@ -183,13 +183,12 @@ def preflight(cfg: TrainConfig, plan) -> None:
     writable run directory, a Ray cluster that answers."""
     from asyncvla.envs.registry import validate_env_id
     from asyncvla.policies.checkpoint import read_checkpoint_config
+    from asyncvla.policies.registry import check_init
 
     validate_env_id(cfg.env)
     if cfg.policy.init:
         saved = read_checkpoint_config(cfg.policy.init).get("policy", {})
-        if saved.get("type", cfg.policy.type) != cfg.policy.type:
-            raise ConfigError(f"policy.type={cfg.policy.type!r} is invalid: policy.init {cfg.policy.init} holds a "
-                              f"{saved.get('type')!r} policy")
+        check_init(cfg.policy, saved.get("type", PolicyConfig.type), saved.get("cameras", PolicyConfig.cameras))
     if cfg.run.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"run.device={cfg.run.device!r} is invalid: this machine has no CUDA device "
                           "(torch.cuda.is_available() is False); allowed here: cpu")
