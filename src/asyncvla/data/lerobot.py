@@ -3,9 +3,11 @@
 Layout (LeRobot codebase v3.0):
 ```
 meta/info.json                               fps, features (dtype/shape), totals, paths
-meta/tasks.parquet                           task_index, task (the instruction)
+meta/tasks.parquet                           task (the instruction, the pandas index), task_index
+meta/stats.json                              {feature: {min, max, mean, std, count, q01..q99}}
 meta/episodes/chunk-000/file-000.parquet     episode_index, tasks, length, success, return,
-                                             dataset_from_index, dataset_to_index
+                                             dataset_from_index, dataset_to_index,
+                                             stats/<feature>/<stat>
 data/chunk-000/file-000.parquet              one row per frame (below)
 ```
 Frame columns: observation.image (the main camera: struct{bytes: PNG, path: null}, as Hugging
@@ -40,13 +42,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from asyncvla.config import MAIN_CAMERA, ConfigError
+from asyncvla.data.stats import aggregate_stats, feature_stats, to_json
+
 CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+_SCALARS = ("timestamp", "frame_index", "episode_index", "index", "task_index", "next.reward", "next.success", "next.done")
 _IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 MAIN_IMAGE = "observation.image"
 EXTRA_IMAGE = "observation.images.{}"
 """Column of each camera besides the main one."""
+_TASKS_PANDAS = {  # what pandas writes for a frame indexed by its task strings (LeRobot's tasks.parquet)
+    "index_columns": ["task"],
+    "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
+                        "metadata": {"encoding": "UTF-8"}}],
+    "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
+                {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None}],
+    "creator": {"library": "pyarrow", "version": pa.__version__},
+    "pandas_version": "2.2.3",
+}
 
 
 @dataclass
@@ -93,6 +108,8 @@ class DatasetWriter:
             MAIN_IMAGE, "observation.state", "action", "episode_index", "frame_index", "index",
             "timestamp", "task_index", "next.reward", "next.success", "next.done")}
         self._episodes: list[dict] = []
+        self._stats: list[dict[str, dict[str, np.ndarray]]] = []
+        """Per episode: {feature: feature_stats}."""
         self._tasks: dict[str, int] = {}
         self._shapes: dict[str, list[int]] = {}
         self._cameras: list[str] | None = None
@@ -134,9 +151,22 @@ class DatasetWriter:
         c["next.success"] += [bool(s) for s in ep.successes]
         c["next.done"] += [False] * (n - 1) + [True]
         self._shapes.update({"observation.state": [len(ep.proprio[0])], "action": [len(ep.actions[0])]})
+        stats = self._episode_stats(ep, start, n)
+        self._stats.append(stats)
         self._episodes.append(dict(episode_index=ep_index, tasks=[ep.instruction], length=n, success=bool(ep.success),
                                    **{"return": float(np.sum(ep.rewards))}, dataset_from_index=start,
-                                   dataset_to_index=start + n, **{"data/chunk_index": 0, "data/file_index": 0}))
+                                   dataset_to_index=start + n, **{"data/chunk_index": 0, "data/file_index": 0},
+                                   **{"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0},
+                                   **{f"stats/{f}/{k}": v.tolist() for f, st in stats.items() for k, v in st.items()}))
+
+    def _episode_stats(self, ep: Episode, start: int, n: int) -> dict[str, dict[str, np.ndarray]]:
+        """feature_stats of episode `ep` (frames start..start+n) for every image and numeric feature."""
+        c = self._columns
+        cams = ((MAIN_IMAGE, ep.images), *((EXTRA_IMAGE.format(k), v) for k, v in ep.extra_images.items()))
+        out = {col: feature_stats(np.stack(images), image=True) for col, images in cams}
+        for col in ("observation.state", "action", *_SCALARS):
+            out[col] = feature_stats(np.asarray(c[col][start:start + n], np.float64))
+        return out
 
     def finish(self) -> dict:
         """Writes everything; returns info.json's content."""
@@ -149,7 +179,10 @@ class DatasetWriter:
         pq.write_table(self._data_table(), data_file)
         pq.write_table(pa.Table.from_pylist(self._episodes), ep_file)
         tasks = sorted(self._tasks.items(), key=lambda kv: kv[1])
-        pq.write_table(pa.table({"task_index": [i for _, i in tasks], "task": [t for t, _ in tasks]}), self.root / "meta/tasks.parquet")
+        table = pa.table({"task_index": pa.array([i for _, i in tasks], pa.int64()), "task": [t for t, _ in tasks]})
+        pq.write_table(table.replace_schema_metadata({b"pandas": json.dumps(_TASKS_PANDAS).encode()}), self.root / "meta/tasks.parquet")
+        stats = {f: aggregate_stats([ep[f] for ep in self._stats]) for f in self._stats[0]}
+        (self.root / "meta/stats.json").write_text(json.dumps(to_json(stats), indent=2))
         info = self._info()
         (self.root / "meta/info.json").write_text(json.dumps(info, indent=2))
         return info
@@ -185,7 +218,8 @@ class DatasetWriter:
             "next.success": scalar("bool"), "next.done": scalar("bool"),
         }
         return {
-            "codebase_version": CODEBASE_VERSION, "robot_type": self.robot_type, "fps": self.fps,
+            "codebase_version": CODEBASE_VERSION, "robot_type": self.robot_type,
+            "fps": int(self.fps) if float(self.fps).is_integer() else self.fps,  # LeRobot writes an int
             "total_episodes": len(self._episodes), "total_frames": self.num_frames, "total_tasks": len(self._tasks),
             "chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 500,
             "splits": {"train": f"0:{len(self._episodes)}"}, "data_path": DATA_PATH, "video_path": None,
@@ -228,43 +262,104 @@ class DemoDataset:
         return [self.tasks[i] for i in self.task_index]
 
 
-def load_dataset(root: str | Path) -> DemoDataset:
-    """Reads a dataset written by `DatasetWriter` (all data files, in index order) into memory."""
+def _fail(root: Path, what: str) -> ConfigError:
+    return ConfigError(f"dataset {str(root)!r} is invalid: {what}")
+
+
+def _tables(root: Path, pattern: str, what: str) -> pa.Table:
+    files = sorted(root.glob(pattern))
+    if not files:
+        raise _fail(root, f"no {what} files ({pattern})")
+    return pa.concat_tables([pq.read_table(p) for p in files], promote_options="permissive")
+
+
+def _read_tasks(root: Path) -> dict[int, str]:
+    """{task_index: task}: the task is LeRobot's pandas index (stored as a column named `task`, or
+    `__index_level_0__` when the index had no name); asyncvla before v3 fidelity wrote a plain column."""
+    path = root / "meta/tasks.parquet"
+    if not path.exists():
+        raise _fail(root, "meta/tasks.parquet is missing")
+    t = pq.read_table(path)
+    name = next((n for n in ("task", "__index_level_0__") if n in t.column_names), None)
+    if name is None or "task_index" not in t.column_names:
+        raise _fail(root, f"meta/tasks.parquet needs task_index and a task column or index; it has {t.column_names}")
+    return dict(zip(t.column("task_index").to_pylist(), t.column(name).to_pylist()))
+
+
+def load_dataset(root: str | Path, image_keys: dict[str, str] | None = None, state_key: str = "observation.state",
+                 action_key: str = "action") -> DemoDataset:
+    """Reads a LeRobot v3 dataset (written by `DatasetWriter` or by LeRobot; all data files, in index order).
+
+    image_keys: camera name -> image feature (default: `main` is observation.image and every
+    observation.images.<name> is camera <name>; a LeRobot dataset usually needs e.g.
+    `{"main": "observation.images.image", "wrist": "observation.images.wrist_image"}`).
+    next.reward / next.success, which LeRobot datasets lack, read as 0 / False; an episode's success
+    is its `success` column, else whether any frame's next.success is set.
+    """
     root = Path(root)
     info_path = root / "meta/info.json"
     if not info_path.exists():
         raise FileNotFoundError(f"{root} is not a dataset: {info_path} is missing")
     info = json.loads(info_path.read_text())
-    data = pa.concat_tables([pq.read_table(p) for p in sorted((root / "data").glob("chunk-*/file-*.parquet"))])
-    data = data.sort_by("index")
-    episodes = pa.concat_tables([pq.read_table(p) for p in sorted((root / "meta/episodes").glob("chunk-*/file-*.parquet"))])
-    episodes = episodes.sort_by("episode_index")
-    tasks = pq.read_table(root / "meta/tasks.parquet").sort_by("task_index")
+    features = info.get("features", {})
+    data = _tables(root, "data/chunk-*/file-*.parquet", "data").sort_by("index")
+    episodes = _tables(root, "meta/episodes/chunk-*/file-*.parquet", "episode metadata").sort_by("episode_index")
+    tasks = _read_tasks(root)
+    prefix = EXTRA_IMAGE.format("")
+    if image_keys is None:
+        image_keys = {MAIN_CAMERA: MAIN_IMAGE, **{c[len(prefix):]: c for c in data.column_names if c.startswith(prefix)}}
+    if MAIN_CAMERA not in image_keys:
+        raise _fail(root, f"image_keys {image_keys} name no {MAIN_CAMERA!r} camera")
+    found = [f for f, spec in features.items() if spec.get("dtype") in ("image", "video")]
+    for cam, col in image_keys.items():
+        if features.get(col, {}).get("dtype") == "video":
+            raise _fail(root, f"feature {col!r} (camera {cam}) is stored as mp4 video, which asyncvla does not decode yet; "
+                              "re-encode it as an image feature")
+        if col not in data.column_names:
+            raise _fail(root, f"camera {cam!r} reads feature {col!r}, which is missing; image features: {found or 'none'}")
+    for col in (state_key, action_key, "episode_index", "frame_index", "index", "task_index"):
+        if col not in data.column_names:
+            raise _fail(root, f"feature {col!r} is missing; the data has {data.column_names}")
+    if unknown := sorted(set(data.column("task_index").to_pylist()) - set(tasks)):
+        raise _fail(root, f"task_index {unknown[:5]} not in meta/tasks.parquet")
 
     def vectors(name: str) -> np.ndarray:
         col = data.column(name).combine_chunks()
         return col.values.to_numpy().reshape(len(col), -1).astype(np.float32)
 
+    def image(d: dict) -> np.ndarray:
+        return decode_png(d["bytes"]) if d.get("bytes") is not None else np.asarray(Image.open(root / d["path"]).convert("RGB"))
+
     def images(column: str) -> np.ndarray:
-        frames = [decode_png(d["bytes"]) for d in data.column(column).to_pylist()]
+        frames = [image(d) for d in data.column(column).to_pylist()]
         return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
 
-    prefix = EXTRA_IMAGE.format("")
-    extra = {col[len(prefix):]: images(col) for col in data.column_names if col.startswith(prefix)}
+    def frame_column(name: str, dtype, default) -> np.ndarray:
+        if name not in data.column_names:
+            return np.full(len(data), default, dtype)
+        return data.column(name).to_numpy(zero_copy_only=False).astype(dtype)
+
     ints = lambda name: data.column(name).to_numpy().astype(np.int64)  # noqa: E731
+    episode_index, successes = ints("episode_index"), frame_column("next.success", bool, False)
+    if "success" in episodes.column_names:
+        episode_success = episodes.column("success").to_numpy(zero_copy_only=False).astype(bool)
+    else:
+        episode_success = np.array([successes[episode_index == e].any() for e in episodes.column("episode_index").to_pylist()])
+    task_ids = sorted(tasks)
+    remap = {t: i for i, t in enumerate(task_ids)}
     return DemoDataset(
-        images=images(MAIN_IMAGE),
-        proprio=vectors("observation.state"),
-        actions=vectors("action"),
-        episode_index=ints("episode_index"),
+        images=images(image_keys[MAIN_CAMERA]),
+        proprio=vectors(state_key),
+        actions=vectors(action_key),
+        episode_index=episode_index,
         frame_index=ints("frame_index"),
-        task_index=ints("task_index"),
-        rewards=data.column("next.reward").to_numpy().astype(np.float32),
-        successes=data.column("next.success").to_numpy(zero_copy_only=False).astype(bool),
-        tasks=tasks.column("task").to_pylist(),
-        episode_success=episodes.column("success").to_numpy(zero_copy_only=False).astype(bool),
+        task_index=np.array([remap[t] for t in ints("task_index")], np.int64),
+        rewards=frame_column("next.reward", np.float32, 0.0),
+        successes=successes,
+        tasks=[tasks[t] for t in task_ids],
+        episode_success=episode_success,
         episode_length=episodes.column("length").to_numpy().astype(np.int64),
         fps=float(info["fps"]),
         info=info,
-        extra_images=extra,
+        extra_images={cam: images(col) for cam, col in image_keys.items() if cam != MAIN_CAMERA},
     )
