@@ -84,6 +84,9 @@ CASES = [
     # other commands
     (["sft", "--env", "metaworld/reach-v3", "--demos", "{dir}/none", "--out", "{dir}/out"], "demos="),
     (["sft", "--env", "metaworld/reach-v3", "--demos", "{dir}", "--out", "{dir}/out", "--steps", "0"], "sft.steps=0 is invalid"),
+    (["sft", "--env", "metaworld/reach-v3", "--demos", "{dir}", "--out", "{dir}/out"], "meta/info.json is missing"),
+    (["sft", "--env", "metaworld/reach-v3", "--demos", "{dir}", "--out", "{dir}/out", "--image-key", "main"],
+     "sft.image_key='main' is invalid: must be CAMERA=FEATURE"),
     (["eval", "{dir}"], "is invalid: expected a directory with config.yaml"),
     (["demos", "emulated/fast", "--out", "{dir}/d"], "has no scripted expert"),
     (["demos", "metaworld/reach-v3", "--episodes", "0", "--out", "{dir}/d"], "episodes=0 is invalid"),

@@ -174,16 +174,29 @@ class Sft:
     (targets stay the expert's clean actions). Off by default: no gain measured on MetaWorld
     reach (0.60 at 0.1 vs 0.67); DART demos (`asyncvla demos --action-noise`) fixed it instead."""
     seed: int = 0
+    image_key: tuple[str, ...] = ()
+    """Camera to image feature, CAMERA=FEATURE each, for a dataset recorded elsewhere (LeRobot's LIBERO:
+    `main=observation.images.image wrist=observation.images.wrist_image`); default: main is
+    observation.image and observation.images.NAME is camera NAME."""
     policy: PolicyConfig = field(default_factory=_argv_policy)
     """The policy to train (`--type tiny-gaussian`, `--chunk 8`, ...)."""
     json: bool = False
+
+    def image_keys(self) -> dict[str, str] | None:
+        if not self.image_key:
+            return None
+        bad = [k for k in self.image_key if k.count("=") != 1 or not all(k.split("="))]
+        if bad:
+            raise ConfigError(f"sft.image_key={bad[0]!r} is invalid: must be CAMERA=FEATURE, e.g. main=observation.images.image")
+        return dict(k.split("=") for k in self.image_key)
 
     def run(self) -> None:
         from asyncvla.algos.sft import train_sft
 
         summary = train_sft(self.env, self.demos, self.out, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
                             policy_cfg=self.policy, seed=self.seed, progress=not self.json,
-                            image_dropout=self.image_dropout, proprio_noise=self.proprio_noise)
+                            image_dropout=self.image_dropout, proprio_noise=self.proprio_noise,
+                            image_keys=self.image_keys())
         _report(summary, self.json)
 
 

@@ -159,13 +159,14 @@ def fit_bc(
     return losses
 
 
-def load_demos(demos_dir: str | Path) -> DemoData:
-    """Reads a LeRobot-style demo dataset written by `asyncvla demos` (successful episodes only, when any succeeded)."""
+def load_demos(demos_dir: str | Path, image_keys: dict[str, str] | None = None) -> DemoData:
+    """Reads a LeRobot v3 demo dataset, from `asyncvla demos` or LeRobot (successful episodes only, when any
+    succeeded); image_keys maps camera names to image features (`load_dataset`)."""
     from asyncvla.data.lerobot import load_dataset
 
     if not Path(demos_dir).exists():
         raise ConfigError(f"demos={str(demos_dir)!r} is invalid: no such directory (record one with `asyncvla demos ENV_ID --out DIR`)")
-    ds = load_dataset(demos_dir)
+    ds = load_dataset(demos_dir, image_keys=image_keys)
     episode_index = np.asarray(ds.episode_index)
     keep = np.ones(len(episode_index), bool)
     success = np.asarray(getattr(ds, "episode_success", []), bool)
@@ -202,6 +203,7 @@ def train_sft(
     progress: bool = True,
     image_dropout: float = 0.0,
     proprio_noise: float = 0.0,
+    image_keys: dict[str, str] | None = None,
 ) -> dict:
     """Behaviour-clones `policy_cfg` on the demos in `demos_dir`; writes a checkpoint and
     `metrics.jsonl` (one line per step: step, loss/bc, lr, time_s) to `out_dir`.
@@ -221,7 +223,7 @@ def train_sft(
     if not proprio_noise >= 0:
         raise ConfigError(f"sft.proprio_noise={proprio_noise!r} is invalid: must be >= 0")
     policy_cfg = policy_cfg or policy_config()
-    data = load_demos(demos_dir)
+    data = load_demos(demos_dir, image_keys)
     missing = [c for c in policy_cfg.cameras if c not in data.cameras]
     if missing:
         raise ConfigError(f"policy.cameras={list(policy_cfg.cameras)} is invalid: the demos in {demos_dir} have cameras "

@@ -299,7 +299,7 @@ def load_dataset(root: str | Path, image_keys: dict[str, str] | None = None, sta
     root = Path(root)
     info_path = root / "meta/info.json"
     if not info_path.exists():
-        raise FileNotFoundError(f"{root} is not a dataset: {info_path} is missing")
+        raise _fail(root, "meta/info.json is missing (not a LeRobot v3 dataset)")
     info = json.loads(info_path.read_text())
     features = info.get("features", {})
     data = _tables(root, "data/chunk-*/file-*.parquet", "data").sort_by("index")

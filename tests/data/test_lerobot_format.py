@@ -1,0 +1,138 @@
+"""LeRobot v3 fidelity both ways: what LeRobot reads from our datasets (with pandas, as LeRobot
+does), and reading a dataset in LeRobot's own layout."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from asyncvla.config import ConfigError
+from asyncvla.data import load_dataset
+from asyncvla.data.lerobot import DatasetWriter, Episode, decode_png, encode_png
+from asyncvla.data.stats import aggregate_stats, feature_stats
+
+
+def _episode(n: int, rng, instruction: str, wrist: bool = False) -> Episode:
+    img = lambda: rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)  # noqa: E731
+    return Episode(images=[img() for _ in range(n)], proprio=[rng.standard_normal(3).astype(np.float32) for _ in range(n)],
+                   actions=[rng.standard_normal(2).astype(np.float32) for _ in range(n)], rewards=[0.5] * n,
+                   successes=[False] * n, instruction=instruction, success=False,
+                   extra_images={"wrist": [img() for _ in range(n)]} if wrist else {})
+
+
+@pytest.fixture
+def written(tmp_path):
+    rng = np.random.default_rng(0)
+    eps = [_episode(3, rng, "reach", wrist=True), _episode(5, rng, "push", wrist=True), _episode(2, rng, "reach", wrist=True)]
+    w = DatasetWriter(tmp_path, fps=10)
+    for e in eps:
+        w.add_episode(e)
+    w.finish()
+    return tmp_path, eps
+
+
+def test_tasks_parquet_is_indexed_by_the_task_as_lerobot_reads_it(written):
+    root, _ = written
+    tasks = pd.read_parquet(root / "meta/tasks.parquet")
+    assert list(tasks.index) == ["reach", "push"]
+    assert tasks.iloc[1].name == "push"  # LeRobot: meta.tasks.iloc[task_index].name
+    assert tasks.loc["push", "task_index"] == 1
+
+
+def test_stats_json_matches_numpy_over_all_frames(written):
+    root, eps = written
+    stats = json.loads((root / "meta/stats.json").read_text())
+    actions = np.concatenate([np.stack(e.actions) for e in eps]).astype(np.float64)
+    a = stats["action"]
+    np.testing.assert_allclose(a["mean"], actions.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(a["std"], actions.std(0), rtol=1e-6)  # pooled over episodes = over all frames
+    np.testing.assert_allclose(a["min"], actions.min(0))
+    np.testing.assert_allclose(a["max"], actions.max(0))
+    assert a["count"] == [10] and np.shape(a["q50"]) == (2,)
+    pixels = np.concatenate([np.stack(e.images) for e in eps]).reshape(-1, 3) / 255.0
+    img = stats["observation.image"]
+    assert np.shape(img["mean"]) == (3, 1, 1)  # per channel, channel first, as LeRobot normalises images
+    np.testing.assert_allclose(np.ravel(img["mean"]), pixels.mean(0), rtol=1e-6)
+    assert 0.0 <= np.min(img["min"]) and np.max(img["max"]) <= 1.0
+    assert stats["next.reward"]["mean"] == [0.5] and np.shape(stats["observation.images.wrist"]["std"]) == (3, 1, 1)
+
+
+def test_episode_metadata_carries_each_episodes_stats(written):
+    root, eps = written
+    ep = pd.read_parquet(root / "meta/episodes/chunk-000/file-000.parquet")
+    np.testing.assert_allclose(ep["stats/action/mean"][1], np.stack(eps[1].actions).mean(0), rtol=1e-6)
+    assert list(ep["stats/action/count"].map(list)) == [[3], [5], [2]]
+    assert list(ep["dataset_to_index"] - ep["dataset_from_index"]) == [3, 5, 2]
+    info = json.loads((root / "meta/info.json").read_text())
+    assert info["fps"] == 10 and isinstance(info["fps"], int)
+
+
+def test_aggregate_of_two_halves_is_the_whole():
+    x = np.random.default_rng(1).standard_normal((40, 3))
+    whole, halves = feature_stats(x), aggregate_stats([feature_stats(x[:15]), feature_stats(x[15:])])
+    for k in ("min", "max", "mean", "std", "count"):
+        np.testing.assert_allclose(halves[k], whole[k], rtol=1e-9)
+
+
+def _lerobot_dataset(root, video: bool = False):
+    """A dataset laid out as LeRobot v3 writes one: cameras only under observation.images.*, the
+    tasks as a pandas index, and no next.reward / next.success columns."""
+    rng = np.random.default_rng(2)
+    n = 4
+    (root / "meta/episodes/chunk-000").mkdir(parents=True)
+    (root / "data/chunk-000").mkdir(parents=True)
+    image = {"dtype": "video" if video else "image", "shape": [6, 6, 3], "names": ["height", "width", "channels"]}
+    info = {"codebase_version": "v3.0", "fps": 20, "features": {
+        "observation.images.image": image, "observation.images.wrist_image": image,
+        "observation.state": {"dtype": "float32", "shape": [3]}, "action": {"dtype": "float32", "shape": [2]}}}
+    (root / "meta/info.json").write_text(json.dumps(info))
+    pd.DataFrame({"task_index": [0]}, index=pd.Index(["open the drawer"], name="task")).to_parquet(root / "meta/tasks.parquet")
+    pd.DataFrame({"episode_index": [0], "length": [n]}).to_parquet(root / "meta/episodes/chunk-000/file-000.parquet")
+    imgs = {k: [{"bytes": encode_png(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)), "path": None} for _ in range(n)]
+            for k in ("observation.images.image", "observation.images.wrist_image")}
+    table = pa.table({**imgs, "observation.state": [list(rng.standard_normal(3)) for _ in range(n)],
+                      "action": [[0.1, 0.2]] * n, "episode_index": [0] * n, "frame_index": list(range(n)),
+                      "index": list(range(n)), "task_index": [0] * n, "timestamp": [i / 20 for i in range(n)]})
+    pq.write_table(table, root / "data/chunk-000/file-000.parquet")
+    return imgs
+
+
+def test_reads_a_dataset_in_lerobots_own_layout(tmp_path):
+    imgs = _lerobot_dataset(tmp_path)
+    ds = load_dataset(tmp_path, image_keys={"main": "observation.images.image", "wrist": "observation.images.wrist_image"})
+    assert len(ds) == 4 and ds.instructions == ["open the drawer"] * 4 and ds.fps == 20
+    assert ds.images.shape == (4, 6, 6, 3) and set(ds.extra_images) == {"wrist"}
+    np.testing.assert_array_equal(ds.extra_images["wrist"][0], decode_png(imgs["observation.images.wrist_image"][0]["bytes"]))
+    np.testing.assert_array_equal(ds.rewards, 0.0)  # LeRobot has no next.reward / next.success
+    np.testing.assert_array_equal(ds.episode_success, [False])
+
+
+@pytest.mark.parametrize("kwargs,video,match", [
+    ({}, False, r"camera 'main' reads feature 'observation.image', which is missing; image features: \['observation.images.image'"),
+    ({"image_keys": {"main": "observation.images.image"}}, True, "stored as mp4 video"),
+    ({"image_keys": {"wrist": "observation.images.wrist_image"}}, False, "name no 'main' camera"),
+    ({"image_keys": {"main": "observation.images.image"}, "state_key": "observation.proprio"}, False,
+     "feature 'observation.proprio' is missing"),
+])
+def test_foreign_datasets_get_one_line_naming_what_is_missing(tmp_path, kwargs, video, match):
+    _lerobot_dataset(tmp_path, video=video)
+    with pytest.raises(ConfigError, match=match) as e:
+        load_dataset(tmp_path, **kwargs)
+    assert "\n" not in str(e.value) and str(tmp_path) in str(e.value)
+
+
+def test_sft_trains_on_a_lerobot_layout_dataset_with_mapped_cameras(tmp_path, capsys):
+    from asyncvla.cli import main
+
+    _lerobot_dataset(tmp_path / "ds")
+    args = ["sft", "--env", "metaworld/reach-v3", "--demos", str(tmp_path / "ds"), "--out", str(tmp_path / "ck"),
+            "--steps", "2", "--batch-size", "4", "--json", "--policy.cameras", "main", "wrist",
+            "--image-key", "main=observation.images.image", "wrist=observation.images.wrist_image"]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["frames"] == 4 and summary["episodes"] == 1 and (tmp_path / "ck/model.safetensors").exists()
+    assert main(args[:-3]) == 2  # without the mapping: one line naming the missing observation.image
+    assert "camera 'main' reads feature 'observation.image', which is missing" in capsys.readouterr().err
