@@ -1,5 +1,6 @@
 """The ray backend: env managers and rollout servers as actors (runtime.local=false)."""
 
+import dataclasses
 import functools
 import json
 import time
@@ -7,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from asyncvla.config import env_config, policy_config
+from asyncvla.config import WrapperConfig, env_config, policy_config
 from asyncvla.policies.base import ObsBatch
 from asyncvla.runtime.backends.ray_proxies import add_ledger_increment
 from asyncvla.runtime.learner.staleness import Ledger
@@ -81,12 +82,18 @@ def test_train_async_on_ray_balances_the_books(tmp_path):
     cfg.runtime.local = False
     cfg.runtime.env_managers = (3, 1)
     cfg.runtime.env_cpus = 0.5
+    cfg.env = dataclasses.replace(cfg.env, wrappers=WrapperConfig(fault_prob=0.05, fault_kind="crash"))
     summary = train_async(cfg)
     assert summary["updates"] == 3 and summary["env_steps_per_s"] > 0
     st = json.loads((tmp_path / "run" / "checkpoints" / "last" / "async_state.json").read_text())
     led = st["ledger"]
     assert led["produced"] == summary["env_steps"] == led["trained_env_steps"] + sum(led["dropped_env_steps"].values())
     assert led["trained_samples"] == 48 and max(int(k) for k in st["staleness"]["lag_hist"]) <= 1
+    # The workers' output is in the run directory, one file per role, with each env crash named.
+    logs = tmp_path / "run" / "logs"
+    assert {"env-manager-0.log", "env-manager-1.log", "rollout-server-0.log"} <= {p.name for p in logs.iterdir()}
+    crashes = sum(p.read_text().count("its episode is cut there") for p in logs.glob("env-manager-*.log"))
+    assert crashes == led["dropped_samples"]["env_error"] > 0
 
 
 @pytest.mark.slow

@@ -211,7 +211,7 @@ def preflight(cfg: TrainConfig, plan) -> None:
                               "start the head with `ray start --head` or check HOST:PORT") from None
 
 
-def _start_ray(cfg: TrainConfig, plan) -> bool:
+def _start_ray(cfg: TrainConfig, plan, run_dir: Path) -> bool:
     """Starts the embedded Ray (or joins runtime.ray_address) for the ray backend; True if this run started it."""
     if plan.backend != "ray":
         return False
@@ -221,7 +221,7 @@ def _start_ray(cfg: TrainConfig, plan) -> bool:
 
     if ray.is_initialized():
         return False
-    init_ray(cfg.runtime.ray_address, min_cpus=required_cpus(plan, cfg))
+    init_ray(cfg.runtime.ray_address, min_cpus=required_cpus(plan, cfg), log_dir=run_dir / "logs")
     install_sigterm()  # ray.init replaced it with a handler that dumps a stack and aborts (exit 134)
     return True
 
@@ -241,7 +241,7 @@ def train(cfg: TrainConfig, progress: Callable | None = None) -> dict:
     trace_path = run_dir / "trace.json"
     trace: list[Span] = load_chrome_trace(trace_path) if cfg.run.resume and trace_path.exists() else []
     state, run, writer, driver = RunState(), None, None, None
-    own_ray = _start_ray(cfg, plan)
+    own_ray = _start_ray(cfg, plan, run_dir)
     try:
         run = loop.build_runtime(cfg, plan)
         if cfg.run.resume:

@@ -19,6 +19,7 @@ import os
 import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -27,6 +28,7 @@ from asyncvla.config import ConfigError, TrainConfig
 from asyncvla.metrics.spans import Span
 from asyncvla.runtime.backends.ray_proxies import (Hub, HubAdmission, HubQueue, MirroredController, RayServerTransport,
                                                    RemoteManager, RemoteQueue, RemoteServer, ray_get)
+from asyncvla.runtime.backends import worker_logs
 from asyncvla.runtime.backends.threads import make_manager, make_server_policy, make_trainer, make_worker
 from asyncvla.runtime.device import DeviceGate
 from asyncvla.runtime.env.manager import RolloutClient
@@ -47,6 +49,7 @@ class EnvManagerActor:
     """One env manager (its envs and its loop) in its own process."""
 
     def __init__(self, cfg: TrainConfig, plan: Plan, spec: ManagerSpec, servers: list[Any], hub: Any):
+        worker_logs.name(f"env-manager-{spec.index}")
         self.worker = make_worker(cfg, spec)
         client = RolloutClient([RayServerTransport(s) for s in servers], make_router(cfg.runtime.router, len(servers)))
         self.ledger = Ledger()
@@ -230,8 +233,9 @@ trains, so at 15 the driver (nice 0) and every other process of the machine pre-
 (a nice-15 process gets ~1/28 of a nice-0 one's share of a contended core)."""
 
 
-def init_ray(address: str | None, min_cpus: float = 0) -> None:
+def init_ray(address: str | None, min_cpus: float = 0, log_dir: Path | None = None) -> None:
     """Joins `address`, or starts a local Ray sized to this machine with a per-run temp dir.
+    With `log_dir`, every worker's Python output is copied there too (`worker_logs`).
 
     CPU reservations are scheduling labels, not pinning: a local Ray advertises at least
     what the configured actors reserve (`min_cpus`), so a 2-core laptop still runs a layout
@@ -240,7 +244,10 @@ def init_ray(address: str | None, min_cpus: float = 0) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Workers inherit these: headless rendering and no hub access in every actor.
     env_vars = {k: os.environ[k] for k in ("MUJOCO_GL", "HF_HUB_OFFLINE", "RAY_AUTH_MODE", "TOKENIZERS_PARALLELISM") if k in os.environ}
-    runtime_env = {"env_vars": env_vars}
+    runtime_env: dict[str, Any] = {"env_vars": env_vars}
+    if log_dir is not None:
+        env_vars[worker_logs.ENV] = str(Path(log_dir).absolute())
+        runtime_env["worker_process_setup_hook"] = worker_logs.HOOK
     if address:
         try:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)

@@ -16,6 +16,7 @@ the `Ledger` as produced; what never reaches the trainer is counted as dropped w
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from typing import Callable
@@ -29,6 +30,8 @@ from asyncvla.runtime.env.groups import EnvGroups
 from asyncvla.runtime.queues import QueueClosed, TrajectoryQueue
 from asyncvla.runtime.inference.server import Router
 from asyncvla.runtime.learner.staleness import Ledger, StalenessController
+
+log = logging.getLogger(__name__)
 
 
 def split_request(ids: list[int], max_request: int | None) -> list[list[int]]:
@@ -229,6 +232,8 @@ class EnvManager:
         if self.groups is not None:
             return self._on_group_result(r)
         if r.error is not None:
+            log.warning("env manager %d, env %d: %s; its episode is cut there and the env is rebuilt",
+                        self.index, self.worker.global_id(i), r.error)
             self._cut_on_error(i)
         else:
             self.remaining[i] -= 1
