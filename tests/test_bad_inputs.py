@@ -17,6 +17,7 @@ OFT = [*E2E, "--policy.type", "oft"]
 FLOW = [*E2E, "--policy.type", "flow"]
 
 CASES = [
+    (["train", "--mode", "nope"], "mode='nope' is invalid: allowed: sync, async"),
     # env
     ([*E2E, "--env.num-envs", "0"], "env.num_envs=0 is invalid"),
     ([*E2E, "--env.image-size", "4"], "env.image_size=4 is invalid"),

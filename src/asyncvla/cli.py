@@ -475,8 +475,9 @@ class Train:
     cfg: Annotated[TrainConfig, tyro.conf.arg(name="")]
     preset: str = "default"
     """Preset in configs/ (or a path to a YAML file); read before the other options apply."""
-    mode: Literal["sync", "async"] | None = None
-    """Shorthand for --runtime.mode; `async` also turns on all three levels of asynchrony unless one was set
+    # A plain str checked here: tyro would list None among the choices and box a bad one in 5 lines.
+    mode: Annotated[str | None, tyro.conf.arg(metavar="{sync,async}")] = None
+    """Shorthand for --runtime.mode (default: the preset's); `async` also turns on all three levels of asynchrony unless one was set
     (and makes the pipeline stages env managers of the same sizes)."""
     ray_address: str | None = None
     """Shorthand for --runtime.ray-address: join this Ray cluster (HEAD_IP:6379, or auto for the
@@ -489,6 +490,8 @@ class Train:
     def resolved_config(self) -> TrainConfig:
         """The config the run uses: preset + overrides (or the saved one on --resume), then the shorthands."""
         cfg = self.cfg
+        if self.mode not in (None, "sync", "async"):
+            raise ConfigError(f"mode={self.mode!r} is invalid: allowed: sync, async")
         if self.resume:
             from asyncvla.runtime.checkpoints import load_run_config
 
