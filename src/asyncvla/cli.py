@@ -629,11 +629,20 @@ def main(argv: list[str] | None = None) -> int:
     # when other processes share the cores (env workers, Ray actors, other users).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     install_sigterm()
+    from asyncvla.cli_help import render
+
+    short = render(parse, argv)
+    if short is not None:
+        print(short)
+        return 0
+    argv = ["--help" if a == "--help-all" else a for a in argv]
     try:
         parse(argv).run()
     except ConfigError as e:
         print(f"asyncvla: error: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # tyro's --help-all and its parse errors; in-process callers get the code
+        return e.code if isinstance(e.code, int) else 0 if e.code is None else 2
     except Terminated:
         return EXIT_SIGTERM
     except KeyboardInterrupt:
