@@ -41,6 +41,15 @@ def test_envs_json_lists_every_backend():
     assert by_name["emulated"]["available"] and "balanced" in by_name["emulated"]["tasks"]
 
 
+def test_envs_of_one_backend_lists_every_task_id_in_full(capsys):
+    from asyncvla.cli import main
+
+    assert main(["envs", "emulated"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("emulated: available;") and {"emulated/balanced", "emulated/long-tail"} <= set(lines[1:])
+    assert main(["envs", "nope"]) == 2
+
+
 def test_env_bench_json_last_line():
     out = run_cli("env-bench", "emulated/fast", "--num-envs", "2", "--steps", "60", "--image-size", "16", "--json")
     assert out.returncode == 0, out.stderr

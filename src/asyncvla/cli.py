@@ -51,8 +51,10 @@ def _report(summary: dict, as_json: bool) -> None:
 
 @dataclass
 class Envs:
-    """List every simulator backend, whether it is installed, and its tasks."""
+    """List every simulator backend, whether it is installed, and its tasks (`asyncvla envs metaworld`: all of one's)."""
 
+    backend: Positional[str | None] = None
+    """Only this backend, with every task id in full."""
     json: bool = False
     """Print a JSON list of {backend, available, reason, tasks} instead of a table."""
 
@@ -60,16 +62,27 @@ class Envs:
         from asyncvla.envs.registry import describe_backends
 
         infos = describe_backends()
+        if self.backend is not None:
+            names = [i.backend for i in infos]
+            if self.backend not in names:
+                raise ConfigError(f"backend={self.backend!r} is invalid: allowed: {', '.join(names)}")
+            infos = [i for i in infos if i.backend == self.backend]
         if self.json:
             _print_json([{"backend": i.backend, "available": i.available, "reason": i.reason, "tasks": i.tasks} for i in infos])
+            return
+        if self.backend is not None:
+            i = infos[0]
+            print(f"{i.backend}: {'available' if i.available else 'not available: ' + i.reason}; {len(i.tasks)} tasks")
+            print("\n".join(f"{i.backend}/{t}" for t in i.tasks))
             return
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("backend", "available", "tasks", "notes")
+        table = Table("backend", "available", "notes")
+        table.add_column("tasks", overflow="fold", ratio=1)  # fold long task ids, never cut them
         for i in infos:
-            shown = ", ".join(i.tasks[:6]) + (f" … ({len(i.tasks)})" if len(i.tasks) > 6 else "")
-            table.add_row(i.backend, "yes" if i.available else "no", shown, i.reason or i.description)
+            shown = ", ".join(i.tasks[:6]) + (f" … ({len(i.tasks)}: asyncvla envs {i.backend})" if len(i.tasks) > 6 else "")
+            table.add_row(i.backend, "yes" if i.available else "no", i.reason or i.description, shown)
         Console().print(table)
 
 

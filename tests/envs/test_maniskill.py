@@ -78,3 +78,21 @@ def test_vector_env_steps_chunks():
         assert venv.reset()[0].obs.image.shape == (32, 32, 3)
         res = venv.step(np.zeros((1, 3, 7), np.float32))[0]
         assert res.num_steps == 3 and res.obs.image.shape == (32, 32, 3)
+
+
+def test_the_probe_runs_once_per_machine_setup(tmp_path, monkeypatch):
+    """The Vulkan probe (~4 s) is kept on disk, keyed by what its answer depends on."""
+    calls = []
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(maniskill, "probe", lambda: calls.append(1) or {"ok": True, "tasks": {"A-v1": 50}, "reason": ""})
+    try:
+        for _ in range(2):
+            maniskill._probe_cached.cache_clear()  # a new process
+            assert maniskill._probe_cached()["tasks"] == {"A-v1": 50}
+        assert len(calls) == 1 and len(list((tmp_path / "asyncvla").glob("maniskill-probe-*.json"))) == 1
+        monkeypatch.setenv("VK_ICD_FILENAMES", "/another/driver.json")  # another driver: probe again
+        maniskill._probe_cached.cache_clear()
+        maniskill._probe_cached()
+        assert len(calls) == 2
+    finally:
+        maniskill._probe_cached.cache_clear()

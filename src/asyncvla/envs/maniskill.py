@@ -23,11 +23,14 @@ shader and shadows on.
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.metadata
 import json
 import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -116,9 +119,45 @@ def probe(env: dict[str, str] | None = None, timeout_s: float = PROBE_TIMEOUT_S)
     return out
 
 
+ICD_DIRS = ("/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d", "~/.local/share/vulkan/icd.d")
+"""Where Vulkan drivers register (scripts/install_vulkan.sh's Mesa lands in the first)."""
+
+
+def probe_key() -> str:
+    """What the probe's answer depends on: interpreter, mani-skill version, Vulkan driver files and the
+    variables that pick them. Installing a driver or another mani-skill changes it."""
+    try:
+        version = importlib.metadata.version("mani-skill")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    icds = [f"{p}:{p.stat().st_mtime_ns}" for d in ICD_DIRS for p in sorted(Path(d).expanduser().glob("*.json"))]
+    env = [os.environ.get(k) for k in ("VK_ICD_FILENAMES", "VK_DRIVER_FILES", "VK_ADD_DRIVER_FILES")]
+    return hashlib.sha256(json.dumps([sys.executable, version, env, icds]).encode()).hexdigest()[:16]
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "asyncvla"
+
+
 @functools.cache
 def _probe_cached() -> dict:
-    return probe()
+    """The probe (a fresh interpreter and a Vulkan device, about 4 s) once per machine set-up: its
+    answer is kept on disk under `probe_key()`, so `asyncvla envs` and config checks stay fast."""
+    path = _cache_dir() / f"maniskill-probe-{probe_key()}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    out = probe()
+    if out["ok"] or out["tasks"]:  # not a timeout or a broken install, which may pass next time
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(out))
+            tmp.replace(path)
+        except OSError:
+            pass
+    return out
 
 
 def _np(x) -> np.ndarray:
