@@ -136,3 +136,37 @@ def test_sft_trains_on_a_lerobot_layout_dataset_with_mapped_cameras(tmp_path, ca
     assert summary["frames"] == 4 and summary["episodes"] == 1 and (tmp_path / "ck/model.safetensors").exists()
     assert main(args[:-3]) == 2  # without the mapping: one line naming the missing observation.image
     assert "camera 'main' reads feature 'observation.image', which is missing" in capsys.readouterr().err
+
+
+def _hf_features(features: dict):
+    """LeRobot's `get_hf_features_from_features` (lerobot/datasets/utils.py), for the dtypes we write."""
+    import datasets
+
+    seq = getattr(datasets, "List", None) or datasets.Sequence
+    out = {}
+    for key, ft in features.items():
+        if ft["dtype"] == "video":
+            continue
+        if ft["dtype"] == "image":
+            out[key] = datasets.Image()
+        elif ft["shape"] == [1]:
+            out[key] = datasets.Value(dtype=ft["dtype"])
+        else:
+            out[key] = seq(datasets.Value(dtype=ft["dtype"]), length=ft["shape"][0])
+    return datasets.Features(out)
+
+
+def test_the_data_opens_as_lerobot_opens_it(written, tmp_path):
+    """`datasets.load_dataset("parquet", ...)` with the features LeRobot derives from info.json."""
+    import datasets
+    root, eps = written
+    info = json.loads((root / "meta/info.json").read_text())
+    hf = datasets.load_dataset("parquet", data_files=[str(p) for p in sorted((root / "data").glob("*/*.parquet"))],
+                               split="train", features=_hf_features(info["features"]), cache_dir=str(tmp_path / "hf"))
+    assert len(hf) == info["total_frames"] == 10
+    row = hf[3]  # episode 1, frame 0
+    assert row["episode_index"] == 1 and row["frame_index"] == 0 and row["task_index"] == 1
+    np.testing.assert_array_equal(np.asarray(row["observation.image"]), eps[1].images[0])
+    np.testing.assert_array_equal(np.asarray(row["observation.images.wrist"]), eps[1].extra_images["wrist"][0])
+    np.testing.assert_allclose(row["action"], eps[1].actions[0])
+    assert row["timestamp"] == pytest.approx(0.0) and hf[4]["timestamp"] == pytest.approx(1 / info["fps"])
