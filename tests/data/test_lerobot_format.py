@@ -170,3 +170,14 @@ def test_the_data_opens_as_lerobot_opens_it(written, tmp_path):
     np.testing.assert_array_equal(np.asarray(row["observation.images.wrist"]), eps[1].extra_images["wrist"][0])
     np.testing.assert_allclose(row["action"], eps[1].actions[0])
     assert row["timestamp"] == pytest.approx(0.0) and hf[4]["timestamp"] == pytest.approx(1 / info["fps"])
+
+
+def test_torn_metadata_is_one_line(tmp_path):
+    _lerobot_dataset(tmp_path)
+    (tmp_path / "meta/info.json").write_text('{"fps": ')
+    with pytest.raises(ConfigError, match="meta/info.json is not JSON"):
+        load_dataset(tmp_path)
+    _lerobot_dataset(tmp_path / "b")
+    pd.DataFrame({"episode_index": [0]}).to_parquet(tmp_path / "b/meta/episodes/chunk-000/file-000.parquet")
+    with pytest.raises(ConfigError, match="meta/episodes has no length column"):
+        load_dataset(tmp_path / "b", image_keys={"main": "observation.images.image"})

@@ -300,10 +300,17 @@ def load_dataset(root: str | Path, image_keys: dict[str, str] | None = None, sta
     info_path = root / "meta/info.json"
     if not info_path.exists():
         raise _fail(root, "meta/info.json is missing (not a LeRobot v3 dataset)")
-    info = json.loads(info_path.read_text())
+    try:
+        info = json.loads(info_path.read_text())
+    except ValueError as e:
+        raise _fail(root, f"meta/info.json is not JSON ({e})") from None
     features = info.get("features", {})
-    data = _tables(root, "data/chunk-*/file-*.parquet", "data").sort_by("index")
-    episodes = _tables(root, "meta/episodes/chunk-*/file-*.parquet", "episode metadata").sort_by("episode_index")
+    data = _tables(root, "data/chunk-*/file-*.parquet", "data")
+    episodes = _tables(root, "meta/episodes/chunk-*/file-*.parquet", "episode metadata")
+    for table, cols, where in ((data, ("index", "episode_index"), "the data"), (episodes, ("episode_index", "length"), "meta/episodes")):
+        if missing := [c for c in cols if c not in table.column_names]:
+            raise _fail(root, f"{where} has no {', '.join(missing)} column")
+    data, episodes = data.sort_by("index"), episodes.sort_by("episode_index")
     tasks = _read_tasks(root)
     prefix = EXTRA_IMAGE.format("")
     if image_keys is None:
@@ -317,7 +324,7 @@ def load_dataset(root: str | Path, image_keys: dict[str, str] | None = None, sta
                               "re-encode it as an image feature")
         if col not in data.column_names:
             raise _fail(root, f"camera {cam!r} reads feature {col!r}, which is missing; image features: {found or 'none'}")
-    for col in (state_key, action_key, "episode_index", "frame_index", "index", "task_index"):
+    for col in (state_key, action_key, "frame_index", "task_index"):
         if col not in data.column_names:
             raise _fail(root, f"feature {col!r} is missing; the data has {data.column_names}")
     if unknown := sorted(set(data.column("task_index").to_pylist()) - set(tasks)):
