@@ -91,7 +91,8 @@ def test_train_async_on_ray_balances_the_books(tmp_path):
     assert led["trained_samples"] == 48 and max(int(k) for k in st["staleness"]["lag_hist"]) <= 1
     # The workers' output is in the run directory, one file per role, with each env crash named.
     logs = tmp_path / "run" / "logs"
-    assert {"env-manager-0.log", "env-manager-1.log", "rollout-server-0.log"} <= {p.name for p in logs.iterdir()}
+    assert {"env-manager-0.log", "env-manager-1.log", "rollout-server-0.log", "hub.log"} <= {p.name for p in logs.iterdir()}
+    assert not any(":job_id:" in p.read_text() for p in logs.iterdir())  # Ray's attribution markers stay in Ray's files
     crashes = sum(p.read_text().count("its episode is cut there") for p in logs.glob("env-manager-*.log"))
     assert crashes == led["dropped_samples"]["env_error"] > 0
 

@@ -22,6 +22,7 @@ from typing import Any, Callable, Hashable
 import ray
 
 from asyncvla.policies.base import ObsBatch
+from asyncvla.runtime.backends import worker_logs
 from asyncvla.runtime.data import Segment
 from asyncvla.runtime.inference.batcher import Reply
 from asyncvla.runtime.learner.staleness import Ledger, StalenessController
@@ -55,6 +56,7 @@ class Hub:
     """The trajectory queue and the admission half of the staleness controller, in one actor."""
 
     def __init__(self, max_staleness: int, samples_per_version: int, capacity: int):
+        worker_logs.name("hub")
         self.controller = StalenessController(max_staleness, samples_per_version)
         self.queue = TrajectoryQueue(capacity)
 

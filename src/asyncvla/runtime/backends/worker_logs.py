@@ -21,6 +21,8 @@ ENV = "ASYNCVLA_WORKER_LOG_DIR"
 """Absolute log directory, handed to the workers through Ray's runtime_env."""
 HOOK = f"{__name__}.setup"
 _file: io.TextIOBase | None = None
+_RAY_MARKERS = (":job_id:", ":actor_name:", ":task_name:")
+"""Lines Ray prints into its own worker files to attribute them; noise in ours."""
 
 
 class _Tee(io.TextIOBase):
@@ -31,7 +33,8 @@ class _Tee(io.TextIOBase):
 
     def write(self, s: str) -> int:
         self.stream.write(s)
-        self.copy.write(s)
+        if not s.startswith(_RAY_MARKERS):
+            self.copy.write(s)
         return len(s)
 
     def flush(self) -> None:

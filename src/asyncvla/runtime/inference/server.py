@@ -24,6 +24,7 @@ import torch
 from asyncvla.config import ConfigError
 from asyncvla.metrics.spans import SpanRecorder
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
+from asyncvla.runtime.backends import worker_logs
 from asyncvla.runtime.device import DeviceGate
 from asyncvla.runtime.inference.batcher import (REPLY_TIMEOUT_S, DynamicBatcher, InferenceError, LocalTransport, Reply, Request,
                                                 Transport)
@@ -204,8 +205,6 @@ def make_ray_rollout_server(**ray_options):
     class RolloutServerActor:
         def __init__(self, policy_fn: Callable[[], Policy], max_batch: int, max_wait_s: float, index: int = 0,
                      trace: bool = True, device: DeviceGate | None = None):
-            from asyncvla.runtime.backends import worker_logs
-
             worker_logs.name(f"rollout-server-{index}")
             self.transport = LocalTransport()
             self.server = RolloutServer(policy_fn(), max_batch, max_wait_s, index=index, trace=trace, device=device)
