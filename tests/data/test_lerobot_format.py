@@ -112,7 +112,8 @@ def test_reads_a_dataset_in_lerobots_own_layout(tmp_path):
 
 @pytest.mark.parametrize("kwargs,video,match", [
     ({}, False, r"camera 'main' reads feature 'observation.image', which is missing; image features: \['observation.images.image'"),
-    ({"image_keys": {"main": "observation.images.image"}}, True, "stored as mp4 video"),
+    ({"image_keys": {"main": "observation.images.image"}}, True,
+     "video feature 'observation.images.image': meta/episodes has no videos/observation.images.image/chunk_index"),
     ({"image_keys": {"wrist": "observation.images.wrist_image"}}, False, "name no 'main' camera"),
     ({"image_keys": {"main": "observation.images.image"}, "state_key": "observation.proprio"}, False,
      "feature 'observation.proprio' is missing"),
@@ -181,3 +182,46 @@ def test_torn_metadata_is_one_line(tmp_path):
     pd.DataFrame({"episode_index": [0]}).to_parquet(tmp_path / "b/meta/episodes/chunk-000/file-000.parquet")
     with pytest.raises(ConfigError, match="meta/episodes has no length column"):
         load_dataset(tmp_path / "b", image_keys={"main": "observation.images.image"})
+
+
+def _encode_mp4(path, frames, fps):
+    """An mp4 as LeRobot encodes one (libsvtav1, yuv420p, a keyframe every 2 frames)."""
+    import fractions
+
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        st = c.add_stream("libsvtav1", rate=fps, options={"crf": "30", "g": "2"})
+        st.width, st.height, st.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        st.time_base = fractions.Fraction(1, fps)
+        for k, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = k
+            c.mux(st.encode(f))
+        c.mux(st.encode())
+
+
+def test_reads_video_features_at_each_frames_timestamp(tmp_path):
+    """LeRobot's default: every episode of a camera in one mp4, found by the episode's from_timestamp."""
+    fps, lengths, key = 20, [3, 4], "observation.images.image"
+    n = sum(lengths)
+    frames = [np.full((64, 64, 3), (20 * k, 255 - 20 * k, 100), np.uint8) for k in range(n)]  # flat colours survive AV1
+    _encode_mp4(tmp_path / f"videos/{key}/chunk-000/file-000.mp4", frames, fps)
+    (tmp_path / "meta/episodes/chunk-000").mkdir(parents=True)
+    (tmp_path / "data/chunk-000").mkdir(parents=True)
+    info = {"codebase_version": "v3.0", "fps": fps, "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+            "features": {key: {"dtype": "video", "shape": [64, 64, 3]}, "observation.state": {"dtype": "float32", "shape": [2]},
+                         "action": {"dtype": "float32", "shape": [2]}}}
+    (tmp_path / "meta/info.json").write_text(json.dumps(info))
+    pd.DataFrame({"task_index": [0]}, index=pd.Index(["stack"], name="task")).to_parquet(tmp_path / "meta/tasks.parquet")
+    pd.DataFrame({"episode_index": [0, 1], "length": lengths, f"videos/{key}/chunk_index": [0, 0], f"videos/{key}/file_index": [0, 0],
+                  f"videos/{key}/from_timestamp": [0.0, lengths[0] / fps]}).to_parquet(tmp_path / "meta/episodes/chunk-000/file-000.parquet")
+    frame_index = [i for m in lengths for i in range(m)]
+    pq.write_table(pa.table({"observation.state": [[0.0, 1.0]] * n, "action": [[0.1, 0.2]] * n,
+                             "episode_index": [e for e, m in enumerate(lengths) for _ in range(m)], "frame_index": frame_index,
+                             "index": list(range(n)), "task_index": [0] * n, "timestamp": [i / fps for i in frame_index]}),
+                   tmp_path / "data/chunk-000/file-000.parquet")
+    ds = load_dataset(tmp_path, image_keys={"main": key})
+    assert ds.images.shape == (n, 64, 64, 3)
+    np.testing.assert_allclose(ds.images.reshape(n, -1, 3).mean(1), np.stack(frames).reshape(n, -1, 3).mean(1), atol=6)

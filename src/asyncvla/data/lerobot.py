@@ -318,11 +318,9 @@ def load_dataset(root: str | Path, image_keys: dict[str, str] | None = None, sta
     if MAIN_CAMERA not in image_keys:
         raise _fail(root, f"image_keys {image_keys} name no {MAIN_CAMERA!r} camera")
     found = [f for f, spec in features.items() if spec.get("dtype") in ("image", "video")]
+    videos = {col for col in image_keys.values() if features.get(col, {}).get("dtype") == "video"}
     for cam, col in image_keys.items():
-        if features.get(col, {}).get("dtype") == "video":
-            raise _fail(root, f"feature {col!r} (camera {cam}) is stored as mp4 video, which asyncvla does not decode yet; "
-                              "re-encode it as an image feature")
-        if col not in data.column_names:
+        if col not in data.column_names and col not in videos:
             raise _fail(root, f"camera {cam!r} reads feature {col!r}, which is missing; image features: {found or 'none'}")
     for col in (state_key, action_key, "frame_index", "task_index"):
         if col not in data.column_names:
@@ -338,6 +336,8 @@ def load_dataset(root: str | Path, image_keys: dict[str, str] | None = None, sta
         return decode_png(d["bytes"]) if d.get("bytes") is not None else np.asarray(Image.open(root / d["path"]).convert("RGB"))
 
     def images(column: str) -> np.ndarray:
+        if column in videos:
+            return video_frames(root, info, episodes, data, column)
         frames = [image(d) for d in data.column(column).to_pylist()]
         return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
 
@@ -370,3 +370,44 @@ def load_dataset(root: str | Path, image_keys: dict[str, str] | None = None, sta
         info=info,
         extra_images={cam: images(col) for cam, col in image_keys.items() if cam != MAIN_CAMERA},
     )
+
+
+def _decode(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(frames [F, H, W, 3] uint8, presentation times [F] in s) of an mp4, with PyAV (LeRobot's decoder too)."""
+    import av
+
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        frames = [(f.to_ndarray(format="rgb24"), float(f.time)) for f in c.decode(stream)]
+    if not frames:
+        return np.zeros((0, 0, 0, 3), np.uint8), np.zeros(0)
+    return np.stack([f for f, _ in frames]), np.array([t for _, t in frames])
+
+
+def video_frames(root: Path, info: dict, episodes: pa.Table, data: pa.Table, key: str) -> np.ndarray:
+    """Every data row's frame of video feature `key`, as LeRobot v3 finds it: the episode's mp4
+    (`video_path` with the episode's `videos/<key>/chunk_index|file_index`) at the episode's
+    `videos/<key>/from_timestamp` plus the row's `timestamp`, within half a frame."""
+    cols = [f"videos/{key}/{c}" for c in ("chunk_index", "file_index", "from_timestamp")]
+    if missing := [c for c in cols if c not in episodes.column_names]:
+        raise _fail(root, f"video feature {key!r}: meta/episodes has no {', '.join(missing)} column")
+    if "timestamp" not in data.column_names or not info.get("video_path"):
+        raise _fail(root, f"video feature {key!r} needs the data's timestamp column and info.json's video_path")
+    ep_rows = {e: i for i, e in enumerate(episodes.column("episode_index").to_pylist())}
+    chunk, file, start = (episodes.column(c).to_pylist() for c in cols)
+    tolerance = 0.5 / float(info["fps"]) + 1e-4
+    decoded: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+    out = []
+    for e, ts in zip(data.column("episode_index").to_pylist(), data.column("timestamp").to_pylist()):
+        i = ep_rows[e]
+        path = root / info["video_path"].format(video_key=key, chunk_index=chunk[i], file_index=file[i])
+        if path not in decoded:
+            if not path.exists():
+                raise _fail(root, f"video feature {key!r}: {path.relative_to(root)} is missing")
+            decoded[path] = _decode(path)
+        frames, times = decoded[path]
+        j = int(np.abs(times - (start[i] + ts)).argmin()) if len(times) else -1
+        if j < 0 or abs(times[j] - (start[i] + ts)) > tolerance:
+            raise _fail(root, f"video feature {key!r}: no frame at {start[i] + ts:.3f} s in {path.relative_to(root)}")
+        out.append(frames[j])
+    return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
