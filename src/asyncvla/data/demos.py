@@ -72,7 +72,7 @@ class _Recording:
 
 
 def record_demos(cfg: EnvConfig, episodes: int, out: Path, progress: bool = True,
-                 action_noise: float = DEFAULT_ACTION_NOISE, expert_speed: float = 1.0) -> dict:
+                 action_noise: float = DEFAULT_ACTION_NOISE, expert_speed: float = 1.0, video: bool = False) -> dict:
     """Runs the expert for `episodes` whole episodes and writes them to `out`.
 
     Episodes end at success (end_on_success is forced on) or at max_episode_steps; failed
@@ -99,7 +99,8 @@ def record_demos(cfg: EnvConfig, episodes: int, out: Path, progress: bool = True
     cfg = dataclasses.replace(cfg, end_on_success=True)
     expert = expert_for(cfg)
     module = _backend_module(cfg)
-    writer = DatasetWriter(Path(out), fps=float(getattr(module, "FPS", 10)), robot_type=getattr(module, "ROBOT_TYPE", cfg.backend))
+    writer = DatasetWriter(Path(out), fps=float(getattr(module, "FPS", 10)), robot_type=getattr(module, "ROBOT_TYPE", cfg.backend),
+                           video=video)
     t0 = time.perf_counter()
     with make_vector_env(cfg) as vec, _progress(progress, episodes, cfg.id) as advance:
         recs = {r.env_id: _Recording(r.obs) for r in vec.reset()}

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,9 @@ from asyncvla.data.stats import aggregate_stats, feature_stats, to_json
 CODEBASE_VERSION = "v3.0"
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+VIDEO_CODEC = "av1"
+"""LeRobot's default: libsvtav1, yuv420p, a keyframe every 2 frames, crf 30."""
 _SCALARS = ("timestamp", "frame_index", "episode_index", "index", "task_index", "next.reward", "next.success", "next.done")
 _IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 MAIN_IMAGE = "observation.image"
@@ -100,10 +104,14 @@ def decode_png(data: bytes) -> np.ndarray:
 class DatasetWriter:
     """Collects episodes, then `finish()` writes data, tasks, episodes and info in one go."""
 
-    def __init__(self, root: Path, fps: float, robot_type: str = "unknown"):
+    def __init__(self, root: Path, fps: float, robot_type: str = "unknown", video: bool = False):
         self.root = Path(root)
         self.fps = fps
         self.robot_type = robot_type
+        self.video = video
+        """Cameras as mp4 video features (AV1, as LeRobot encodes them) instead of inline PNG images."""
+        self._frames: dict[str, list[np.ndarray]] = {}
+        """Video mode: every frame of each camera, encoded at finish()."""
         self._columns: dict[str, list] = {k: [] for k in (
             MAIN_IMAGE, "observation.state", "action", "episode_index", "frame_index", "index",
             "timestamp", "task_index", "next.reward", "next.success", "next.done")}
@@ -138,7 +146,10 @@ class DatasetWriter:
         ep_index, start, n = len(self._episodes), self.num_frames, len(ep)
         c = self._columns
         for col, images in ((MAIN_IMAGE, ep.images), *((EXTRA_IMAGE.format(k), v) for k, v in ep.extra_images.items())):
-            c[col] += [{"bytes": encode_png(img), "path": None} for img in images]
+            if self.video:
+                self._frames.setdefault(col, []).extend(images)
+            else:
+                c[col] += [{"bytes": encode_png(img), "path": None} for img in images]
             self._shapes[col] = list(images[0].shape)
         c["observation.state"] += [np.asarray(p, np.float32).tolist() for p in ep.proprio]
         c["action"] += [np.asarray(a, np.float32).tolist() for a in ep.actions]
@@ -157,6 +168,9 @@ class DatasetWriter:
                                    **{"return": float(np.sum(ep.rewards))}, dataset_from_index=start,
                                    dataset_to_index=start + n, **{"data/chunk_index": 0, "data/file_index": 0},
                                    **{"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0},
+                                   **{f"videos/{col}/{k}": v for col in (self._image_columns if self.video else ())
+                                      for k, v in (("chunk_index", 0), ("file_index", 0), ("from_timestamp", start / self.fps),
+                                                   ("to_timestamp", (start + n) / self.fps))},
                                    **{f"stats/{f}/{k}": v.tolist() for f, st in stats.items() for k, v in st.items()}))
 
     def _episode_stats(self, ep: Episode, start: int, n: int) -> dict[str, dict[str, np.ndarray]]:
@@ -177,6 +191,8 @@ class DatasetWriter:
         for p in (data_file, ep_file):
             p.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(self._data_table(), data_file)
+        for col, frames in self._frames.items():
+            encode_mp4(self.root / VIDEO_PATH.format(video_key=col, chunk_index=0, file_index=0), frames, self.fps)
         pq.write_table(pa.Table.from_pylist(self._episodes), ep_file)
         tasks = sorted(self._tasks.items(), key=lambda kv: kv[1])
         table = pa.table({"task_index": pa.array([i for _, i in tasks], pa.int64()), "task": [t for t, _ in tasks]})
@@ -191,7 +207,7 @@ class DatasetWriter:
         c = self._columns
         f32 = pa.list_(pa.float32())
         arrays = {
-            **{col: pa.array(c[col], _IMAGE_TYPE) for col in self._image_columns},
+            **{col: pa.array(c[col], _IMAGE_TYPE) for col in (() if self.video else self._image_columns)},
             "observation.state": pa.array(c["observation.state"], f32),
             "action": pa.array(c["action"], f32),
             **{k: pa.array(c[k], pa.int64()) for k in ("episode_index", "frame_index", "index", "task_index")},
@@ -202,6 +218,19 @@ class DatasetWriter:
         }
         return pa.table(arrays)
 
+    def _image_feature(self, shape: list[int]) -> dict:
+        names = ["height", "width", "channels"]
+        if not self.video:
+            return {"dtype": "image", "shape": shape, "names": names}
+        h, w, ch = shape
+        return {"dtype": "video", "shape": shape, "names": names,
+                "info": {"video.height": h, "video.width": w, "video.codec": VIDEO_CODEC, "video.pix_fmt": "yuv420p",
+                         "video.is_depth_map": False, "video.fps": self._info_fps, "video.channels": ch, "has_audio": False}}
+
+    @property
+    def _info_fps(self) -> float | int:
+        return int(self.fps) if float(self.fps).is_integer() else self.fps
+
     @property
     def _image_columns(self) -> list[str]:
         return [MAIN_IMAGE, *(EXTRA_IMAGE.format(k) for k in self._cameras or ())]
@@ -210,7 +239,7 @@ class DatasetWriter:
         s = self._shapes
         scalar = lambda dtype: {"dtype": dtype, "shape": [1], "names": None}  # noqa: E731
         features = {
-            **{col: {"dtype": "image", "shape": s[col], "names": ["height", "width", "channels"]} for col in self._image_columns},
+            **{col: self._image_feature(s[col]) for col in self._image_columns},
             "observation.state": {"dtype": "float32", "shape": s["observation.state"], "names": None},
             "action": {"dtype": "float32", "shape": s["action"], "names": None},
             "timestamp": scalar("float32"), "frame_index": scalar("int64"), "episode_index": scalar("int64"),
@@ -219,10 +248,11 @@ class DatasetWriter:
         }
         return {
             "codebase_version": CODEBASE_VERSION, "robot_type": self.robot_type,
-            "fps": int(self.fps) if float(self.fps).is_integer() else self.fps,  # LeRobot writes an int
+            "fps": self._info_fps,  # LeRobot writes an int
             "total_episodes": len(self._episodes), "total_frames": self.num_frames, "total_tasks": len(self._tasks),
             "chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 500,
-            "splits": {"train": f"0:{len(self._episodes)}"}, "data_path": DATA_PATH, "video_path": None,
+            "splits": {"train": f"0:{len(self._episodes)}"}, "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if self.video else None,
             "features": features,
         }
 
@@ -314,7 +344,8 @@ def load_dataset(root: str | Path, image_keys: dict[str, str] | None = None, sta
     tasks = _read_tasks(root)
     prefix = EXTRA_IMAGE.format("")
     if image_keys is None:
-        image_keys = {MAIN_CAMERA: MAIN_IMAGE, **{c[len(prefix):]: c for c in data.column_names if c.startswith(prefix)}}
+        videos_in_info = [f for f, spec in features.items() if spec.get("dtype") == "video"]
+        image_keys = {MAIN_CAMERA: MAIN_IMAGE, **{c[len(prefix):]: c for c in [*data.column_names, *videos_in_info] if c.startswith(prefix)}}
     if MAIN_CAMERA not in image_keys:
         raise _fail(root, f"image_keys {image_keys} name no {MAIN_CAMERA!r} camera")
     found = [f for f, spec in features.items() if spec.get("dtype") in ("image", "video")]
@@ -370,6 +401,26 @@ def load_dataset(root: str | Path, image_keys: dict[str, str] | None = None, sta
         info=info,
         extra_images={cam: images(col) for cam, col in image_keys.items() if cam != MAIN_CAMERA},
     )
+
+
+def encode_mp4(path: Path, frames: list[np.ndarray], fps: float) -> None:
+    """Frames [H, W, 3] uint8 as an AV1 mp4, encoded as LeRobot encodes its video features (PyAV)."""
+    import fractions
+
+    import av
+
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole config to stderr at level 3 (info)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rate = fractions.Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), "w") as c:
+        st = c.add_stream("libsvtav1", rate=rate, options={"crf": "30", "g": "2", "preset": "12"})
+        st.width, st.height, st.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        st.time_base = 1 / rate
+        for k, img in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            f.pts = k
+            c.mux(st.encode(f))
+        c.mux(st.encode())
 
 
 def _decode(path: Path) -> tuple[np.ndarray, np.ndarray]:
