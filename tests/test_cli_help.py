@@ -4,7 +4,7 @@ SECTION` shows that section, `--help-all` everything."""
 from asyncvla.cli import main
 from asyncvla.cli_help import boxes, short_help
 
-TEXT = """usage: x [-h]
+TEXT = """usage: x [-h] [X OPTIONS]
 
  options
  ----------------------------------------
@@ -24,16 +24,16 @@ TEXT = """usage: x [-h]
 
 def test_sections_are_split_by_their_title_and_rule():
     head, bs = boxes(TEXT)
-    assert head == ["usage: x [-h]", ""]
+    assert head == ["usage: x [-h] [X OPTIONS]", ""]
     assert [t for t, _ in bs] == ["", "env", "env.wrappers"]
     assert sum(ln.startswith("  --") for ln in bs[1][1]) == 2
 
 
 def test_a_section_includes_its_subsections(monkeypatch):
     monkeypatch.setattr("asyncvla.cli_help.MAX_LINES", 5)
-    env = short_help(TEXT, "env", "x")
+    env = short_help(TEXT, "env")
     assert "--env.id" in env and "--env.wrappers.latency-s" in env and "--preset" not in env
-    top = short_help(TEXT, None, "x")
+    top = short_help(TEXT, None)
     assert "--preset" in top and "--env.id" not in top and "3 options   x --help env" in top
 
 
@@ -50,3 +50,9 @@ def test_train_help_fits_a_screen_and_names_every_section(capsys):
     assert len(capsys.readouterr().out.splitlines()) > 300
     assert main(["train", "--help", "nope"]) == 0
     assert "no section 'nope'; sections: env, policy, algo" in capsys.readouterr().out
+
+
+def test_the_section_hints_name_a_nested_subcommand_in_full(capsys):
+    assert main(["bench", "policy", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "asyncvla bench policy --help " in out and "asyncvla bench --help" not in out

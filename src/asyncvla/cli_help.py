@@ -34,9 +34,16 @@ def _options_in(box: list[str]) -> int:
     return sum(1 for ln in box if re.match(r"^  --", ln))
 
 
-def short_help(text: str, section: str | None, prog: str) -> str:
+def _prog(head: list[str]) -> str:
+    """The command as tyro's usage line names it (`asyncvla bench policy`), nested subcommands included."""
+    usage = next((ln for ln in head if ln.startswith("usage: ")), "usage: asyncvla")
+    return usage.removeprefix("usage: ").split(" [", 1)[0].strip()
+
+
+def short_help(text: str, section: str | None) -> str:
     """The command's own options and a list of sections; or every box of `section` (and its sub-sections)."""
     head, bs = boxes(text)
+    prog = _prog(head)
     if len(text.splitlines()) <= MAX_LINES and section is None:
         return text
     if section is not None:
@@ -66,5 +73,4 @@ def render(parse: Callable[[list[str]], object], argv: list[str]) -> str | None:
     full = io.StringIO()
     with contextlib.redirect_stdout(full), contextlib.suppress(SystemExit):
         parse([a for j, a in enumerate(argv) if j != i + 1 or section is None])
-    prog = " ".join(["asyncvla", *(a for a in argv[:i] if not a.startswith("-"))][:2])
-    return short_help(full.getvalue(), section, prog)
+    return short_help(full.getvalue(), section)
