@@ -248,3 +248,14 @@ def test_demos_as_video_round_trip_close_to_the_png_frames(tmp_path, capsys):
     assert "observation.image" not in pq.read_schema(tmp_path / "mp4/data/chunk-000/file-000.parquet").names
     ep = pd.read_parquet(tmp_path / "mp4/meta/episodes/chunk-000/file-000.parquet")
     assert ep["videos/observation.image/from_timestamp"][1] == pytest.approx(ep["length"][0] / info["fps"])
+
+
+def test_episode_success_falls_back_to_the_frames_next_success(written):
+    root, _ = written
+    ep_file = root / "meta/episodes/chunk-000/file-000.parquet"
+    pq.write_table(pq.read_table(ep_file).drop_columns(["success"]), ep_file)
+    data_file = root / "data/chunk-000/file-000.parquet"
+    t = pq.read_table(data_file)
+    flags = [i == 7 for i in range(t.num_rows)]  # the last frame of episode 1 (frames 3..7)
+    pq.write_table(t.set_column(t.column_names.index("next.success"), "next.success", pa.array(flags)), data_file)
+    np.testing.assert_array_equal(load_dataset(root).episode_success, [False, True, False])

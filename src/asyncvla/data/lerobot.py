@@ -334,7 +334,7 @@ def load_dataset(root: str | Path, image_keys: dict[str, str] | None = None, sta
         info = json.loads(info_path.read_text())
     except ValueError as e:
         raise _fail(root, f"meta/info.json is not JSON ({e})") from None
-    features = info.get("features", {})
+    dtypes = {f: spec.get("dtype") for f, spec in info.get("features", {}).items()}
     data = _tables(root, "data/chunk-*/file-*.parquet", "data")
     episodes = _tables(root, "meta/episodes/chunk-*/file-*.parquet", "episode metadata")
     for table, cols, where in ((data, ("index", "episode_index"), "the data"), (episodes, ("episode_index", "length"), "meta/episodes")):
@@ -343,13 +343,13 @@ def load_dataset(root: str | Path, image_keys: dict[str, str] | None = None, sta
     data, episodes = data.sort_by("index"), episodes.sort_by("episode_index")
     tasks = _read_tasks(root)
     prefix = EXTRA_IMAGE.format("")
-    if image_keys is None:
-        videos_in_info = [f for f, spec in features.items() if spec.get("dtype") == "video"]
-        image_keys = {MAIN_CAMERA: MAIN_IMAGE, **{c[len(prefix):]: c for c in [*data.column_names, *videos_in_info] if c.startswith(prefix)}}
+    if image_keys is None:  # video features have no data column
+        cols = [*data.column_names, *(f for f, d in dtypes.items() if d == "video")]
+        image_keys = {MAIN_CAMERA: MAIN_IMAGE, **{c[len(prefix):]: c for c in cols if c.startswith(prefix)}}
     if MAIN_CAMERA not in image_keys:
         raise _fail(root, f"image_keys {image_keys} name no {MAIN_CAMERA!r} camera")
-    found = [f for f, spec in features.items() if spec.get("dtype") in ("image", "video")]
-    videos = {col for col in image_keys.values() if features.get(col, {}).get("dtype") == "video"}
+    found = [f for f, d in dtypes.items() if d in ("image", "video")]
+    videos = {col for col in image_keys.values() if dtypes.get(col) == "video"}
     for cam, col in image_keys.items():
         if col not in data.column_names and col not in videos:
             raise _fail(root, f"camera {cam!r} reads feature {col!r}, which is missing; image features: {found or 'none'}")
@@ -382,7 +382,7 @@ def load_dataset(root: str | Path, image_keys: dict[str, str] | None = None, sta
     if "success" in episodes.column_names:
         episode_success = episodes.column("success").to_numpy(zero_copy_only=False).astype(bool)
     else:
-        episode_success = np.array([successes[episode_index == e].any() for e in episodes.column("episode_index").to_pylist()])
+        episode_success = np.isin(episodes.column("episode_index").to_numpy(), episode_index[successes])
     task_ids = sorted(tasks)
     remap = {t: i for i, t in enumerate(task_ids)}
     return DemoDataset(
