@@ -233,3 +233,42 @@ def test_bench_policy_gives_rows_for_every_family_asked(tmp_path):
     assert [(r["policy_type"], r["batch_size"]) for r in rows] == [("oft", 1), ("oft", 2), ("flow", 1), ("flow", 2)]
     for r in rows:
         assert r["params"] >= r["trainable_params"] > 0 and r["infer_samples_per_s"] > 0 and r["train_samples_per_s"] > 0
+
+
+def _leaf_commands():
+    """Every runnable subcommand class, nested ones (bench …) and train included."""
+    import dataclasses
+    import typing
+
+    from asyncvla.cli import Command, Train
+
+    def leaves(t):
+        if typing.get_origin(t) is typing.Annotated:
+            yield from leaves(typing.get_args(t)[0])
+        elif typing.get_origin(t) is typing.Union:
+            for arm in typing.get_args(t):
+                yield from leaves(arm)
+        else:
+            nested = typing.get_type_hints(t, include_extras=True).get("cmd") if dataclasses.is_dataclass(t) else None
+            yield from (leaves(nested) if nested is not None else [t])
+
+    return [Train, *leaves(Command)]
+
+
+@pytest.mark.parametrize("cls", _leaf_commands(), ids=lambda c: c.__name__)
+def test_every_command_that_reports_has_json(cls):
+    import dataclasses
+
+    assert "json" in {f.name for f in dataclasses.fields(cls)}, f"{cls.__name__} has no --json"
+
+
+def test_bench_json_last_line_is_the_results_file(tmp_path):
+    r = run_cli("bench", "batching", "--max-batches", "1", "--max-waits-ms", "0", "--clients", "1", "--seconds", "0.3",
+                "--out", str(tmp_path), "--json")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert json.loads(lines[-1]) == json.loads((tmp_path / "results.json").read_text())
+    assert json.loads(lines[0])["max_batch"] == 1  # the per-point line before it
+    human = run_cli("bench", "batching", "--max-batches", "1", "--max-waits-ms", "0", "--clients", "1", "--seconds", "0.3",
+                    "--out", str(tmp_path))
+    assert human.returncode == 0 and "| " in human.stdout and not human.stdout.lstrip().startswith("{")

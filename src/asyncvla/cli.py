@@ -49,6 +49,15 @@ def _report(summary: dict, as_json: bool) -> None:
         print(f"{k:>{width}}: {v}")
 
 
+def _bench_done(result: dict, out: Path, as_json: bool) -> None:
+    """A benchmark's end: the whole result as the last JSON line, or its report's table and notes."""
+    if as_json:
+        _print_json(result)
+    else:
+        print((Path(out) / "report.md").read_text().rstrip())
+        print(f"\n(results.json, report.md and plots in {out})")
+
+
 @dataclass
 class Envs:
     """List every simulator backend, whether it is installed, and its tasks (`asyncvla envs metaworld`: all of one's)."""
@@ -353,13 +362,16 @@ class BenchAblation:
     """Trace the sync and full-async rungs and draw them side by side (timeline.png)."""
     torch_threads: int = 1
     """torch intra-op threads (all roles share this process's cores)."""
+    json: bool = False
+    """One JSON line per run, then the whole result (results.json's content) as the last line."""
 
     def run(self) -> None:
         from asyncvla.bench.suite import ablation_cmd, set_torch_threads
 
         set_torch_threads(self.torch_threads)
         rungs = [r for item in self.rungs for r in item.split(",") if r]
-        ablation_cmd(self.workload, self.seconds, self.out, rungs or None, self.timeline)
+        _bench_done(ablation_cmd(self.workload, self.seconds, self.out, rungs or None, self.timeline, echo=self.json),
+                    self.out, self.json)
 
 
 @dataclass
@@ -373,12 +385,14 @@ class BenchPlacement:
     """Emulated accelerators shared out by the placement."""
     out: Path = Path("bench-results/placement")
     torch_threads: int = 1
+    json: bool = False
+    """One JSON line per run, then the whole result (results.json's content) as the last line."""
 
     def run(self) -> None:
         from asyncvla.bench.suite import placement_cmd, set_torch_threads
 
         set_torch_threads(self.torch_threads)
-        placement_cmd(self.workload, self.seconds, self.out, self.num_devices)
+        _bench_done(placement_cmd(self.workload, self.seconds, self.out, self.num_devices, echo=self.json), self.out, self.json)
 
 
 @dataclass
@@ -401,14 +415,17 @@ class BenchBatching:
     """Whose tiny VLA shape to serve."""
     out: Path = Path("bench-results/batching")
     torch_threads: int = 1
+    json: bool = False
+    """One JSON line per point, then the whole result (results.json's content) as the last line."""
 
     def run(self) -> None:
         from asyncvla.bench.suite import batching_cmd, set_torch_threads
 
         set_torch_threads(self.torch_threads)
-        batching_cmd(self.out, workload=self.workload, max_batches=self.max_batches, max_waits_ms=self.max_waits_ms,
+        res = batching_cmd(self.out, echo=self.json, workload=self.workload, max_batches=self.max_batches, max_waits_ms=self.max_waits_ms,
                      clients=self.clients, seconds=self.seconds, think_ms=self.think_ms, accelerator=self.accelerator,
                      infer_fixed_ms=self.infer_fixed_ms, infer_per_sample_ms=self.infer_per_sample_ms)
+        _bench_done(res, self.out, self.json)
 
 
 @dataclass
@@ -422,12 +439,15 @@ class BenchEnvs:
     chunk: int = 4
     image_size: int = 64
     out: Path = Path("bench-results/envs")
+    json: bool = False
+    """One JSON line per backend, then the whole result (results.json's content) as the last line."""
 
     def run(self) -> None:
         from asyncvla.bench.suite import envs_cmd
 
-        envs_cmd(self.out, backends=list(self.backends) or None, num_envs=self.num_envs, steps=self.steps,
-                 chunk=self.chunk, image_size=self.image_size)
+        res = envs_cmd(self.out, echo=self.json, backends=list(self.backends) or None, num_envs=self.num_envs,
+                       steps=self.steps, chunk=self.chunk, image_size=self.image_size)
+        _bench_done(res, self.out, self.json)
 
 
 @dataclass
@@ -439,11 +459,14 @@ class BenchTimeline:
     out: Path = Path("timeline.png")
     window_s: float = 6.0
     """Seconds shown, from the middle of each run."""
+    json: bool = False
+    """Print {"png": path} instead of the path."""
 
     def run(self) -> None:
         from asyncvla.bench.timeline import side_by_side_gantt
 
-        print(side_by_side_gantt([("sync", self.sync_trace), ("async", self.async_trace)], self.out, self.window_s))
+        png = side_by_side_gantt([("sync", self.sync_trace), ("async", self.async_trace)], self.out, self.window_s)
+        _print_json({"png": str(png)}) if self.json else print(png)
 
 
 @dataclass
@@ -454,12 +477,18 @@ class BenchSuite:
     only: tuple[str, ...] = ()
     """Run only these items (names as in bench/suite.py DEFAULT_SUITE)."""
     torch_threads: int = 1
+    json: bool = False
+    """One JSON line per run, then {"suite_wall_s": {item: seconds}} as the last line."""
 
     def run(self) -> None:
         from asyncvla.bench.suite import set_torch_threads, suite_cmd
 
         set_torch_threads(self.torch_threads)
-        _print_json({"suite_wall_s": suite_cmd(self.out, list(self.only) or None)})
+        walls = suite_cmd(self.out, list(self.only) or None, echo=self.json)
+        if self.json:
+            _print_json({"suite_wall_s": walls})
+        else:
+            print("\n".join(f"{name}: {s:.0f} s, report in {self.out / name}/report.md" for name, s in walls.items()))
 
 
 @dataclass

@@ -2,6 +2,7 @@
 does), and reading a dataset in LeRobot's own layout."""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from asyncvla.config import ConfigError
 from asyncvla.data import load_dataset
 from asyncvla.data.lerobot import DatasetWriter, Episode, decode_png, encode_png
 from asyncvla.data.stats import aggregate_stats, feature_stats
+from lerobot_v3 import check_v3, hf_features
 
 
 def _episode(n: int, rng, instruction: str, wrist: bool = False) -> Episode:
@@ -139,31 +141,13 @@ def test_sft_trains_on_a_lerobot_layout_dataset_with_mapped_cameras(tmp_path, ca
     assert "camera 'main' reads feature 'observation.image', which is missing" in capsys.readouterr().err
 
 
-def _hf_features(features: dict):
-    """LeRobot's `get_hf_features_from_features` (lerobot/datasets/utils.py), for the dtypes we write."""
-    import datasets
-
-    seq = getattr(datasets, "List", None) or datasets.Sequence
-    out = {}
-    for key, ft in features.items():
-        if ft["dtype"] == "video":
-            continue
-        if ft["dtype"] == "image":
-            out[key] = datasets.Image()
-        elif ft["shape"] == [1]:
-            out[key] = datasets.Value(dtype=ft["dtype"])
-        else:
-            out[key] = seq(datasets.Value(dtype=ft["dtype"]), length=ft["shape"][0])
-    return datasets.Features(out)
-
-
 def test_the_data_opens_as_lerobot_opens_it(written, tmp_path):
     """`datasets.load_dataset("parquet", ...)` with the features LeRobot derives from info.json."""
     import datasets
     root, eps = written
     info = json.loads((root / "meta/info.json").read_text())
     hf = datasets.load_dataset("parquet", data_files=[str(p) for p in sorted((root / "data").glob("*/*.parquet"))],
-                               split="train", features=_hf_features(info["features"]), cache_dir=str(tmp_path / "hf"))
+                               split="train", features=hf_features(info["features"]), cache_dir=str(tmp_path / "hf"))
     assert len(hf) == info["total_frames"] == 10
     row = hf[3]  # episode 1, frame 0
     assert row["episode_index"] == 1 and row["frame_index"] == 0 and row["task_index"] == 1
@@ -259,3 +243,35 @@ def test_episode_success_falls_back_to_the_frames_next_success(written):
     flags = [i == 7 for i in range(t.num_rows)]  # the last frame of episode 1 (frames 3..7)
     pq.write_table(t.set_column(t.column_names.index("next.success"), "next.success", pa.array(flags)), data_file)
     np.testing.assert_array_equal(load_dataset(root).episode_success, [False, True, False])
+
+
+def test_the_written_dataset_meets_lerobots_v3_layout_field_by_field(written, tmp_path):
+    info = check_v3(written[0], cache_dir=tmp_path / "hf")
+    assert info["total_episodes"] == 3 and set(info["features"]) >= {"observation.image", "observation.images.wrist"}
+
+
+def test_the_layout_check_can_fail(written, tmp_path):
+    root, _ = written
+    pd.DataFrame({"task": ["reach", "push"], "task_index": [0, 1]}).to_parquet(root / "meta/tasks.parquet")  # the old layout
+    with pytest.raises(AssertionError, match="tasks.parquet index"):
+        check_v3(root, cache_dir=tmp_path / "hf")
+
+
+@pytest.mark.slow
+def test_demos_video_from_the_cli_meets_lerobots_v3_layout(tmp_path, capsys):
+    """The acceptance command: `asyncvla demos metaworld/reach-v3 --episodes 3 --video --out D`, two cameras."""
+    from asyncvla.cli import main
+
+    d = tmp_path / "D"
+    assert main(["demos", "metaworld/reach-v3", "--episodes", "3", "--video", "--cameras", "main", "wrist",
+                 "--out", str(d), "--json"]) == 0
+    capsys.readouterr()
+    info = check_v3(d, cache_dir=tmp_path / "hf")
+    assert info["total_episodes"] == 3 and info["video_path"] is not None
+    assert [k for k, f in info["features"].items() if f["dtype"] == "video"] == ["observation.image", "observation.images.wrist"]
+
+
+@pytest.mark.skipif(not os.environ.get("LEROBOT_V3_DATASET"), reason="set LEROBOT_V3_DATASET=DIR to check a dataset")
+def test_a_given_dataset_meets_lerobots_v3_layout(tmp_path):
+    """`LEROBOT_V3_DATASET=D python -m pytest tests/data/test_lerobot_format.py -k given`: any directory."""
+    check_v3(os.environ["LEROBOT_V3_DATASET"], cache_dir=tmp_path / "hf")

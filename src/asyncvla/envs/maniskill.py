@@ -15,16 +15,19 @@ What an env gives the policy:
 
 SAPIEN needs a Vulkan device even for state observations. `available()` tries to create one
 in a subprocess (a missing or too old driver can abort the process rather than raise) and
-caches the answer for the life of the process. `env.fast_render=True` keeps ManiSkill's own
+keeps the answer on disk per machine set-up; the task list is read from ManiSkill's source
+without importing it. `env.fast_render=True` keeps ManiSkill's own
 fast defaults (the "minimal" sensor shader, no shadows); False renders with the "default"
 shader and shadows on.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -77,17 +80,42 @@ def instruction_for(env_id: str) -> str:
     return " ".join(w.lower() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+", stem)) or env_id
 
 
-# The probe lists the registry's offline tabletop tasks, then creates a Vulkan device.
+def _register_env_calls(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "register_env":
+            yield node
+
+
+@functools.cache
+def registered_tasks() -> dict[str, int]:
+    """ManiSkill's offline tabletop tasks and their max_episode_steps, read from the `@register_env`
+    decorators in its source: importing `mani_skill.envs` takes about 5 s (torch, SAPIEN, every
+    task module) and `asyncvla envs` must not pay that to list tasks. A test checks that this
+    equals the registry ManiSkill builds on import."""
+    spec = importlib.util.find_spec("mani_skill")  # finds the package without running it
+    if spec is None or spec.origin is None:
+        return {}
+    out: dict[str, int] = {}
+    for path in sorted((Path(spec.origin).parent / "envs" / "tasks" / "tabletop").rglob("*.py")):
+        for call in _register_env_calls(ast.parse(path.read_text(), str(path))):
+            kw = {k.arg: k.value for k in call.keywords}
+            assets = kw.get("asset_download_ids")
+            if not call.args or not isinstance(call.args[0], ast.Constant) or (assets is not None and not (
+                    isinstance(assets, (ast.List, ast.Tuple)) and not assets.elts)):
+                continue
+            steps = kw.get("max_episode_steps")
+            out[call.args[0].value] = steps.value if isinstance(steps, ast.Constant) else 100
+    return {k: v for k, v in sorted(out.items()) if k not in UNSUPPORTED}
+
+
+# SAPIEN needs a Vulkan device even for state observations; a missing or too old driver can abort
+# the process rather than raise, so it is tried in a fresh interpreter.
 _PROBE = """
 import json
-out = {"tasks": {}, "ok": False, "reason": ""}
+out = {"ok": False, "reason": "", "sapien": False}
 try:
-    import mani_skill.envs
-    from mani_skill.utils.registration import REGISTERED_ENVS
-    out["tasks"] = {k: s.max_episode_steps for k, s in REGISTERED_ENVS.items()
-                    if s.cls.__module__.startswith("mani_skill.envs.tasks.tabletop") and not s.asset_download_ids}
-    print(json.dumps(out), flush=True)
     import sapien
+    out["sapien"] = True
     sapien.render.RenderSystem()
     out["ok"] = True
 except Exception as e:
@@ -97,26 +125,24 @@ print(json.dumps(out), flush=True)
 
 
 def probe(env: dict[str, str] | None = None, timeout_s: float = PROBE_TIMEOUT_S) -> dict:
-    """Runs the probe in a fresh interpreter: {"tasks": {id: max_steps}, "ok": bool, "reason": str}.
+    """Creates a Vulkan device in a fresh interpreter (about 0.5 s): {"ok": bool, "reason": str}.
 
     `env` overrides environment variables (tests point VK_ICD_FILENAMES nowhere to see the
-    no-driver path). The last JSON line wins: a crash while creating the device leaves the
-    task list printed before it.
+    no-driver path).
     """
     try:
         proc = subprocess.run(
             [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout_s, env={**os.environ, **(env or {})}
         )
     except subprocess.TimeoutExpired:
-        return {"tasks": {}, "ok": False, "reason": f"{NO_VULKAN_HINT} (creating a Vulkan device hung for {timeout_s:.0f} s)"}
+        return {"ok": False, "reason": f"{NO_VULKAN_HINT} (creating a Vulkan device hung for {timeout_s:.0f} s)"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    out = json.loads(lines[-1]) if lines else {"tasks": {}, "ok": False, "reason": ""}
+    out = json.loads(lines[-1]) if lines else {"ok": False, "reason": "", "sapien": True}
     if not out["ok"]:
         err = out["reason"] or (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        hint = NO_VULKAN_HINT if out["tasks"] else "mani-skill is not importable: pip install mani-skill"
+        hint = NO_VULKAN_HINT if out["sapien"] else "mani-skill is not importable: pip install mani-skill"
         out["reason"] = f"{hint} ({' '.join(err.split())[:200]})"
-    out["tasks"] = {k: v for k, v in sorted(out["tasks"].items()) if k not in UNSUPPORTED}
-    return out
+    return {"ok": out["ok"], "reason": out["reason"]}
 
 
 ICD_DIRS = ("/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d", "/usr/local/share/vulkan/icd.d", "~/.local/share/vulkan/icd.d")
@@ -141,7 +167,7 @@ def _cache_dir() -> Path:
 
 @functools.cache
 def _probe_cached() -> dict:
-    """The probe (a fresh interpreter and a Vulkan device, about 4 s) once per machine set-up: its
+    """The probe (a fresh interpreter and a Vulkan device) once per machine set-up: its
     answer is kept on disk under `probe_key()`, so `asyncvla envs` and config checks stay fast."""
     path = _cache_dir() / f"maniskill-probe-{probe_key()}.json"
     try:
@@ -149,7 +175,7 @@ def _probe_cached() -> dict:
     except (OSError, ValueError):
         pass
     out = probe()
-    if out["ok"] or out["tasks"]:  # not a timeout or a broken install, which may pass next time
+    if out["ok"] or NO_VULKAN_HINT + " (" in out["reason"]:  # not a timeout or a broken install, which may pass next time
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -235,15 +261,16 @@ class ManiSkillBackend:
     cameras = ("main", "wrist")
 
     def available(self) -> tuple[bool, str]:
+        if importlib.util.find_spec("mani_skill") is None:
+            return False, "mani-skill is not installed: pip install mani-skill"
         p = _probe_cached()
         return p["ok"], p["reason"]
 
     def tasks(self) -> list[str]:
-        return list(_probe_cached()["tasks"])
+        return list(registered_tasks())
 
     def make(self, task: str, cfg: RenderedEnvConfig, index: int) -> ManiSkillEnv:
-        steps = _probe_cached()["tasks"].get(task) or 100
-        return ManiSkillEnv(task, cfg, int(steps))
+        return ManiSkillEnv(task, cfg, registered_tasks().get(task, 100))
 
 
 BACKEND = ManiSkillBackend()
