@@ -451,6 +451,41 @@ class BenchEnvs:
 
 
 @dataclass
+class BenchFaults:
+    """Full async with env crashes, unending hangs and a killed rollout server, beside the fault-free run."""
+
+    workload: str = "emulated-balanced"
+    """An emulated workload (emulated-{balanced,env-bound,infer-bound,train-bound,long-tail})."""
+    seconds: float = 60.0
+    """Wall seconds per row."""
+    crash_prob: float = 0.01
+    """Env crash probability per step (every ~100 steps)."""
+    hang_prob: float = 0.0025
+    """Probability per step of a hang that never ends (about 1% of 4-step decisions)."""
+    step_timeout_s: float = 0.5
+    """The watchdog's deadline per decision (env.step_timeout_s)."""
+    kill_after_s: float | None = None
+    """SIGKILL the rollout server's process this long into the faulty row (default: a third of it)."""
+    out: Path = Path("bench-results/faults")
+    torch_threads: int = 1
+    json: bool = False
+    """One JSON line per row, then the whole result (results.json's content) as the last line."""
+
+    def run(self) -> None:
+        from asyncvla.bench.faults import FAULTS_COLUMNS, faults_bench
+        from asyncvla.bench.report import print_run, write_report
+        from asyncvla.bench.suite import set_torch_threads
+
+        set_torch_threads(self.torch_threads)
+        res = faults_bench(self.workload, self.seconds, self.crash_prob, self.hang_prob, self.step_timeout_s, self.kill_after_s)
+        if self.json:
+            for row in res["runs"]:
+                print_run(row)
+        write_report(self.out, res, columns=FAULTS_COLUMNS, title=f"faults: {self.workload}")
+        _bench_done(res, self.out, self.json)
+
+
+@dataclass
 class BenchTimeline:
     """Sync and async Gantt charts side by side from two Chrome traces (e.g. from `bench ablation`)."""
 
@@ -502,6 +537,7 @@ class Bench:
         Annotated[BenchAblation, tyro.conf.subcommand("ablation")],
         Annotated[BenchPlacement, tyro.conf.subcommand("placement")],
         Annotated[BenchBatching, tyro.conf.subcommand("batching")],
+        Annotated[BenchFaults, tyro.conf.subcommand("faults")],
         Annotated[BenchTimeline, tyro.conf.subcommand("timeline")],
         Annotated[BenchSuite, tyro.conf.subcommand("suite")],
     ]]

@@ -46,7 +46,11 @@ class WrapperConfig:
     fault_kind: Literal["crash", "hang"] = "crash"
     """crash: the step raises EnvCrashed; hang: the step blocks for fault_hang_s then raises."""
     fault_hang_s: float = 5.0
-    """How long a hang blocks before it surfaces as an EnvHung error."""
+    """How long a hang blocks before it surfaces as an EnvHung error (an hour: a hang that does not
+    end by itself; only the watchdog, env.step_timeout_s, gets the env back)."""
+    hang_prob: float = 0.0
+    """Probability per step of a hang of fault_hang_s, on top of fault_prob's faults (crashes and
+    hangs in one run)."""
     reward: Literal["env", "success"] = "env"
     """env: the simulator's own reward; success: 1.0 on a step where the task succeeds, else 0
     (sparse, as RL for VLAs usually trains; a dense shaped reward that pays for hovering near
@@ -56,6 +60,8 @@ class WrapperConfig:
         _check(self.latency_s >= 0, "env.wrappers.latency_s", self.latency_s, "must be >= 0")
         _check(self.latency_jitter_s >= 0, "env.wrappers.latency_jitter_s", self.latency_jitter_s, "must be >= 0")
         _check(0 <= self.fault_prob <= 1, "env.wrappers.fault_prob", self.fault_prob, "must be in [0, 1]")
+        _check(0 <= self.hang_prob <= 1 - self.fault_prob, "env.wrappers.hang_prob", self.hang_prob,
+               "must be in [0, 1 - env.wrappers.fault_prob]")
         _check(self.fault_kind in ("crash", "hang"), "env.wrappers.fault_kind", self.fault_kind, "allowed: crash, hang")
         _check(0 <= self.fault_hang_s < math.inf, "env.wrappers.fault_hang_s", self.fault_hang_s, "must be >= 0 and finite")
         _check(self.reward in ("env", "success"), "env.wrappers.reward", self.reward, "allowed: env, success")
@@ -458,6 +464,10 @@ class RuntimeConfig:
     workloads); false runs env managers and rollout servers as Ray actors, the trainer in the driver."""
     weight_sync: Literal["object_store", "nccl"] = "object_store"
     """How new weights reach Ray rollout servers: object_store (CPU state_dict via Ray) or nccl (torch.distributed broadcast on CUDA)."""
+    max_restarts: int = 3
+    """Ray backend: times a rollout server whose process dies is restarted (Ray actor restart) with the
+    latest weights, its pending requests retried, before the run stops on it; 0: the first death stops
+    the run. weight_sync nccl cannot re-form its process group, so there every death stops the run."""
     trace: bool = True
     """Record spans of every worker into trace.json (Chrome trace; opens in Perfetto)."""
     async_env: bool = False
@@ -504,6 +514,7 @@ class RuntimeConfig:
         _check(self.max_batch is None or self.max_batch >= 1, "runtime.max_batch", self.max_batch, "must be >= 1 or null")
         _check(self.max_wait_ms is None or self.max_wait_ms >= 0, "runtime.max_wait_ms", self.max_wait_ms, "must be >= 0 or null")
         _check(self.queue_size >= 1, "runtime.queue_size", self.queue_size, "must be >= 1")
+        _check(self.max_restarts >= 0, "runtime.max_restarts", self.max_restarts, "must be >= 0")
         _check(self.num_rollout_servers >= 1, "runtime.num_rollout_servers", self.num_rollout_servers, "must be >= 1")
         _check(self.router in ("fixed", "round-robin", "greedy"), "runtime.router", self.router, "allowed: fixed, round-robin, greedy")
         _check(all(n >= 1 for n in self.env_managers), "runtime.env_managers", self.env_managers, "every size must be >= 1")

@@ -1,13 +1,14 @@
 """Wrappers: resize, latency injection and fault injection (crash, hang) with env rebuild."""
 
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
 
 from asyncvla.config import WrapperConfig, env_config
 from asyncvla.envs.emulated import EmulatedConfig
-from asyncvla.envs import EnvCrashed, make_env, make_vector_env
+from asyncvla.envs import EnvCrashed, EnvHung, make_env, make_vector_env
 from asyncvla.envs.emulated import EmulatedEnv
 from asyncvla.envs.wrappers import ResizeImage
 
@@ -62,6 +63,21 @@ def test_hang_injection_surfaces_as_error_after_hang_time():
         r = venv.step(np.zeros((1, 1, 4), np.float32))[0]
     assert time.perf_counter() - t0 >= 0.1
     assert r.error and "hang" in r.error
+
+
+def test_crashes_and_hangs_in_one_run_at_their_own_rates():
+    cfg = env_config(id="emulated/custom", emulated=FAST, image_size=16,
+                     wrappers=WrapperConfig(fault_prob=0.3, fault_kind="crash", hang_prob=0.2, fault_hang_s=0.0))
+    env = make_env(cfg)
+    env.reset(seed=0)
+    kinds = Counter()
+    for _ in range(400):
+        try:
+            env.step(np.zeros(4, np.float32))
+            kinds["ok"] += 1
+        except (EnvCrashed, EnvHung) as e:
+            kinds[type(e).__name__] += 1
+    assert 0.22 < kinds["EnvCrashed"] / 400 < 0.38 and 0.13 < kinds["EnvHung"] / 400 < 0.27, kinds
 
 
 def test_success_reward_pays_one_exactly_on_success_steps():

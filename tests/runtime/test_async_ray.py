@@ -161,3 +161,34 @@ def test_a_control_call_that_gets_no_answer_stops_with_a_line_naming_it(ray_loca
         ray_get(stuck, "env managers: start", timeout_s=0.5)
     assert time.time() - t0 < 5
     assert ray_get(ray.remote(num_cpus=0)(lambda: 7).remote(), "a quick call") == 7
+
+
+@pytest.mark.slow
+def test_a_killed_rollout_server_comes_back_with_the_latest_weights(ray_local, tmp_path):
+    """SIGKILL the server's process after the first update: Ray restarts it, its pending requests
+    run again, it serves the trainer's latest weights (no sample beyond max_staleness), and every
+    env step is still trained or dropped with a reason."""
+    import os
+    import signal
+
+    from asyncvla.runtime import loop
+    from test_async_train import async_cfg
+
+    ray = ray_local
+    cfg = async_cfg(tmp_path, updates=6)
+    cfg.runtime.local, cfg.runtime.env_cpus, cfg.runtime.rollout_cpus = False, 0.25, 0.25
+    rt = loop.build_runtime(cfg)
+    killed = []
+
+    def kill_once(update, metrics):
+        if update == 1 and not killed:
+            pid = ray.get(rt.servers[0].actor.stats.remote())["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    summary = loop.run(rt, total_updates=6, on_update=kill_once)
+    assert killed and summary["train/updates"] == 6
+    assert rt.servers[0].restarts == 1 and ray.get(rt.servers[0].actor.stats.remote())["pid"] != killed[0]
+    led = rt.ledger
+    assert led.balance == 0 and "stale" not in led.dropped_env_steps, dict(led.dropped_env_steps)
+    assert max(rt.controller.metrics().get("lag/max", 0), 0) <= 1

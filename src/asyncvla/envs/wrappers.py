@@ -80,16 +80,18 @@ class SuccessReward(_Wrapper):
 
 
 class Faults(_Wrapper):
-    """With probability p per step the env crashes (raises) or hangs (blocks, then raises)."""
+    """With probability p per step the env faults as `kind` (crash: raises; hang: blocks, then
+    raises), and with probability hang_prob it hangs."""
 
-    def __init__(self, env: Env, prob: float, kind: str, hang_s: float, seed: int, index: int):
+    def __init__(self, env: Env, prob: float, kind: str, hang_s: float, seed: int, index: int, hang_prob: float = 0.0):
         super().__init__(env)
-        self.prob, self.kind, self.hang_s, self.index = prob, kind, hang_s, index
+        self.prob, self.kind, self.hang_s, self.index, self.hang_prob = prob, kind, hang_s, index, hang_prob
         self.rng = np.random.default_rng(seed)
 
     def step(self, action: np.ndarray) -> StepOut:
-        if self.rng.random() < self.prob:
-            if self.kind == "hang":
+        u = self.rng.random()
+        if u < self.prob + self.hang_prob:
+            if self.kind == "hang" or u >= self.prob:
                 time.sleep(self.hang_s)
                 raise EnvHung(self.index, f"injected hang ({self.hang_s:.1f} s)")
             raise EnvCrashed(self.index, "injected crash")
@@ -103,6 +105,6 @@ def wrap(env: Env, cfg: WrapperConfig, seed: int, index: int, image_size: int | 
         env = SuccessReward(env)
     if cfg.latency_s > 0 or cfg.latency_jitter_s > 0:
         env = Latency(env, cfg.latency_s, cfg.latency_jitter_s, seed)
-    if cfg.fault_prob > 0:
-        env = Faults(env, cfg.fault_prob, cfg.fault_kind, cfg.fault_hang_s, seed + 1, index)
+    if cfg.fault_prob > 0 or cfg.hang_prob > 0:
+        env = Faults(env, cfg.fault_prob, cfg.fault_kind, cfg.fault_hang_s, seed + 1, index, cfg.hang_prob)
     return env

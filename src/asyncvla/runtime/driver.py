@@ -80,7 +80,7 @@ def eval_env_config(cfg: TrainConfig):
     """The envs a run evaluates on: the eval split, seeded apart from training's, without injected
     faults (an evaluation measures the policy; rerunning cut episodes would favour short ones)."""
     return dataclasses.replace(cfg.env, split="eval", seed=cfg.env.seed + 10_007,
-                               wrappers=dataclasses.replace(cfg.env.wrappers, fault_prob=0.0))
+                               wrappers=dataclasses.replace(cfg.env.wrappers, fault_prob=0.0, hang_prob=0.0))
 
 
 def eval_record(cfg: TrainConfig) -> dict:

@@ -141,7 +141,8 @@ def update_metrics(run: Runtime, stats: dict, w_prev: Window, w_now: Window) -> 
     m.update(run.ledger.metrics())
     m.update({"queue/depth": len(run.trajectories), "queue/samples": run.trajectories.num_samples,
               "queue/put_wait_s": run.trajectories.put_wait_s,
-              "rollout/mean_batch": sum(s.num_samples for s in run.servers) / max(sum(s.num_batches for s in run.servers), 1)})
+              "rollout/mean_batch": sum(s.num_samples for s in run.servers) / max(sum(s.num_batches for s in run.servers), 1),
+              "rollout/server_restarts": sum(s.restarts for s in run.servers)})
     episodes = [e for mgr in run.managers for e in mgr.pop_episodes()]
     m["rollout/episodes"] = len(episodes)
     for key, field_ in (("rollout/success", "success"), ("rollout/return", "return"), ("rollout/episode_len", "length")):

@@ -81,15 +81,18 @@ class EnvManagerActor:
 
 
 class PushingWeightStore(WeightStore):
-    """A WeightStore that also pushes each published version to every server actor (object store)."""
+    """A WeightStore that also pushes each published version to every server actor (object store),
+    and leaves it with the Hub for a server that restarts."""
 
-    def __init__(self, servers: list[Any], state, version: int):
+    def __init__(self, servers: list[Any], state, version: int, hub: Any = None):
         super().__init__(state, version)
-        self.servers = servers
+        self.servers, self.hub = servers, hub
 
     def publish(self, state, version: int) -> None:
         super().publish(state, version)
         ref = ray.put(self.latest()[1])
+        if self.hub is not None:
+            self.hub.publish_weights.remote([ref], version)
         # Wait: admission reopens after publish, and a rollout admitted on `version` must find it.
         ray_get([s.set_weights.remote(ref, version) for s in self.servers], "rollout servers: set_weights")
 
@@ -131,6 +134,8 @@ class RayBackend:
         self._last_poll = 0.0
         self._spans: list[Span] = []
         self._alive = True
+        self.held: list[Any] = []
+        """Object refs the actors' restarts need, kept alive for the run."""
 
     def start(self) -> None:
         ray_get([m.actor.start.remote() for m in self.managers], "env managers: start")
@@ -204,15 +209,22 @@ def build(cfg: TrainConfig, plan: Plan) -> Runtime:
     trainer = make_trainer(cfg, spec, DeviceGate(rt.emulated_accelerator))
     hub = ray.remote(Hub).options(num_cpus=0, max_concurrency=64).remote(plan.max_staleness, plan.samples_per_version,
                                                                         rt.queue_size)
-    server_cls = make_ray_rollout_server(num_cpus=rt.rollout_cpus, num_gpus=rt.rollout_gpus)
+    # A restarted server's pending requests run again on it (max_task_retries): an env that asked
+    # gets its answer late, never twice. NCCL: a new process cannot rejoin the broadcast group.
+    restarts = rt.max_restarts if rt.weight_sync == "object_store" else 0
+    server_cls = make_ray_rollout_server(num_cpus=rt.rollout_cpus, num_gpus=rt.rollout_gpus, max_restarts=restarts,
+                                         max_task_retries=-1 if restarts else 0)
     state = WeightStore(trainer.policy.state_dict(), trainer.version).latest()[1]  # one CPU copy for every server
-    make = functools.partial(make_server_policy, cfg, spec, state, trainer.version)
-    actors = [server_cls.remote(make, plan.max_batch, plan.max_wait_s, i, rt.trace, DeviceGate(rt.emulated_accelerator))
+    # In the object store, held by the driver for the run: a restart re-runs the constructor with
+    # these arguments, and Ray frees a large argument passed by value once the first one ran.
+    make = ray.put(functools.partial(make_server_policy, cfg, spec, state, trainer.version))
+    actors = [server_cls.remote(make, plan.max_batch, plan.max_wait_s, i, rt.trace, DeviceGate(rt.emulated_accelerator),
+                                hub if restarts else None)
               for i in range(plan.num_servers)]
     if rt.weight_sync == "nccl":
         store: WeightStore = NcclWeightStore(actors, trainer.policy, trainer.version)
     else:
-        store = PushingWeightStore(actors, trainer.policy.state_dict(), trainer.version)
+        store = PushingWeightStore(actors, trainer.policy.state_dict(), trainer.version, hub)
     mgr_cls = ray.remote(EnvManagerActor).options(num_cpus=rt.env_cpus, num_gpus=rt.env_gpus, max_concurrency=4)
     handles = [mgr_cls.remote(cfg, plan, m, actors, hub) for m in plan.managers]
     ledger = Ledger()
@@ -222,8 +234,9 @@ def build(cfg: TrainConfig, plan: Plan) -> Runtime:
     learner = make_learner(cfg, plan, trainer, store, controller, ledger)
     servers = [RemoteServer(s, i) for i, s in enumerate(actors)]
     queue = RemoteQueue(hub)
-    return Runtime(plan, managers, servers, queue, controller, ledger, store, learner,
-                   RayBackend(hub, managers, servers, queue), spec)
+    backend = RayBackend(hub, managers, servers, queue)
+    backend.held = [make]
+    return Runtime(plan, managers, servers, queue, controller, ledger, store, learner, backend, spec)
 
 
 WORKER_NICENESS = 0

@@ -59,6 +59,16 @@ class Hub:
         worker_logs.name("hub")
         self.controller = StalenessController(max_staleness, samples_per_version)
         self.queue = TrajectoryQueue(capacity)
+        self._weights: tuple[list, int] = ([], -1)
+
+    def publish_weights(self, ref: list, version: int) -> None:
+        """Keeps the latest published weights (the ref, in a list so Ray does not resolve it) for a
+        rollout server that restarts; holding the ref keeps the object alive."""
+        if version > self._weights[1]:
+            self._weights = (ref, version)
+
+    def latest_weights(self) -> tuple[list, int]:
+        return self._weights
 
     def try_admit(self, want: int) -> int:
         return self.controller.try_admit(want)
@@ -222,15 +232,26 @@ class RayServerTransport:
 
 
 class RemoteServer(RemoteView):
-    """Driver-side view of a server actor."""
+    """Driver-side view of a server actor. A restarted actor (a new process) counts from zero
+    again: its counters are added to what the earlier incarnations counted."""
 
     def __init__(self, actor: Any, index: int):
         self.actor, self.index = actor, index
         self.busy_s, self.num_samples, self.num_batches, self.batch_sizes = 0.0, 0, 0, Counter()
+        self.restarts = 0
+        self._pid: int | None = None
+        self._before = (0.0, 0, 0, Counter())
+        """What the earlier incarnations counted."""
+        self._last = self._before
 
     def take(self, s: dict) -> None:
-        self.busy_s, self.num_samples, self.num_batches = s["time/infer_s"], int(s["infer/samples"]), int(s["infer/batches"])
-        self.batch_sizes = Counter({int(k): v for k, v in s["infer/batch_sizes"].items()})
+        if self._pid is not None and s["pid"] != self._pid:
+            self.restarts += 1
+            self._before = tuple(a + b for a, b in zip(self._before, self._last))
+        self._pid = s["pid"]
+        self._last = (s["time/infer_s"], int(s["infer/samples"]), int(s["infer/batches"]),
+                      Counter({int(k): v for k, v in s["infer/batch_sizes"].items()}))
+        self.busy_s, self.num_samples, self.num_batches, self.batch_sizes = (a + b for a, b in zip(self._before, self._last))
 
 
 class RemoteManager(RemoteView):

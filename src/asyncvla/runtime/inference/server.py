@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 import threading
 import time
 from collections import Counter
@@ -40,6 +41,9 @@ def split_act(out: ActOut, sizes: list[int]) -> list[ActOut]:
 
 class RolloutServer:
     """Batches requests dynamically and answers them with actions, logprob, value, version."""
+
+    restarts = 0
+    """Times its process was restarted (a Ray actor's view counts them; a thread never is)."""
 
     def __init__(self, policy: Policy, max_batch: int = 32, max_wait_s: float = 0.005,
                  weights: WeightStore | None = None, index: int = 0, trace: bool = True, device: DeviceGate | None = None):
@@ -204,10 +208,16 @@ def make_ray_rollout_server(**ray_options):
 
     class RolloutServerActor:
         def __init__(self, policy_fn: Callable[[], Policy], max_batch: int, max_wait_s: float, index: int = 0,
-                     trace: bool = True, device: DeviceGate | None = None):
+                     trace: bool = True, device: DeviceGate | None = None, weights_from=None):
+            """weights_from: the actor that keeps the latest published weights (the Hub): a restarted
+            server (Ray re-runs this constructor) starts from them, not from the run's first ones."""
             worker_logs.name(f"rollout-server-{index}")
             self.transport = LocalTransport()
             self.server = RolloutServer(policy_fn(), max_batch, max_wait_s, index=index, trace=trace, device=device)
+            if weights_from is not None and ray.get_runtime_context().was_current_actor_reconstructed:
+                refs, version = ray.get(weights_from.latest_weights.remote())
+                if refs:
+                    self.server.set_weights(ray.get(refs[0]), version)  # applied before the first batch
             self._stop = False
             self._thread = threading.Thread(
                 target=self.server.serve, args=(self.transport, self.transport.clock, lambda: self._stop),
@@ -224,7 +234,7 @@ def make_ray_rollout_server(**ray_options):
             self.server.set_weights(state, version)
 
         def stats(self) -> dict[str, float]:
-            return self.server.stats()
+            return {**self.server.stats(), "pid": os.getpid()}  # a new pid: the actor was restarted
 
         # -- NCCL / gloo weight broadcast (backends.ray.NcclWeightStore) --------------------
         def init_weight_group(self, addr: str, port: int, rank: int, world_size: int, backend: str = "nccl") -> None:
