@@ -301,6 +301,10 @@ def policy_config_class(name: str) -> type[PolicyConfig]:
     """The config class of `policy.type=name`; one-line ConfigError when none is registered."""
     for mod in _POLICY_CONFIG_MODULES:
         importlib.import_module(mod)
+    if name not in _POLICY_CONFIGS:  # an installed package's family (imported only when asked for)
+        from asyncvla import plugins
+
+        plugins.load_policies()
     if name not in _POLICY_CONFIGS:
         raise ConfigError(f"policy.type={name!r} is invalid: allowed: {', '.join(sorted(_POLICY_CONFIGS))}")
     return _POLICY_CONFIGS[name]

@@ -7,6 +7,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from asyncvla import plugins
 from asyncvla.config import ConfigError, EnvConfig
 from asyncvla.envs.base import Env
 
@@ -44,14 +45,23 @@ _MODULES = {
 }
 
 
+def _modules() -> dict[str, str]:
+    """The built-in backends, then those installed packages declare (`asyncvla.plugins`)."""
+    found = plugins.env_modules()
+    if clash := sorted(set(found) & set(_MODULES)):
+        raise ConfigError(f"env plugin {clash[0]!r} is invalid: the name is a built-in backend's; rename its entry point")
+    return {**_MODULES, **found}
+
+
 def backend_names() -> list[str]:
-    return list(_MODULES)
+    return list(_modules())
 
 
 def get_backend(name: str) -> Backend:
-    if name not in _MODULES:
-        raise ConfigError(f"env.id backend {name!r} is invalid: allowed: {', '.join(_MODULES)}")
-    return importlib.import_module(_MODULES[name]).BACKEND
+    modules = _modules()
+    if name not in modules:
+        raise ConfigError(f"env.id backend {name!r} is invalid: allowed: {', '.join(modules)}")
+    return importlib.import_module(modules[name]).BACKEND
 
 
 @dataclass
@@ -65,7 +75,7 @@ class BackendInfo:
 
 def describe_backends() -> list[BackendInfo]:
     out = []
-    for name in _MODULES:
+    for name in _modules():
         b = get_backend(name)
         ok, why = b.available()
         try:
@@ -93,7 +103,8 @@ def validate_env_id(cfg: EnvConfig) -> Backend:
 
 
 def make_env(cfg: EnvConfig, index: int = 0, backend: Backend | None = None, incarnation: int = 0) -> Env:
-    """One env with the configured wrappers (latency, faults) around it.
+    """One env with the configured wrappers (resize to env.image_size when a backend renders at
+    another size, reward, latency, faults) around it.
 
     `incarnation` counts the rebuilds of env `index`: each gets its own wrapper random streams, so
     a rebuilt env does not replay its predecessor's injected faults step for step.
@@ -102,7 +113,7 @@ def make_env(cfg: EnvConfig, index: int = 0, backend: Backend | None = None, inc
 
     backend = backend or get_backend(cfg.backend)
     seed = cfg.seed * 1_000_003 + index + 104_729 * incarnation
-    return wrap(backend.make(cfg.task, cfg, index), cfg.wrappers, seed=seed, index=index)
+    return wrap(backend.make(cfg.task, cfg, index), cfg.wrappers, seed=seed, index=index, image_size=cfg.image_size)
 
 
 def _builder(cfg: EnvConfig, index: int, backend: Backend) -> Callable[[], Env]:

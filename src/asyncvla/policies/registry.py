@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable, TypeVar
 
+from asyncvla import plugins
 from asyncvla.config import ConfigError, PolicyConfig
 from asyncvla.policies.base import Policy
 
@@ -36,8 +37,10 @@ def register(name: str) -> Callable[[P], P]:
 
 
 def _load_builtins() -> None:
+    """The built-in families, then those installed packages declare (`asyncvla.plugins`)."""
     for mod in _BUILTIN_MODULES:
         importlib.import_module(mod)
+    plugins.load_policies()
 
 
 def policy_types() -> list[str]:
