@@ -472,16 +472,11 @@ class BenchFaults:
     """One JSON line per row, then the whole result (results.json's content) as the last line."""
 
     def run(self) -> None:
-        from asyncvla.bench.faults import FAULTS_COLUMNS, faults_bench
-        from asyncvla.bench.report import print_run, write_report
-        from asyncvla.bench.suite import set_torch_threads
+        from asyncvla.bench.suite import faults_cmd, set_torch_threads
 
         set_torch_threads(self.torch_threads)
-        res = faults_bench(self.workload, self.seconds, self.crash_prob, self.hang_prob, self.step_timeout_s, self.kill_after_s)
-        if self.json:
-            for row in res["runs"]:
-                print_run(row)
-        write_report(self.out, res, columns=FAULTS_COLUMNS, title=f"faults: {self.workload}")
+        res = faults_cmd(self.workload, self.seconds, self.out, echo=self.json, crash_prob=self.crash_prob,
+                         hang_prob=self.hang_prob, step_timeout_s=self.step_timeout_s, kill_after_s=self.kill_after_s)
         _bench_done(res, self.out, self.json)
 
 
@@ -506,11 +501,14 @@ class BenchTimeline:
 
 @dataclass
 class BenchSuite:
-    """The default benchmark suite (ablations, placement, batching, envs; about 15 minutes here)."""
+    """The default benchmark suite (ablations, placement, batching, envs, faults; about 17 minutes here)."""
 
     out: Path = Path("bench-results")
     only: tuple[str, ...] = ()
     """Run only these items (names as in bench/suite.py DEFAULT_SUITE)."""
+    doc: Path | None = None
+    """Also write the summary table into this markdown file between its suite-table markers
+    (docs/benchmarks.md), and copy the plots it shows next to it."""
     torch_threads: int = 1
     json: bool = False
     """One JSON line per run, then {"suite_wall_s": {item: seconds}} as the last line."""
@@ -519,7 +517,7 @@ class BenchSuite:
         from asyncvla.bench.suite import set_torch_threads, suite_cmd
 
         set_torch_threads(self.torch_threads)
-        walls = suite_cmd(self.out, list(self.only) or None, echo=self.json)
+        walls = suite_cmd(self.out, list(self.only) or None, echo=self.json, doc=self.doc)
         if self.json:
             _print_json({"suite_wall_s": walls})
         else:

@@ -87,6 +87,18 @@ def batching_cmd(out: Path, echo: bool = True, **kw) -> dict:
     return res
 
 
+def faults_cmd(workload: str, seconds: float, out: Path, echo: bool = True, **kw) -> dict:
+    """`bench faults`: the fault-free and the faulty row, the checks, report and plots."""
+    from asyncvla.bench.faults import FAULTS_COLUMNS, faults_bench
+
+    res = faults_bench(workload, seconds, **kw)
+    if echo:
+        for row in res["runs"]:
+            print_run(row)
+    write_report(out, res, columns=FAULTS_COLUMNS, title=f"faults: {workload}")
+    return res
+
+
 def envs_cmd(out: Path, echo: bool = True, **kw) -> dict:
     from asyncvla.bench.envs import envs_bench, envs_plot
     from asyncvla.bench.report import Column
@@ -121,6 +133,7 @@ DEFAULT_SUITE: tuple[SuiteItem, ...] = (
     SuiteItem("batching", "batching", seconds=1.5),
     SuiteItem("envs", "envs"),
     SuiteItem("ablation-real-metaworld", "ablation", "real-metaworld", 40.0, ("sync", "+decoupled_actor")),
+    SuiteItem("faults-emulated-balanced", "faults", "emulated-balanced", 40.0),
 )
 
 
@@ -129,19 +142,108 @@ RUNNERS = {
     "placement": lambda it, d, echo: placement_cmd(it.workload, it.seconds, d, echo=echo),
     "batching": lambda it, d, echo: batching_cmd(d, echo=echo, seconds=it.seconds),
     "envs": lambda it, d, echo: envs_cmd(d, echo=echo),
+    "faults": lambda it, d, echo: faults_cmd(it.workload, it.seconds, d, echo=echo),
 }
 
 
-def suite_cmd(out: Path, only: list[str] | None = None, echo: bool = True) -> dict:
-    """Runs the default suite (or the items named in `only`) into out/<item>/; returns {item: wall seconds}."""
+def item_command(it: SuiteItem) -> str:
+    """The command that reruns one suite item on its own."""
+    if it.kind in ("batching", "envs"):
+        return f"asyncvla bench {it.kind}" + (f" --seconds {it.seconds:g}" if it.kind == "batching" else "")
+    rungs = f" --rungs {' '.join(it.rungs)}" if it.rungs else ""
+    return f"asyncvla bench {it.kind} --workload {it.workload} --seconds {it.seconds:g}{rungs}"
+
+
+def _fmt(x, f: str = "{:.1f}") -> str:
+    return "–" if x is None else f.format(x)
+
+
+def summary_rows(out: Path, items=DEFAULT_SUITE) -> list[dict]:
+    """One row per throughput item of a suite run in `out`: sync, full async, their ratio, the bound."""
+    import json
+
+    rows = []
+    for it in items:
+        path = Path(out) / it.name / "results.json"
+        if it.kind not in ("ablation", "placement", "faults") or not path.exists():
+            continue
+        res = json.loads(path.read_text())
+        runs = {r["mode"]: r for r in res["runs"]}
+        base, top = {"ablation": ("sync", "+decoupled_actor"), "placement": ("colocated/sync", "disaggregated/async"),
+                     "faults": ("fault-free", "faults")}[it.kind]
+        a, b = runs.get(base, {}), runs.get(top, {})
+        load = res.get("machine", {}).get("load_avg") or [None]
+        rows.append({"item": it.name, "command": item_command(it), "base": base, "top": top,
+                     "base_steps": a.get("env_steps_per_s"), "top_steps": b.get("env_steps_per_s"),
+                     "ratio": b.get("ratio_to_sync"), "fraction_of_bound": b.get("fraction_of_bound"),
+                     "bound": b.get("bound_env_steps_per_s"), "stage": b.get("bound_stage"), "load_end": load[0],
+                     "ok": res.get("ok")})
+    return rows
+
+
+def summary_table(rows: list[dict]) -> str:
+    """The markdown table docs/benchmarks.md leads with."""
+    lines = ["| item | rows compared | env steps/s | ratio | of bound | bound (stage) | load at end | command |",
+             "|---|---|---:|---:|---:|---|---:|---|"]
+    for r in rows:
+        bound = f"{_fmt(r['bound'])} ({r['stage']})" if r["bound"] is not None else "–"
+        check = "" if r["ok"] is None else (" (checks pass)" if r["ok"] else " (a check FAILS)")
+        lines.append(f"| {r['item']} | {r['base']} → {r['top']}{check} | {_fmt(r['base_steps'])} → {_fmt(r['top_steps'])} | "
+                     f"{_fmt(r['ratio'], '{:.2f}')} | {_fmt(r['fraction_of_bound'], '{:.0%}')} | {bound} | "
+                     f"{_fmt(r['load_end'], '{:.2f}')} | `{r['command']}` |")
+    return "\n".join(lines)
+
+
+TABLE_START, TABLE_END = "<!-- suite-table:start -->", "<!-- suite-table:end -->"
+
+
+def update_doc(doc: Path, table: str, stamp: str) -> None:
+    """Replaces the text between the suite-table markers of `doc` with `table` (one line on a missing marker)."""
+    from asyncvla.config import ConfigError
+
+    text = Path(doc).read_text()
+    if TABLE_START not in text or TABLE_END not in text:
+        raise ConfigError(f"doc={str(doc)!r} is invalid: it needs the lines {TABLE_START} and {TABLE_END}")
+    head, rest = text.split(TABLE_START, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    Path(doc).write_text(f"{head}{TABLE_START}\n{stamp}\n\n{table}\n{TABLE_END}{tail}")
+
+
+DOC_PLOTS = {"ablation-emulated-balanced": {"throughput.png": "ablation-emulated-balanced.png",
+                                           "timeline.png": "timeline-emulated-balanced.png"}}
+"""Suite plots docs/benchmarks.md shows: item -> {file in the item's directory: name under the doc's benchmarks/}."""
+
+
+def suite_cmd(out: Path, only: list[str] | None = None, echo: bool = True, doc: Path | None = None) -> dict:
+    """Runs the default suite (or the items named in `only`) into out/<item>/; returns {item: wall seconds}.
+
+    Writes out/summary.md (the table of every throughput item); with `doc`, also puts that table
+    between the doc's suite-table markers and copies the plots it shows next to it.
+    """
+    import datetime
+    import os
+    import shutil
+
     from asyncvla.config import ConfigError
 
     items = [i for i in DEFAULT_SUITE if not only or i.name in only]
     if only and len(items) != len(only):
         raise ConfigError(f"only={only!r} is invalid: allowed: {', '.join(i.name for i in DEFAULT_SUITE)}")
-    walls = {}
+    if doc is not None:
+        update_doc(doc, "", "")  # a doc without markers fails now, not after the suite
+    walls, load0 = {}, os.getloadavg()[0]
     for it in items:
         t0 = time.time()
         RUNNERS[it.kind](it, Path(out) / it.name, echo)
         walls[it.name] = round(time.time() - t0, 1)
+    table = summary_table(summary_rows(out, items))
+    stamp = (f"Measured {datetime.date.today().isoformat()} by `asyncvla bench suite` in {sum(walls.values()) / 60:.0f} min "
+             f"(load average {load0:.2f} at its start); each item's report is in its directory of the suite's output.")
+    (Path(out) / "summary.md").write_text(f"{stamp}\n\n{table}\n")
+    if doc is not None:
+        update_doc(doc, table, stamp)
+        for name, files in DOC_PLOTS.items():
+            for src, dst in files.items():
+                if (Path(out) / name / src).exists():
+                    shutil.copy(Path(out) / name / src, Path(doc).parent / "benchmarks" / dst)
     return walls
