@@ -150,6 +150,10 @@ def test_resume_applies_budget_overrides_and_refuses_the_rest(tmp_path):
                                           r"allowed with --resume: --run.total-env-steps") as e:
         _parse_train("--resume", str(tmp_path), "--algo.lr", "0.5").resolved_config()
     assert "\n" not in str(e.value)
+    other = "async" if saved.runtime.mode == "sync" else "sync"
+    assert _parse_train("--resume", str(tmp_path), "--mode", saved.runtime.mode).resolved_config().runtime == saved.runtime
+    with pytest.raises(ConfigError, match=f"mode='{other}' is invalid with --resume: the run in .* is {saved.runtime.mode}"):
+        _parse_train("--resume", str(tmp_path), "--mode", other).resolved_config()
 
 
 def test_resume_of_a_directory_without_a_checkpoint_is_refused(tmp_path):

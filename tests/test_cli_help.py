@@ -56,3 +56,9 @@ def test_the_section_hints_name_a_nested_subcommand_in_full(capsys):
     assert main(["bench", "policy", "--help"]) == 0
     out = capsys.readouterr().out
     assert "asyncvla bench policy --help " in out and "asyncvla bench --help" not in out
+
+
+def test_help_on_a_bad_preset_is_the_one_line_error(capsys):
+    assert main(["train", "--preset", "nope", "--help"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("asyncvla: error: preset='nope' is invalid")

@@ -575,6 +575,9 @@ class Train:
             from asyncvla.runtime.checkpoints import load_run_config
 
             cfg = _with_resume_overrides(load_run_config(self.resume), self.cfg, load_preset(TrainConfig, self.preset))
+            if self.mode is not None and self.mode != cfg.runtime.mode:
+                raise ConfigError(f"mode={self.mode!r} is invalid with --resume: the run in {self.resume} is "
+                                  f"{cfg.runtime.mode} (a resumed run keeps its mode); drop --mode")
         elif self.mode is not None:
             rt = cfg.runtime
             levels = {}
@@ -710,13 +713,13 @@ def main(argv: list[str] | None = None) -> int:
     install_sigterm()
     from asyncvla.cli_help import render
 
-    short = render(parse, argv)
-    if short is not None:
-        print(short)
-        return 0
-    argv = ["--help" if a == "--help-all" else a for a in argv]
+    argv_all = ["--help" if a == "--help-all" else a for a in argv]
     try:
-        parse(argv).run()
+        short = render(parse, argv)  # reads the preset: a bad one is the same one line as when running
+        if short is not None:
+            print(short)
+            return 0
+        parse(argv_all).run()
     except ConfigError as e:
         print(f"asyncvla: error: {e}", file=sys.stderr)
         return 2
