@@ -2,6 +2,8 @@
 and the checks every new backend should pass through asyncvla's own protocol (VectorEnv send/recv).
 
 Copy this file for your simulator: the top half is what a backend module holds, the bottom half its tests.
+Your package names that module in its pyproject.toml (`[project.entry-points."asyncvla.envs"]`,
+`point2d = "my_pkg.point2d"`); here the fixture installs this file the same way, for one test.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from asyncvla import plugins
 from asyncvla.config import ConfigError, EnvConfig, WrapperConfig, env_config
 from asyncvla.envs import make_vector_env, registry
 from asyncvla.envs.base import Obs, StepOut
@@ -56,7 +59,7 @@ class Point2DEnv:
         self.goal = np.zeros(2, np.float32)
 
     def _draw(self, centre: np.ndarray, zoom: float) -> np.ndarray:
-        n = self.cfg.image_size  # render at env.image_size: nothing resizes for you
+        n = self.cfg.image_size  # render at env.image_size (make_env resizes any other size to it)
         img = np.zeros((n, n, 3), np.uint8)
         for point, channel in ((self.pos, 0), (self.goal, 1)):
             rc = np.round(((point - centre) * zoom * 0.5 + 0.5) * (n - 1)).astype(int)
@@ -108,7 +111,7 @@ class Point2DBackend:
 
 
 BACKEND = Point2DBackend()
-"""What the registry imports: `registry._MODULES[name]` names this module."""
+"""What asyncvla reads: the `asyncvla.envs` entry point `point2d` names this module."""
 
 
 def expert_policy(task: str):
@@ -120,9 +123,17 @@ def expert_policy(task: str):
 
 
 @pytest.fixture(autouse=True)
-def point2d_registered(monkeypatch):
-    """Registers this module as backend `point2d` for one test; monkeypatch removes it afterwards."""
-    monkeypatch.setitem(registry._MODULES, "point2d", __name__)
+def point2d_installed(tmp_path, monkeypatch):
+    """Installs this module as backend `point2d` for one test, as `pip install` of a package with the
+    entry point would: a dist-info directory with entry_points.txt on sys.path. Gone afterwards."""
+    dist = tmp_path / "point2d_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: point2d-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[asyncvla.envs]\npoint2d = {__name__}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins.refresh()  # forget the entry points found so far
+    yield
+    plugins.refresh()  # then monkeypatch takes tmp_path off sys.path
 
 
 def _cfg(**fields) -> Point2DEnvConfig:

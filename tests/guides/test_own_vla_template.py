@@ -3,12 +3,16 @@ proprio and the mean colour of each camera), registered under its own `policy.ty
 the way every family should be: shapes, act/evaluate agreement, per-row sampling noise, a
 checkpoint round trip, behaviour cloning, and two RL updates through the one runtime.
 
-Copy this file for your VLA: the top half is what `policies/<name>/config.py` and `model.py` hold.
+Copy this file for your VLA: the top half is what your package's policy module holds, with the two
+decorators of `PLUGIN` on its classes; the package names that module in its pyproject.toml
+(`[project.entry-points."asyncvla.policies"]`, `guide-linear = "my_pkg.policy"`). Here the fixture
+installs a module that registers this file's classes the same way, for one test.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +22,9 @@ import torch
 from torch import nn
 from torch.distributions import Normal
 
-from asyncvla import config
+from asyncvla import config, plugins
 from asyncvla.config import (AlgoConfig, ConfigError, PolicyConfig, RunConfig, RuntimeConfig, TrainConfig, env_config,
-                             policy_config, register_policy_config)
+                             policy_config)
 from asyncvla.envs.emulated import EmulatedConfig
 from asyncvla.policies import registry
 from asyncvla.policies.base import ActOut, ObsBatch, Policy
@@ -28,7 +32,7 @@ from asyncvla.policies.checkpoint import load_policy, save_policy
 
 NAME = "guide-linear"
 
-# -- policies/<name>/config.py: torch-free, so parsing a command line stays fast ----------------
+# -- the config class (a plugin's module may import torch; built-in config modules stay torch-free) --
 
 
 @dataclass
@@ -46,7 +50,7 @@ class GuideLinearConfig(PolicyConfig):
             raise ConfigError(f"policy.init_log_std={self.init_log_std!r} is invalid: must be in [-5, 2]")
 
 
-# -- policies/<name>/model.py ---------------------------------------------------------------
+# -- the model ------------------------------------------------------------------------------
 
 
 class GuideLinearPolicy(Policy):
@@ -89,12 +93,33 @@ class GuideLinearPolicy(Policy):
 # -- its tests ------------------------------------------------------------------------------
 
 
+PLUGIN = f"""
+from asyncvla.config import register_policy_config
+from asyncvla.policies.registry import register
+from {__name__} import NAME, GuideLinearConfig, GuideLinearPolicy
+
+# In your module these are decorators: @register_policy_config(NAME) on the config, @register(NAME) on the model.
+register_policy_config(NAME)(GuideLinearConfig)
+register(NAME)(GuideLinearPolicy)
+"""
+"""The module the entry point names: importing it registers both classes."""
+
+
 @pytest.fixture(autouse=True)
-def guide_linear_registered():
-    """What the two decorators do in a plugin module, undone after each test so nothing leaks."""
-    register_policy_config(NAME)(GuideLinearConfig)
-    registry.register(NAME)(GuideLinearPolicy)
+def guide_linear_installed(tmp_path, monkeypatch):
+    """Installs `PLUGIN` as policy type guide-linear for one test, as `pip install` of a package with
+    the entry point would: the module and a dist-info directory with entry_points.txt on sys.path."""
+    (tmp_path / "guide_linear_plugin.py").write_text(PLUGIN)
+    dist = tmp_path / "guide_linear_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: guide-linear-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[asyncvla.policies]\n{NAME} = guide_linear_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    plugins.refresh()  # forget the entry points found so far
     yield
+    plugins.refresh()
+    # asyncvla has no unregister: drop what the import registered, so nothing leaks into other tests.
+    sys.modules.pop("guide_linear_plugin", None)
     config._POLICY_CONFIGS.pop(NAME, None)
     registry._REGISTRY.pop(NAME, None)
 
