@@ -466,6 +466,8 @@ class BenchFaults:
     """The watchdog's deadline per decision (env.step_timeout_s)."""
     kill_after_s: float | None = None
     """SIGKILL the rollout server's process this long into the faulty row (default: a third of it)."""
+    fault_free: bool = True
+    """Also run the fault-free row (the throughput check); --no-fault-free with --seconds 1800 is a 30-minute soak."""
     out: Path = Path("bench-results/faults")
     torch_threads: int = 1
     json: bool = False
@@ -476,7 +478,8 @@ class BenchFaults:
 
         set_torch_threads(self.torch_threads)
         res = faults_cmd(self.workload, self.seconds, self.out, echo=self.json, crash_prob=self.crash_prob,
-                         hang_prob=self.hang_prob, step_timeout_s=self.step_timeout_s, kill_after_s=self.kill_after_s)
+                         hang_prob=self.hang_prob, step_timeout_s=self.step_timeout_s, kill_after_s=self.kill_after_s,
+                         fault_free=self.fault_free)
         _bench_done(res, self.out, self.json)
 
 

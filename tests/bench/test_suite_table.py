@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from asyncvla.bench.suite import DEFAULT_SUITE, TABLE_END, TABLE_START, summary_rows, summary_table, update_doc
+from asyncvla.bench.suite import DEFAULT_SUITE, TABLE_END, TABLE_START, suite_cmd, summary_rows, summary_table, update_doc
 from asyncvla.config import ConfigError
 
 
@@ -39,3 +39,37 @@ def test_the_doc_is_rewritten_between_its_markers_only(tmp_path):
     (tmp_path / "plain.md").write_text("no markers")
     with pytest.raises(ConfigError, match="suite-table"):
         update_doc(tmp_path / "plain.md", "x", "y")
+    with pytest.raises(ConfigError, match="suite-table"):
+        suite_cmd(tmp_path / "out", only=["batching"], doc=tmp_path / "plain.md")  # refused before anything runs
+    assert not (tmp_path / "out").exists() and (tmp_path / "plain.md").read_text() == "no markers"
+
+
+def test_every_row_of_the_default_suite_plans():
+    """Each suite item's configs pass the plan's checks (a bench that fails after 10 minutes of
+    other items is how a placement row's sync config with max_batch was found)."""
+    import dataclasses
+
+    from asyncvla.bench.ablation import LADDER, rung_config
+    from asyncvla.bench.faults import faults_config
+    from asyncvla.bench.placement import PLACEMENTS, placement_config
+    from asyncvla.bench.throughput import mode_config
+    from asyncvla.bench.workloads import build_workload
+    from asyncvla.runtime.plan import make_plan
+
+    checked = 0
+    for it in DEFAULT_SUITE:
+        if not it.workload:
+            continue
+        w = build_workload(it.workload)
+        if it.kind == "ablation":
+            cfgs = [rung_config(w.config(), r) for r in LADDER if not it.rungs or r.name in it.rungs]
+        elif it.kind == "placement":
+            cfgs = [placement_config(w, p, m) for p in PLACEMENTS.values() for m in ("sync", "async")]
+        else:
+            base = mode_config(w, "async")
+            base = dataclasses.replace(base, runtime=dataclasses.replace(base.runtime, local=False))
+            cfgs = [base, faults_config(base, 0.01, 0.0025, 0.5)]
+        for cfg in cfgs:
+            make_plan(cfg)
+            checked += 1
+    assert checked >= 28

@@ -61,18 +61,23 @@ def kill_server_later(rt, after_s: float, index: int = 0) -> threading.Timer:
     return timer
 
 
-def _row(name: str, cfg: TrainConfig, seconds: float, kill_after_s: float | None) -> dict:
+def _row(name: str, cfg: TrainConfig, seconds: float, kill_after_s: float | None, rss: bool = False) -> dict:
+    from asyncvla.bench.memory import RssSampler, rss_table
     from asyncvla.bench.throughput import result_row
     from asyncvla.runtime import loop
 
     rt = loop.build_runtime(cfg)
     timer = kill_server_later(rt, kill_after_s) if kill_after_s is not None else None
+    sampler = RssSampler(max(5.0, seconds / 60)) if rss else None
     try:
         summary = loop.run(rt, max_seconds=seconds)
     finally:
         if timer is not None:
             timer.cancel()
+        samples = sampler.stop() if sampler is not None else []
     row = result_row(name, cfg, summary, rt)
+    if rss:  # warm-up: the first fifth, or past the server's restart when that comes later
+        row["rss"] = rss_table(samples, max(seconds / 5, (kill_after_s or 0.0) + 30.0))
     led = rt.ledger
     row["accounting"]["balance"] = led.balance
     row["accounting"]["dropped_samples"] = dict(led.dropped_samples)
@@ -83,8 +88,13 @@ def _row(name: str, cfg: TrainConfig, seconds: float, kill_after_s: float | None
 
 
 def faults_bench(workload: str = "emulated-balanced", seconds: float = 60.0, crash_prob: float = 0.01,
-                 hang_prob: float = 0.0025, step_timeout_s: float = 0.5, kill_after_s: float | None = None) -> dict:
-    """The fault-free and the faulty row, their ratio and the checks (see the module docstring)."""
+                 hang_prob: float = 0.0025, step_timeout_s: float = 0.5, kill_after_s: float | None = None,
+                 fault_free: bool = True) -> dict:
+    """The fault-free and the faulty row, their ratio and the checks (see the module docstring).
+
+    fault_free=False runs the faulty row alone (a soak: `--seconds 1800 --no-fault-free`); the
+    faulty row always records every process's RSS (`rss`: flat within 5% after warm-up?).
+    """
     from asyncvla.bench.report import finalize_runs
     from asyncvla.bench.throughput import mode_config, ray_session
     from asyncvla.bench.workloads import build_workload, get_spec
@@ -100,18 +110,24 @@ def faults_bench(workload: str = "emulated-balanced", seconds: float = 60.0, cra
     base = dataclasses.replace(base, runtime=dataclasses.replace(base.runtime, local=False, env_cpus=0.25, rollout_cpus=0.25))
     faulty = faults_config(base, crash_prob, hang_prob, step_timeout_s)
     with ray_session(base):
-        runs = [_row("fault-free", base, seconds, None), _row("faults", faulty, seconds, kill_after_s)]
+        runs = [_row("fault-free", base, seconds, None)] if fault_free else []
+        runs.append(_row("faults", faulty, seconds, kill_after_s, rss=True))
     finalize_runs(runs, baseline="fault-free")
-    clean, hurt = runs
+    hurt = runs[-1]
     checks = {
         "completed": hurt["updates"] > 0,
         "ledger balances (0 env steps lost or counted twice)": all(r["accounting"]["balance"] == 0 for r in runs),
         "server restarted once": hurt["server_restarts"] == 1,
-        f"throughput >= {MIN_RATIO:.0%} of fault-free": (hurt["ratio_to_sync"] or 0.0) >= MIN_RATIO,
     }
+    if fault_free:
+        checks[f"throughput >= {MIN_RATIO:.0%} of fault-free"] = (hurt["ratio_to_sync"] or 0.0) >= MIN_RATIO
+    if hurt["rss"]:
+        checks["RSS of every process flat within 5% after warm-up"] = all(r["flat"] for r in hurt["rss"])
     return {"bench": "faults", "workload": workload, "label": w.label, "seconds": seconds,
             "faults": {"crash_prob_per_step": crash_prob, "hang_prob_per_step": hang_prob, "hang_s": "never ends (3600)",
                        "step_timeout_s": step_timeout_s, "server_killed_after_s": kill_after_s},
             "runs": runs, "checks": checks, "ok": all(checks.values()),
             "notes": [f"{'pass' if ok else 'FAIL'}: {name}" for name, ok in checks.items()]
-            + [f"dropped by reason (env steps): {hurt['accounting']['dropped']}"]}
+            + [f"dropped by reason (env steps): {hurt['accounting']['dropped']}"]
+            + [f"RSS {r['group']}: {r['after_warmup_mib']} MiB after warm-up, {r['end_mib']} at the end "
+               f"({r['change']:+.1%}), peak {r['peak_mib']}" for r in hurt["rss"]]}

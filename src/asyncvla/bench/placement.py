@@ -21,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from asyncvla.bench.ablation import FULL_ASYNC, WINDOW, Rung, bound_terms, rung_config, run_row, with_bound
+from asyncvla.bench.ablation import RUNGS, WINDOW, bound_terms, rung_config, run_row, with_bound
 from asyncvla.bench.throughput import AcceleratorCosts, Workload
 from asyncvla.bench.workloads import build_workload, get_spec
 from asyncvla.config import ConfigError
@@ -59,6 +59,15 @@ def placement_terms(w: Workload, shared: bool) -> dict[str, float]:
     return terms
 
 
+def placement_config(w: Workload, p: Placement, mode: str):
+    """The config of one (placement, mode) row: sync is the ladder's sync rung (no dynamic batching),
+    async its full-async rung."""
+    cfg = rung_config(w.config(), RUNGS["+decoupled_actor" if mode == "async" else "sync"])
+    # Colocated on the emulated device: the plan gives both roles one gate, so they never overlap.
+    cfg.runtime.placement = "colocated" if p.shared else "disaggregated"
+    return cfg
+
+
 def placement_bench(workload: str, seconds: float, placements: list[str] | None = None, modes: tuple[str, ...] = ("sync", "async"),
                     num_devices: int = 2, on_run: Callable[[dict], None] | None = None) -> dict:
     """Runs every (placement, mode) on an emulated workload; rows are named `placement/mode`."""
@@ -80,11 +89,7 @@ def placement_bench(workload: str, seconds: float, placements: list[str] | None 
         p = PLACEMENTS[n]
         w = dataclasses.replace(base, costs=placed_costs(base.costs, p, num_devices))
         for m in modes:
-            rung = Rung(m, FULL_ASYNC if m == "async" else {})
-            cfg = rung_config(w.config(), rung)
-            # Colocated on the emulated device: the plan gives both roles one gate, so they never overlap.
-            cfg.runtime.placement = "colocated" if p.shared else "disaggregated"
-            row, _ = run_row(cfg, seconds, f"{n}/{m}")
+            row, _ = run_row(placement_config(w, p, m), seconds, f"{n}/{m}")
             with_bound(row, placement_terms(w, p.shared) if m == "async" else bound_terms(w))
             row["placement"] = n
             runs.append(row)

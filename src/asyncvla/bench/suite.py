@@ -197,14 +197,22 @@ def summary_table(rows: list[dict]) -> str:
 TABLE_START, TABLE_END = "<!-- suite-table:start -->", "<!-- suite-table:end -->"
 
 
-def update_doc(doc: Path, table: str, stamp: str) -> None:
-    """Replaces the text between the suite-table markers of `doc` with `table` (one line on a missing marker)."""
+def check_doc(doc: Path) -> str:
+    """The text of `doc`; one line when it is missing or lacks the suite-table markers."""
     from asyncvla.config import ConfigError
 
-    text = Path(doc).read_text()
+    try:
+        text = Path(doc).read_text()
+    except OSError as e:
+        raise ConfigError(f"doc={str(doc)!r} is invalid: {e.strerror}") from None
     if TABLE_START not in text or TABLE_END not in text:
         raise ConfigError(f"doc={str(doc)!r} is invalid: it needs the lines {TABLE_START} and {TABLE_END}")
-    head, rest = text.split(TABLE_START, 1)
+    return text
+
+
+def update_doc(doc: Path, table: str, stamp: str) -> None:
+    """Replaces the text between the suite-table markers of `doc` with `table` (one line on a missing marker)."""
+    head, rest = check_doc(doc).split(TABLE_START, 1)
     _, tail = rest.split(TABLE_END, 1)
     Path(doc).write_text(f"{head}{TABLE_START}\n{stamp}\n\n{table}\n{TABLE_END}{tail}")
 
@@ -230,15 +238,15 @@ def suite_cmd(out: Path, only: list[str] | None = None, echo: bool = True, doc: 
     if only and len(items) != len(only):
         raise ConfigError(f"only={only!r} is invalid: allowed: {', '.join(i.name for i in DEFAULT_SUITE)}")
     if doc is not None:
-        update_doc(doc, "", "")  # a doc without markers fails now, not after the suite
+        check_doc(doc)  # a doc without markers fails now, not after the suite
     walls, load0 = {}, os.getloadavg()[0]
     for it in items:
         t0 = time.time()
         RUNNERS[it.kind](it, Path(out) / it.name, echo)
         walls[it.name] = round(time.time() - t0, 1)
-    table = summary_table(summary_rows(out, items))
-    stamp = (f"Measured {datetime.date.today().isoformat()} by `asyncvla bench suite` in {sum(walls.values()) / 60:.0f} min "
-             f"(load average {load0:.2f} at its start); each item's report is in its directory of the suite's output.")
+    table = summary_table(summary_rows(out))  # every item in `out`, those of earlier `--only` runs too
+    stamp = (f"Measured {datetime.date.today().isoformat()} by `asyncvla bench suite` (this run: {sum(walls.values()) / 60:.0f} min, "
+             f"load average {load0:.2f} at its start); each item's report is in its directory of the suite's output.")
     (Path(out) / "summary.md").write_text(f"{stamp}\n\n{table}\n")
     if doc is not None:
         update_doc(doc, table, stamp)
