@@ -25,7 +25,7 @@ def test_rows_compare_sync_with_full_async_and_faults_with_fault_free(tmp_path):
     assert [r["item"] for r in rows] == ["ablation-emulated-balanced", "faults-emulated-balanced"]  # missing items skipped
     table = summary_table(rows)
     assert "| 100.0 → 230.0 | 2.30 | 90% | 255.6 (env) | 1.50 |" in table
-    assert "fault-free → faults (checks pass)" in table and "`asyncvla bench faults --workload emulated-balanced --seconds 40`" in table
+    assert "fault-free → faults (checks pass)" in table and "`asyncvla bench faults --workload emulated-balanced --seconds 60`" in table
 
 
 def test_the_doc_is_rewritten_between_its_markers_only(tmp_path):

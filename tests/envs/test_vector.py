@@ -76,7 +76,7 @@ def test_recv_returns_ready_envs_first_without_waiting_for_slow_ones():
     cfg = _cfg(num_envs=2, executor="thread")
     with make_vector_env(cfg) as venv:
         venv.reset()
-        venv._slots[1].env.cfg = EmulatedConfig(step_mean_s=0.5, step_jitter=0.0, reset_s=0.0)
+        venv._slots[1].env.unwrapped.cfg = EmulatedConfig(step_mean_s=0.5, step_jitter=0.0, reset_s=0.0)
         venv.send([0, 1], np.zeros((2, 1, 4), np.float32))
         t0 = time.perf_counter()
         first = venv.recv(min_ready=1)
@@ -90,7 +90,7 @@ def test_recv_returns_ready_envs_first_without_waiting_for_slow_ones():
 def test_send_to_busy_env_is_an_error():
     with make_vector_env(_cfg(num_envs=1, executor="thread")) as venv:
         venv.reset()
-        venv._slots[0].env.cfg = EmulatedConfig(step_mean_s=0.2, step_jitter=0.0, reset_s=0.0)
+        venv._slots[0].env.unwrapped.cfg = EmulatedConfig(step_mean_s=0.2, step_jitter=0.0, reset_s=0.0)
         venv.send([0], np.zeros((1, 1, 4), np.float32))
         with pytest.raises(RuntimeError, match="still stepping"):
             venv.send([0], np.zeros((1, 1, 4), np.float32))

@@ -142,6 +142,26 @@ def test_an_env_that_never_returns_is_replaced_after_step_timeout_s():
             assert len(venv.step(np.zeros((2, 1, 4), np.float32))) == 2
 
 
+def test_replaced_hung_envs_are_closed_so_their_threads_end():
+    """Unending hangs, many of them: each replaced env is closed (a fault wrapper's hang then ends),
+    so threads do not pile up, and the late failure of a replaced env never rebuilds its successor."""
+    import threading
+
+    hang = WrapperConfig(hang_prob=0.3, fault_hang_s=3600.0)
+    cfg = env_config(id="emulated/custom", emulated=FAST, image_size=16, num_envs=2, executor="thread",
+                    step_timeout_s=0.1, wrappers=hang)
+    before = threading.active_count()
+    with make_vector_env(cfg) as venv:
+        venv.reset()
+        errors = 0
+        for _ in range(30):
+            results = venv.step(np.zeros((2, 1, 4), np.float32))
+            assert len(results) == 2 and all(r.obs is not None for r in results)
+            errors += sum(bool(r.error) for r in results)
+        time.sleep(0.3)  # the close threads and the released hung jobs finish
+        assert errors >= 5 and threading.active_count() <= before + 2 + 2, (errors, threading.active_count(), before)
+
+
 def test_step_timeout_needs_the_thread_executor():
     from asyncvla.config import ConfigError
 

@@ -133,7 +133,7 @@ DEFAULT_SUITE: tuple[SuiteItem, ...] = (
     SuiteItem("batching", "batching", seconds=1.5),
     SuiteItem("envs", "envs"),
     SuiteItem("ablation-real-metaworld", "ablation", "real-metaworld", 40.0, ("sync", "+decoupled_actor")),
-    SuiteItem("faults-emulated-balanced", "faults", "emulated-balanced", 40.0),
+    SuiteItem("faults-emulated-balanced", "faults", "emulated-balanced", 60.0),
 )
 
 

@@ -56,6 +56,13 @@ class EnvResult:
 _WAKE = object()  # a `wake()` marker in the ready queue
 
 
+def _close_quietly(env: Env) -> None:
+    try:
+        env.close()
+    except Exception:  # a replaced env that cannot close is abandoned, as before
+        pass
+
+
 class _EnvThread:
     """One env's own daemon thread running its jobs in order. Daemon: a hung env's thread, abandoned
     by the watchdog, must not keep the process from exiting (a pool's threads are joined at exit)."""
@@ -300,6 +307,9 @@ class VectorEnv:
             if old.busy and now - old.started > self.step_timeout_s:
                 new = old.successor(f"env{i}")
                 old.thread.stop()  # after its hung job, if that ever returns
+                # Released where it can be (a fault wrapper ends its hang; a simulator frees its
+                # memory), from a thread of its own: closing a hung env may block too.
+                threading.Thread(target=_close_quietly, args=(old.env,), daemon=True, name=f"close-env{i}").start()
                 self._slots[i] = new
                 msg = f"env {i}: hung (no result within env.step_timeout_s={self.step_timeout_s:g} s); replaced"
                 if old.resetting:  # no episode had started: the replacement's reset is the first observation
@@ -312,9 +322,12 @@ class VectorEnv:
 
     def _guarded(self, fn: Callable[..., EnvResult], i: int, *args) -> EnvResult:
         t0 = time.perf_counter()
+        slot = self._slots[i]
         try:
             res = fn(i, *args)
         except Exception as e:  # a crashed or hung env is rebuilt; its episode is cut
+            if slot is not self._slots[i]:  # replaced by the watchdog meanwhile: its successor runs on
+                return EnvResult(i, None, error=f"late failure of a replaced env: {e}")  # dropped by _current
             res = self._rebuild(i, e, first=fn == self._first_reset)
         res.step_s = time.perf_counter() - t0
         return res

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -17,6 +18,11 @@ class _Wrapper:
 
     def __getattr__(self, name):  # instruction, action_dim, ... come from the wrapped env
         return getattr(self.env, name)
+
+    @property
+    def unwrapped(self) -> Env:
+        """The backend's own env under every wrapper (to set an attribute on it, not on a wrapper)."""
+        return getattr(self.env, "unwrapped", self.env)
 
     def reset(self, seed: int) -> Obs:
         return self.env.reset(seed)
@@ -87,15 +93,22 @@ class Faults(_Wrapper):
         super().__init__(env)
         self.prob, self.kind, self.hang_s, self.index, self.hang_prob = prob, kind, hang_s, index, hang_prob
         self.rng = np.random.default_rng(seed)
+        self._closed = threading.Event()
 
     def step(self, action: np.ndarray) -> StepOut:
         u = self.rng.random()
         if u < self.prob + self.hang_prob:
             if self.kind == "hang" or u >= self.prob:
-                time.sleep(self.hang_s)
+                # Ends early only when the env is closed (the watchdog closes an env it replaced),
+                # so a soak with unending hangs does not pile up sleeping threads and envs.
+                self._closed.wait(self.hang_s)
                 raise EnvHung(self.index, f"injected hang ({self.hang_s:.1f} s)")
             raise EnvCrashed(self.index, "injected crash")
         return self.env.step(action)
+
+    def close(self) -> None:
+        self._closed.set()
+        super().close()
 
 
 def wrap(env: Env, cfg: WrapperConfig, seed: int, index: int, image_size: int | None = None) -> Env:
