@@ -613,9 +613,28 @@ class Train:
             else:
                 print(f"asyncvla: stopped by {what} before the first checkpoint", file=sys.stderr)
             raise
+        except ConfigError:
+            raise
+        except Exception as e:  # a role failed: one line with the cause, where the traceback is, how to go on
+            print(failure_line(e), file=sys.stderr)
+            raise SystemExit(1) from None
         _report(summary, self.json)
         if not self.json:
             print(train_epilogue(summary, cfg))
+
+
+def failure_line(e: Exception) -> str:
+    """`asyncvla: the run failed: <cause> (traceback in …; resume with: …)` on one line."""
+    notes = getattr(e, "__notes__", [])
+    where = next((n.removeprefix("traceback: ") for n in notes if n.startswith("traceback: ")), None)
+    cause = " ".join(str(e).split())[:400] or type(e).__name__
+    tail = []
+    if where is not None:
+        run_dir = Path(where).parent.parent
+        tail.append(f"traceback in {where}")
+        if (run_dir / "checkpoints" / "last").is_dir():
+            tail.append(f"resume with: asyncvla train --resume {run_dir}")
+    return f"asyncvla: the run failed: {type(e).__name__}: {cause}" + (f" ({'; '.join(tail)})" if tail else "")
 
 
 RESUME_OVERRIDES = ("run.total_env_steps", "run.total_updates", "run.eval_every", "run.checkpoint_every")

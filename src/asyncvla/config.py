@@ -552,8 +552,14 @@ class RunConfig:
     """cpu or cuda[:n] for policy inference and training; the policy follows it."""
     resume: str | None = None
     """Continue the run in this directory from its last checkpoint (appends to its logs)."""
+    stall_timeout_s: float | None = 900.0
+    """Stop the run (crash checkpoint, one line) when no trajectory reaches the trainer and no env
+    step is produced for this long: e.g. an env that hangs under env.executor=inline, which has no
+    per-env watchdog. null: wait forever."""
 
     def __post_init__(self) -> None:
+        _check(self.stall_timeout_s is None or 0 < self.stall_timeout_s < math.inf, "run.stall_timeout_s",
+               self.stall_timeout_s, "must be > 0 and finite, or null")
         _check(self.total_env_steps is not None or self.total_updates is not None, "run.total_env_steps", self.total_env_steps, "set it or run.total_updates")
         _check(self.total_env_steps is None or self.total_env_steps >= 1, "run.total_env_steps", self.total_env_steps, "must be >= 1 or null")
         _check(self.total_updates is None or self.total_updates >= 1, "run.total_updates", self.total_updates, "must be >= 1 or null")

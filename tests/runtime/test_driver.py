@@ -2,6 +2,7 @@
 policy, on the threads backend and through Ray."""
 
 import json
+import time
 
 import pytest
 
@@ -215,3 +216,21 @@ def test_resume_verifies_last_and_falls_back_to_previous(tmp_path, capsys):
     with pytest.raises(NonFiniteWeights, match="not written"):
         save_checkpoint(t, tmp_path / "run", RunState(update=9), "last")
     assert (ck / "last" / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_hang_the_inline_executor_cannot_see_stops_the_run_with_one_line(tmp_path, capsys):
+    """env.executor=inline has no per-env watchdog: an unending hang stalls everything, and after
+    run.stall_timeout_s the run stops (exit 1) with one line naming the stall and the traceback file."""
+    from asyncvla.cli import main
+
+    t0 = time.time()
+    rc = main(["train", "--preset", "emulated-e2e", "--runtime.local", "--env.id", "emulated/fast", "--run.eval-episodes", "0",
+               "--env.executor", "inline", "--env.wrappers.hang-prob", "1", "--env.wrappers.fault-hang-s", "3600",
+               "--runtime.pipeline-stages", "1",
+               "--run.stall-timeout-s", "3", "--run.out-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and time.time() - t0 < 90
+    assert len(err) == 1 and err[0].startswith("asyncvla: the run failed: Stalled: no trajectory and no env step for 3 s"), err
+    log = tmp_path / "run" / "logs" / "driver-error.log"
+    assert f"traceback in {log}" in err[0] and "Stalled" in log.read_text()

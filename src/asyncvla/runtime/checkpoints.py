@@ -199,6 +199,20 @@ def save_on_crash(trainer: Trainer | None, run_dir: Path, state: RunState,
         pass
 
 
+def record_failure(run_dir: Path, e: Exception) -> None:
+    """Writes the failure's traceback to logs/driver-error.log and names the file in a note on
+    the exception, so the command line can end with one line that points at it."""
+    import traceback
+
+    path = run_dir / "logs" / "driver-error.log"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(traceback.format_exception(e)))
+        e.add_note(f"traceback: {path}")
+    except OSError:
+        pass
+
+
 WINDOW_NOTE = ("updates 2..N of each (re)start (env steps trained in them, over the wall time outside "
                "evaluation and checkpoints)")
 

@@ -32,7 +32,7 @@ from asyncvla.policies.base import Policy
 from asyncvla.policies.registry import build_policy
 from asyncvla.runtime import loop
 from asyncvla.runtime.checkpoints import (RunState, count_lost, load_checkpoint, prepare_run_dir, resumable, save_checkpoint,
-                                          save_on_crash, summarize)
+                                          record_failure, save_on_crash, summarize)
 from asyncvla.runtime.loop import Runtime
 from asyncvla.runtime.plan import make_plan
 from asyncvla.runtime.signals import install_sigterm
@@ -266,10 +266,12 @@ def train(cfg: TrainConfig, progress: Callable | None = None) -> dict:
         if not driver.done():
             left = None if cfg.run.total_updates is None else cfg.run.total_updates - state.update
             driver.mark = (time.time(), run.ledger.trained_env_steps)
-            loop.run(run, cfg.run.total_env_steps, left, on_update=driver)
+            loop.run(run, cfg.run.total_env_steps, left, on_update=driver, stall_s=cfg.run.stall_timeout_s)
         driver.finish()
     except BaseException as e:
         save_on_crash(run.trainer if run else None, run_dir, state, lambda: {RUNTIME_STATE: runtime_state(run)}, e)
+        if isinstance(e, Exception) and not isinstance(e, ConfigError):
+            record_failure(run_dir, e)
         raise
     finally:
         if writer is not None:

@@ -169,16 +169,23 @@ def shutdown(run: Runtime) -> None:
     run.backend.close()
 
 
+class Stalled(RuntimeError):
+    """Nothing moved for run.stall_timeout_s: no trajectory, no env step."""
+
+
 def run(rt: Runtime, total_env_steps: int | None = None, total_updates: int | None = None,
-        max_seconds: float | None = None, on_update: Callable[[int, dict], None] | None = None) -> dict:
+        max_seconds: float | None = None, on_update: Callable[[int, dict], None] | None = None,
+        stall_s: float | None = None) -> dict:
     """Runs until a budget is reached (first wins), shuts down, returns the window summary.
 
     The throughput window starts after the first update (start-up and warm-up excluded).
+    stall_s: raise `Stalled` when no segment arrives and no env step is produced for that long.
     """
     rt.backend.start()
     t_start = time.time()
     first, prev = None, Window.take(rt)  # the first update's record covers the start-up
     updates, stop = 0, False
+    moved_at, produced = time.monotonic(), rt.ledger.produced_env_steps
 
     def done(ahead: int = 0) -> bool:
         return (budget_reached(total_env_steps, total_updates, rt.ledger.produced_env_steps, updates + ahead)
@@ -201,7 +208,14 @@ def run(rt: Runtime, total_env_steps: int | None = None, total_updates: int | No
                     raise RuntimeError(f"env manager {m.index} failed: {m.error!r}") from m.error
             seg = rt.trajectories.get(timeout_s=0.2)
             if seg is None:
+                if rt.ledger.produced_env_steps != produced:
+                    moved_at, produced = time.monotonic(), rt.ledger.produced_env_steps
+                elif stall_s is not None and time.monotonic() - moved_at > stall_s:
+                    raise Stalled(f"no trajectory and no env step for {stall_s:g} s (run.stall_timeout_s): an env that "
+                                  f"hangs under env.executor=inline (no per-env watchdog; env.executor=thread with "
+                                  f"env.step_timeout_s replaces hung envs), or a deadlock")
                 continue
+            moved_at = time.monotonic()
             for stats in rt.learner.add(seg):
                 updates += 1
                 now = Window.take(rt)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 from asyncvla.config import TrainConfig
 from asyncvla.metrics.spans import Span
@@ -26,6 +27,13 @@ from asyncvla.runtime.learner.staleness import Ledger, StalenessController
 from asyncvla.runtime.learner.trainer import Trainer
 from asyncvla.runtime.loop import Runtime, make_learner
 from asyncvla.runtime.plan import ManagerSpec, Plan, check_episodes
+
+
+def _join(threads: list[threading.Thread], timeout_s: float) -> None:
+    """Joins `threads` within one shared deadline: a stuck one costs timeout_s once, not per thread."""
+    deadline = time.monotonic() + timeout_s
+    for th in threads:
+        th.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def make_manager(cfg: TrainConfig, plan: Plan, spec: ManagerSpec, worker: EnvWorker, client, controller, queue,
@@ -79,16 +87,13 @@ class ThreadBackend:
     def stop_managers(self) -> None:
         for m in self.managers:
             m.stop()
-        for th in self._threads:
-            if th.name.startswith("envmgr"):
-                th.join(timeout=30)
+        _join([th for th in self._threads if th.name.startswith("envmgr")], 30.0)
 
     def close(self) -> None:
         self._stop_servers = True
         for tr in self.transports:
             tr.close()
-        for th in self._threads:
-            th.join(timeout=10)
+        _join(self._threads, 10.0)
         for m in self.managers:
             m.worker.close()
 
