@@ -188,7 +188,7 @@ def test_a_killed_rollout_server_comes_back_with_the_latest_weights(ray_local, t
 
     summary = loop.run(rt, total_updates=6, on_update=kill_once)
     assert killed and summary["train/updates"] == 6
-    assert rt.servers[0].restarts == 1 and ray.get(rt.servers[0].actor.stats.remote())["pid"] != killed[0]
+    assert rt.servers[0].restarts == 1 and rt.servers[0].pid != killed[0]  # as of the last poll (the run killed its actors)
     led = rt.ledger
     assert led.balance == 0 and "stale" not in led.dropped_env_steps, dict(led.dropped_env_steps)
     assert max(rt.controller.metrics().get("lag/max", 0), 0) <= 1

@@ -215,10 +215,11 @@ def build(cfg: TrainConfig, plan: Plan) -> Runtime:
     server_cls = make_ray_rollout_server(num_cpus=rt.rollout_cpus, num_gpus=rt.rollout_gpus, max_restarts=restarts,
                                          max_task_retries=-1 if restarts else 0)
     state = WeightStore(trainer.policy.state_dict(), trainer.version).latest()[1]  # one CPU copy for every server
-    # In the object store, held by the driver for the run: a restart re-runs the constructor with
-    # these arguments, and Ray frees a large argument passed by value once the first one ran.
+    # In the object store, held by the driver for the run, and passed as a nested ref: a restart
+    # re-runs the constructor with these arguments, and Ray frees a large argument passed by value
+    # once the first one ran (a top-level ref works too, but Ray warns about it on every run).
     make = ray.put(functools.partial(make_server_policy, cfg, spec, state, trainer.version))
-    actors = [server_cls.remote(make, plan.max_batch, plan.max_wait_s, i, rt.trace, DeviceGate(rt.emulated_accelerator),
+    actors = [server_cls.remote([make], plan.max_batch, plan.max_wait_s, i, rt.trace, DeviceGate(rt.emulated_accelerator),
                                 hub if restarts else None)
               for i in range(plan.num_servers)]
     if rt.weight_sync == "nccl":

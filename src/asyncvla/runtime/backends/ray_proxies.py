@@ -239,16 +239,17 @@ class RemoteServer(RemoteView):
         self.actor, self.index = actor, index
         self.busy_s, self.num_samples, self.num_batches, self.batch_sizes = 0.0, 0, 0, Counter()
         self.restarts = 0
-        self._pid: int | None = None
+        self.pid: int | None = None
+        """The process serving, as of the last poll."""
         self._before = (0.0, 0, 0, Counter())
         """What the earlier incarnations counted."""
         self._last = self._before
 
     def take(self, s: dict) -> None:
-        if self._pid is not None and s["pid"] != self._pid:
+        if self.pid is not None and s["pid"] != self.pid:
             self.restarts += 1
             self._before = tuple(a + b for a, b in zip(self._before, self._last))
-        self._pid = s["pid"]
+        self.pid = s["pid"]
         self._last = (s["time/infer_s"], int(s["infer/samples"]), int(s["infer/batches"]),
                       Counter({int(k): v for k, v in s["infer/batch_sizes"].items()}))
         self.busy_s, self.num_samples, self.num_batches, self.batch_sizes = (a + b for a, b in zip(self._before, self._last))

@@ -207,11 +207,15 @@ def make_ray_rollout_server(**ray_options):
     import ray
 
     class RolloutServerActor:
-        def __init__(self, policy_fn: Callable[[], Policy], max_batch: int, max_wait_s: float, index: int = 0,
+        def __init__(self, policy_fn: Callable[[], Policy] | list, max_batch: int, max_wait_s: float, index: int = 0,
                      trace: bool = True, device: DeviceGate | None = None, weights_from=None):
-            """weights_from: the actor that keeps the latest published weights (the Hub): a restarted
+            """policy_fn: the policy's builder, or [its ObjectRef] (held by the driver; nested in a list
+            so Ray neither resolves it nor counts it among the arguments a restart must find).
+            weights_from: the actor that keeps the latest published weights (the Hub): a restarted
             server (Ray re-runs this constructor) starts from them, not from the run's first ones."""
             worker_logs.name(f"rollout-server-{index}")
+            if isinstance(policy_fn, list):
+                policy_fn = ray.get(policy_fn[0])
             self.transport = LocalTransport()
             self.server = RolloutServer(policy_fn(), max_batch, max_wait_s, index=index, trace=trace, device=device)
             if weights_from is not None and ray.get_runtime_context().was_current_actor_reconstructed:
