@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable, TypeVar
 
+T = TypeVar("T")
 ProcKey = tuple[int, float]
 """(pid, creation time): a pid reused by a later process is a different key."""
 
@@ -47,6 +49,24 @@ def group_name(name: str, is_root: bool) -> str:
     return "ray system"  # raylet, gcs_server, dashboard / runtime-env agents, log monitor
 
 
+def read_tree(read: Callable[[Any], T]) -> list[tuple[str, T]]:
+    """(group_name, read(process)) for this process and every descendant, read inside `oneshot()`;
+    a process that exits while it is read is skipped."""
+    import psutil
+
+    me = psutil.Process()
+    out = []
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            with p.oneshot():
+                cmd = p.cmdline()
+                name = cmd[0] if cmd and cmd[0].startswith("ray::") else p.name()
+                out.append((group_name(name, p.pid == me.pid), read(p)))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):  # exited while listing
+            pass
+    return out
+
+
 def machine_cores() -> int:
     """Cores this process may run on (affinity), else the machine's count."""
     try:
@@ -71,20 +91,11 @@ class CpuMeter:
 
     def sample(self) -> dict[ProcKey, ProcSample]:
         """Every process of the tree now."""
-        import psutil
+        def read(p) -> tuple[ProcKey, float]:
+            t = p.cpu_times()
+            return (p.pid, p.create_time()), t.user + t.system
 
-        me = psutil.Process()
-        out = {}
-        for p in [me, *me.children(recursive=True)]:
-            try:
-                with p.oneshot():
-                    t = p.cpu_times()
-                    cmd = p.cmdline()
-                    name = cmd[0] if cmd and cmd[0].startswith("ray::") else p.name()
-                    out[(p.pid, p.create_time())] = ProcSample(group_name(name, p.pid == me.pid), t.user + t.system)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):  # exited while listing
-                pass
-        return out
+        return {key: ProcSample(group, cpu_s) for group, (key, cpu_s) in read_tree(read)}
 
     def mark(self) -> None:
         now = self.sample()

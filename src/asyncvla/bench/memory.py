@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 
-from asyncvla.bench.cpu import group_name
+from asyncvla.bench.cpu import read_tree
 
 FLAT = 0.05
 """A group is flat when its RSS at the end is within this fraction of its RSS after warm-up."""
@@ -18,18 +18,9 @@ FLAT = 0.05
 
 def sample_rss() -> dict[str, float]:
     """MiB resident per group of this process's tree, now."""
-    import psutil
-
-    me = psutil.Process()
     out: dict[str, float] = {}
-    for p in [me, *me.children(recursive=True)]:
-        try:
-            cmd = p.cmdline()
-            name = cmd[0] if cmd and cmd[0].startswith("ray::") else p.name()
-            g = group_name(name, p.pid == me.pid)
-            out[g] = out.get(g, 0.0) + p.memory_info().rss / 2**20
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
+    for group, rss in read_tree(lambda p: p.memory_info().rss):
+        out[group] = out.get(group, 0.0) + rss / 2**20
     return out
 
 
