@@ -59,7 +59,7 @@ _WAKE = object()  # a `wake()` marker in the ready queue
 def _close_quietly(env: Env) -> None:
     try:
         env.close()
-    except Exception:  # a replaced env that cannot close is abandoned, as before
+    except Exception:  # an env that cannot close is abandoned: a failure must not hide another
         pass
 
 
@@ -254,10 +254,7 @@ class VectorEnv:
             if slot.thread is not None:
                 slot.thread.stop()
         for slot in self._slots:
-            try:
-                slot.env.close()
-            except Exception:  # closing must not hide the error that got us here
-                pass
+            _close_quietly(slot.env)  # closing must not hide the error that got us here
 
     def __enter__(self) -> "VectorEnv":
         return self
@@ -364,10 +361,7 @@ class VectorEnv:
 
     def _rebuild(self, i: int, err: Exception, first: bool = False) -> EnvResult:
         slot = self._slots[i]
-        try:
-            slot.env.close()
-        except Exception:
-            pass
+        _close_quietly(slot.env)
         slot.env = slot.make()
         slot.ep_index += int(not first)
         obs = slot.new_episode()
