@@ -71,6 +71,9 @@ CASES = [
     ([*E2E, "--runtime.max-staleness", "-1"], "runtime.max_staleness=-1 is invalid"),
     ([*E2E, "--runtime.queue-size", "0"], "runtime.queue_size=0 is invalid"),
     ([*E2E, "--runtime.max-restarts", "-1"], "runtime.max_restarts=-1 is invalid"),
+    ([*E2E, "--runtime.env-resources", "CPU", "1"], "runtime.env_resources={'CPU': 1.0} is invalid"),
+    ([*E2E, "--runtime.rollout-resources", "node_b", "-1"], "runtime.rollout_resources={'node_b': -1.0} is invalid"),
+    ([*E2E, "--env.executor", "thread", "--env.reset-timeout-s", "0"], "env.reset_timeout_s=0.0 is invalid"),
     ([*E2E, "--env.wrappers.fault-prob", "0.6", "--env.wrappers.hang-prob", "0.6"], "env.wrappers.hang_prob=0.6 is invalid"),
     ([*E2E, "--runtime.ray-address", "127.0.0.1:1"], "runtime.ray_address='127.0.0.1:1' is invalid"),
     # run

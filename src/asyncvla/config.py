@@ -99,9 +99,12 @@ class EnvConfig:
     executor: Literal["inline", "thread"] = "inline"
     """inline: `send` steps the envs in the caller's thread; thread: one thread per env, so envs that hold wall time (emulated, remote renderers) overlap."""
     step_timeout_s: float | None = None
-    """Deadline of one action chunk or reset (needs executor thread): an env that has not returned by
-    then is taken as hung, replaced by a new one and its episode cut (counted as an env error).
-    null: no deadline."""
+    """Deadline of one action chunk (needs executor thread): an env that has not returned by then is
+    taken as hung, replaced by a new one and its episode cut (counted as an env error). null: no
+    deadline (and none on resets)."""
+    reset_timeout_s: float = 60.0
+    """With step_timeout_s set: the deadline of a reset, and of a replacement's build and first reset
+    (a simulator can take seconds to load; a deadline of one chunk would replace it again and again)."""
     cameras: tuple[str, ...] = (MAIN_CAMERA,)
     """Cameras the env renders and the policy sees, in order: `main` (the backend's main camera) and
     the backend's other cameras by name (LIBERO and ManiSkill `wrist`; MetaWorld `wrist` and its
@@ -124,6 +127,7 @@ class EnvConfig:
         _check(self.executor in ("inline", "thread"), "env.executor", self.executor, "allowed: inline, thread")
         _check(self.step_timeout_s is None or 0 < self.step_timeout_s < math.inf, "env.step_timeout_s", self.step_timeout_s,
                "must be > 0 and finite, or null")
+        _check(0 < self.reset_timeout_s < math.inf, "env.reset_timeout_s", self.reset_timeout_s, "must be > 0 and finite")
         _check(self.step_timeout_s is None or self.executor == "thread", "env.step_timeout_s", self.step_timeout_s,
                "needs env.executor=thread (an inline chunk cannot be abandoned)")
         _check(self.split in ("train", "eval"), "env.split", self.split, "allowed: train, eval")
@@ -461,6 +465,13 @@ class RuntimeConfig:
     """CPUs reserved per inference (rollout) actor; with colocated placement, for the shared actor."""
     rollout_gpus: float = 0.0
     """GPUs reserved per inference actor; with colocated placement, for the shared actor."""
+    env_resources: dict[str, float] = field(default_factory=dict)
+    """Ray custom resources each env-manager actor requests (e.g. {node_a: 0.01}): places the envs on the
+    nodes that advertise them (`ray start --resources '{"node_a": 8}'`). Node IP labels work too
+    (`node:10.0.0.2`)."""
+    rollout_resources: dict[str, float] = field(default_factory=dict)
+    """Ray custom resources each rollout-server actor requests (e.g. {node_b: 0.01}); the trainer runs
+    in the driver, on the node where `asyncvla train` starts."""
     ray_address: str | None = None
     """Join this Ray cluster (e.g. 10.0.0.1:6379 or auto); null starts a local Ray sized to the machine."""
     local: bool = False
@@ -513,6 +524,12 @@ class RuntimeConfig:
         _check(self.placement in ("colocated", "disaggregated"), "runtime.placement", self.placement, "allowed: colocated, disaggregated")
         for name in ("env_cpus", "env_gpus", "rollout_cpus", "rollout_gpus"):
             _check(getattr(self, name) >= 0, f"runtime.{name}", getattr(self, name), "must be >= 0")
+        for name in ("env_resources", "rollout_resources"):
+            res = getattr(self, name) or {}
+            setattr(self, name, dict(res))
+            for key, n in res.items():
+                _check(key not in ("CPU", "GPU", "memory") and 0 <= n < math.inf, f"runtime.{name}", dict(res),
+                       "every amount must be >= 0 and finite, and CPU/GPU set through runtime.env_cpus/gpus and rollout_cpus/gpus")
         _check(self.weight_sync in ("object_store", "nccl"), "runtime.weight_sync", self.weight_sync, "allowed: object_store, nccl")
         _check(self.max_staleness is None or self.max_staleness >= 0, "runtime.max_staleness", self.max_staleness, "must be >= 0 or null")
         _check(self.max_batch is None or self.max_batch >= 1, "runtime.max_batch", self.max_batch, "must be >= 1 or null")

@@ -164,3 +164,67 @@ def test_env_that_cannot_be_rebuilt_fails_recv_instead_of_hanging():
         venv.send([0], np.zeros((1, 1, 4), np.float32))
         with pytest.raises(OSError, match="no display"):
             venv.recv(min_ready=1, timeout_s=5)
+
+
+def test_a_hung_envs_replacement_builds_in_its_own_thread_while_the_others_step():
+    """The watchdog hands a hung env's build and reset to its successor's thread: a slow rebuild
+    (a simulator takes seconds to load) holds up only that env, not the loop that steps the rest."""
+    import threading
+
+    from asyncvla.envs.emulated import EmulatedEnv
+    from asyncvla.envs.vector import VectorEnv
+
+    made = {0: 0, 1: 0}
+    release = threading.Event()
+
+    def maker(i):
+        def make():
+            made[i] += 1
+            env = EmulatedEnv(EmulatedConfig(step_mean_s=0.0, step_jitter=0.0, reset_s=0.0), 16, i)
+            if i == 0 and made[0] == 1:  # the first env 0 hangs in its first step, for good
+                env.step = lambda a: release.wait(60) and None
+            if i == 0 and made[0] == 2:  # its replacement takes a while to build
+                time.sleep(0.5)
+            return env
+        return make
+
+    with VectorEnv([maker(0), maker(1)], executor="thread", step_timeout_s=0.2) as venv:
+        venv.reset()
+        venv.send([0, 1], np.zeros((2, 1, 4), np.float32))
+        t0 = time.perf_counter()
+        ones = 0
+        cut = None
+        while cut is None and time.perf_counter() - t0 < 10:
+            for r in venv.recv(min_ready=1, timeout_s=1.0):
+                if r.env_id == 1:
+                    ones += 1
+                    if 0.25 < time.perf_counter() - t0 < 0.6:  # while env 0's replacement builds
+                        ones += 1000
+                    venv.send([1], np.zeros((1, 1, 4), np.float32))
+                else:
+                    cut = (r, time.perf_counter() - t0)
+        release.set()
+    r, at = cut
+    assert "hung" in r.error and r.truncated and r.obs is not None and made[0] == 2
+    assert at >= 0.65, at  # 0.2 s deadline + the 0.5 s build, in the successor's thread
+    assert ones >= 1000, "env 1 got no result while env 0's replacement was building"
+
+
+@pytest.mark.parametrize("reset_timeout_s, replaced", [(2.0, False), (0.2, True)])
+def test_resets_have_their_own_deadline(reset_timeout_s, replaced):
+    """A reset slower than a chunk's deadline is not a hang; one past env.reset_timeout_s is."""
+    from asyncvla.envs.emulated import EmulatedEnv
+    from asyncvla.envs.vector import VectorEnv
+
+    made = []
+
+    def make():  # the first incarnation resets in 0.4 s, its replacement at once
+        made.append(1)
+        return EmulatedEnv(EmulatedConfig(step_mean_s=0.0, step_jitter=0.0, reset_s=0.4 if len(made) == 1 else 0.0), 16, 0)
+
+    with VectorEnv([make], executor="thread", step_timeout_s=0.1, reset_timeout_s=reset_timeout_s) as venv:
+        (r,) = venv.reset()
+    assert r.is_first and r.obs is not None
+    assert bool(r.error) == replaced
+    if replaced:
+        assert "env.reset_timeout_s=0.2 s" in r.error

@@ -145,4 +145,5 @@ def make_vector_env(cfg: EnvConfig, worker_index: int = 0):
         end_on_success=cfg.end_on_success,
         executor=cfg.executor,
         step_timeout_s=cfg.step_timeout_s,
+        reset_timeout_s=cfg.reset_timeout_s,
     )

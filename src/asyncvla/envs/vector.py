@@ -85,13 +85,16 @@ class _EnvThread:
 class _Slot:
     """Book-keeping of one env: its episode counters and reset-seed stream."""
 
-    def __init__(self, make: Callable[[], Env], seed_seq: np.random.SeedSequence | np.random.Generator):
+    def __init__(self, make: Callable[[], Env], seed_seq: np.random.SeedSequence | np.random.Generator,
+                 build: bool = True):
         self.make = make
-        self.env = make()
+        self.env: Env | None = make() if build else None
         self.rng = np.random.default_rng(seed_seq)
         self.busy = False
         self.started = 0.0
         """When its running chunk or reset was submitted (monotonic clock)."""
+        self.limit_s = 0.0
+        """The watchdog's deadline for what runs (a chunk's, or a reset's and rebuild's)."""
         self.resetting = False
         """What runs is a first reset (reset_all / reset_some), not a chunk."""
         self.chunk_steps = 0
@@ -104,9 +107,10 @@ class _Slot:
         self.ep_index = 0
 
     def successor(self, name: str) -> "_Slot":
-        """A new incarnation of this env (its own thread) that continues its reset seeds and episode count."""
-        new = _Slot(self.make, self.rng)  # default_rng returns a Generator unaltered: the stream goes on
-        new.ep_index, new.thread = self.ep_index + 1, _EnvThread(name)
+        """A new incarnation of this env (its own thread, its env not built yet) that continues its reset
+        seeds and episode count, and still owes the steps of the chunk that hung."""
+        new = _Slot(self.make, self.rng, build=False)  # default_rng returns a Generator unaltered: the stream goes on
+        new.ep_index, new.thread, new.chunk_steps = self.ep_index + 1, _EnvThread(name), self.chunk_steps
         return new
 
     def next_seed(self) -> int:
@@ -133,6 +137,7 @@ class VectorEnv:
         end_on_success: bool = True,
         executor: str = "inline",
         step_timeout_s: float | None = None,
+        reset_timeout_s: float = 60.0,
     ):
         # One seed per env (e.g. from its global id) keeps an env's episodes the same however
         # the envs are split into workers and managers; one int spawns a stream per env.
@@ -156,6 +161,8 @@ class VectorEnv:
         elif step_timeout_s is not None:
             raise ValueError("step_timeout_s needs executor='thread': an inline chunk cannot be abandoned")
         self.step_timeout_s = step_timeout_s
+        self.reset_timeout_s = reset_timeout_s
+        """Deadline of resets and of the watchdog's rebuilds (only with step_timeout_s)."""
         self._started = False
 
     # -- protocol -------------------------------------------------------------------------
@@ -192,7 +199,7 @@ class VectorEnv:
             try:
                 item = self._ready.get(timeout=wait)
             except queue.Empty:
-                out += self._replace_hung()
+                self._replace_hung()
                 if deadline is not None and time.monotonic() >= deadline:
                     break
                 continue
@@ -206,7 +213,7 @@ class VectorEnv:
                 break
             if item is not _WAKE:
                 out += self._current(item)
-        out += self._replace_hung()
+        self._replace_hung()
         return out
 
     def wake(self) -> None:
@@ -263,9 +270,12 @@ class VectorEnv:
         self.close()
 
     # -- internals ------------------------------------------------------------------------
-    def _submit(self, fn: Callable[..., EnvResult], i: int, *args) -> None:
+    def _submit(self, fn: Callable[..., EnvResult], i: int, *args, first: bool | None = None) -> None:
+        """Runs fn(i, *args) for env i (in its thread); first: it stands for the env's first reset
+        (default: fn is `_first_reset`), so its failure reports a first observation, not a cut."""
         slot = self._slots[i]
-        slot.started, slot.resetting = time.monotonic(), fn == self._first_reset
+        slot.started, slot.resetting = time.monotonic(), fn == self._first_reset if first is None else first
+        slot.limit_s = (self.step_timeout_s if fn == self._run_chunk else self.reset_timeout_s) or 0.0
         if slot.thread is None:
             self._ready.put((slot, self._guarded(fn, i, *args)))
             return
@@ -292,30 +302,39 @@ class VectorEnv:
     def _next_hang_deadline(self) -> float | None:
         if self.step_timeout_s is None:
             return None
-        return min((s.started + self.step_timeout_s for s in self._slots if s.busy), default=None)
+        return min((s.started + s.limit_s for s in self._slots if s.busy), default=None)
 
-    def _replace_hung(self) -> list[EnvResult]:
+    def _replace_hung(self) -> None:
         """Envs whose chunk or reset is past step_timeout_s: each is replaced by a new incarnation
-        (its thread is abandoned; a late result is dropped) and its episode cut (an error result)."""
+        (its thread is abandoned; a late result is dropped), which builds its env and starts an
+        episode in its own thread, then reports the cut (an error result). The caller's loop never
+        waits for a build or a reset: the other envs step on meanwhile."""
         if self.step_timeout_s is None:
-            return []
-        now, out = time.monotonic(), []
+            return
+        now = time.monotonic()
         for i, old in enumerate(self._slots):
-            if old.busy and now - old.started > self.step_timeout_s:
+            if old.busy and now - old.started > old.limit_s:
                 new = old.successor(f"env{i}")
                 old.thread.stop()  # after its hung job, if that ever returns
                 # Released where it can be (a fault wrapper ends its hang; a simulator frees its
                 # memory), from a thread of its own: closing a hung env may block too.
                 threading.Thread(target=_close_quietly, args=(old.env,), daemon=True, name=f"close-env{i}").start()
-                self._slots[i] = new
-                msg = f"env {i}: hung (no result within env.step_timeout_s={self.step_timeout_s:g} s); replaced"
                 if old.resetting:  # no episode had started: the replacement's reset is the first observation
                     new.ep_index = old.ep_index
-                    out.append(EnvResult(i, new.new_episode(), episode_index=new.ep_index, error=msg, is_first=True))
-                else:
-                    out.append(EnvResult(i, new.new_episode(), truncated=True, num_steps=old.chunk_steps,
-                                         episode_index=new.ep_index, error=msg))
-        return out
+                self._slots[i] = new
+                new.busy = True
+                field = "env.reset_timeout_s" if old.limit_s != self.step_timeout_s else "env.step_timeout_s"
+                msg = f"env {i}: hung (no result within {field}={old.limit_s:g} s); replaced"
+                self._submit(self._replacement, i, msg, first=old.resetting)
+
+    def _replacement(self, i: int, msg: str) -> EnvResult:
+        """A hung env's successor, in its own thread: its env built, an episode started, the cut reported."""
+        slot = self._slots[i]
+        slot.env = slot.make()
+        if slot.resetting:
+            return EnvResult(i, slot.new_episode(), episode_index=slot.ep_index, error=msg, is_first=True)
+        return EnvResult(i, slot.new_episode(), truncated=True, num_steps=slot.chunk_steps,
+                         episode_index=slot.ep_index, error=msg)
 
     def _guarded(self, fn: Callable[..., EnvResult], i: int, *args) -> EnvResult:
         t0 = time.perf_counter()
@@ -325,7 +344,7 @@ class VectorEnv:
         except Exception as e:  # a crashed or hung env is rebuilt; its episode is cut
             if slot is not self._slots[i]:  # replaced by the watchdog meanwhile: its successor runs on
                 return EnvResult(i, None, error=f"late failure of a replaced env: {e}")  # dropped by _current
-            res = self._rebuild(i, e, first=fn == self._first_reset)
+            res = self._rebuild(i, e, first=slot.resetting)
         res.step_s = time.perf_counter() - t0
         return res
 
@@ -361,9 +380,11 @@ class VectorEnv:
 
     def _rebuild(self, i: int, err: Exception, first: bool = False) -> EnvResult:
         slot = self._slots[i]
-        _close_quietly(slot.env)
+        cut = not first and slot.env is not None  # a watchdog successor that failed to build has counted its cut
+        if slot.env is not None:
+            _close_quietly(slot.env)
         slot.env = slot.make()
-        slot.ep_index += int(not first)
+        slot.ep_index += int(cut)
         obs = slot.new_episode()
         msg = str(err) if isinstance(err, EnvError) else f"{type(err).__name__}: {err}"
         # A failed first reset has no episode to cut: the result is a (late) first observation.

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from asyncvla.config import ConfigError, TrainConfig
 from asyncvla.metrics.spans import Span
@@ -189,13 +190,16 @@ def required_cpus(plan: Plan, cfg: TrainConfig) -> float:
 def check_resources(plan: Plan, cfg: TrainConfig) -> None:
     """Fails with one line when the cluster cannot place every actor (Ray would wait forever)."""
     rt, total = cfg.runtime, ray.cluster_resources()
-    need = {"CPU": required_cpus(plan, cfg),
-            "GPU": len(plan.managers) * rt.env_gpus + plan.num_servers * rt.rollout_gpus}
-    for res, n in need.items():
+    mgrs, srvs = len(plan.managers), plan.num_servers
+    need = {"CPU": (required_cpus(plan, cfg), "env managers x runtime.env_cpus + servers x runtime.rollout_cpus"),
+            "GPU": (mgrs * rt.env_gpus + srvs * rt.rollout_gpus, "env managers x runtime.env_gpus + servers x runtime.rollout_gpus")}
+    for res in {*rt.env_resources, *rt.rollout_resources}:
+        need[res] = (mgrs * rt.env_resources.get(res, 0.0) + srvs * rt.rollout_resources.get(res, 0.0),
+                     "env managers x runtime.env_resources + servers x runtime.rollout_resources")
+    for res, (n, how) in need.items():
         if n > total.get(res, 0.0) + 1e-9:
-            raise ConfigError(f"the ray backend needs {n:g} {res} (env managers x runtime.env_{res.lower()}s + servers x "
-                              f"runtime.rollout_{res.lower()}s) but the Ray cluster has {total.get(res, 0.0):g}: "
-                              f"lower them or add nodes")
+            raise ConfigError(f"the ray backend needs {n:g} {res} ({how}) but the Ray cluster has {total.get(res, 0.0):g}: "
+                              f"lower them or add nodes that have it")
 
 
 def build(cfg: TrainConfig, plan: Plan) -> Runtime:
@@ -207,12 +211,15 @@ def build(cfg: TrainConfig, plan: Plan) -> Runtime:
     probe.close()
     check_episodes(plan, cfg, spec["max_episode_steps"])
     trainer = make_trainer(cfg, spec, DeviceGate(rt.emulated_accelerator))
-    hub = ray.remote(Hub).options(num_cpus=0, max_concurrency=64).remote(plan.max_staleness, plan.samples_per_version,
+    # The Hub beside the driver, whose trainer drains it (segments cross the network once, to it).
+    beside_driver = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    hub = ray.remote(Hub).options(num_cpus=0, max_concurrency=64, scheduling_strategy=beside_driver).remote(plan.max_staleness, plan.samples_per_version,
                                                                         rt.queue_size)
     # A restarted server's pending requests run again on it (max_task_retries): an env that asked
     # gets its answer late, never twice. NCCL: a new process cannot rejoin the broadcast group.
     restarts = rt.max_restarts if rt.weight_sync == "object_store" else 0
-    server_cls = make_ray_rollout_server(num_cpus=rt.rollout_cpus, num_gpus=rt.rollout_gpus, max_restarts=restarts,
+    server_cls = make_ray_rollout_server(num_cpus=rt.rollout_cpus, num_gpus=rt.rollout_gpus, resources=rt.rollout_resources,
+                                         max_restarts=restarts,
                                          max_task_retries=-1 if restarts else 0)
     state = WeightStore(trainer.policy.state_dict(), trainer.version).latest()[1]  # one CPU copy for every server
     # In the object store, held by the driver for the run, and passed as a nested ref: a restart
@@ -226,7 +233,8 @@ def build(cfg: TrainConfig, plan: Plan) -> Runtime:
         store: WeightStore = NcclWeightStore(actors, trainer.policy, trainer.version)
     else:
         store = PushingWeightStore(actors, trainer.policy.state_dict(), trainer.version, hub)
-    mgr_cls = ray.remote(EnvManagerActor).options(num_cpus=rt.env_cpus, num_gpus=rt.env_gpus, max_concurrency=4)
+    mgr_cls = ray.remote(EnvManagerActor).options(num_cpus=rt.env_cpus, num_gpus=rt.env_gpus, resources=rt.env_resources,
+                                                  max_concurrency=4)
     handles = [mgr_cls.remote(cfg, plan, m, actors, hub) for m in plan.managers]
     ledger = Ledger()
     managers = [RemoteManager(h, m.index, m.num_envs, ledger) for h, m in zip(handles, plan.managers)]

@@ -35,7 +35,8 @@ class EnvWorker:
         ids = [self.first_env + i for i in range(env_cfg.num_envs)]
         self.vec = VectorEnv(env_fns(env_cfg, first_env=self.first_env), seed=[env_seed(env_cfg, g) for g in ids],
                              max_episode_steps=env_cfg.max_episode_steps, end_on_success=env_cfg.end_on_success,
-                             executor=env_cfg.executor, step_timeout_s=env_cfg.step_timeout_s)
+                             executor=env_cfg.executor, step_timeout_s=env_cfg.step_timeout_s,
+                             reset_timeout_s=env_cfg.reset_timeout_s)
         n = self.vec.num_envs
         self._decisions = [0] * n
         """Decisions each env has been sent (the sampling key's counter)."""
