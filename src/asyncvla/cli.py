@@ -468,6 +468,10 @@ class BenchFaults:
     """SIGKILL the rollout server's process this long into the faulty row (default: a third of it)."""
     fault_free: bool = True
     """Also run the fault-free row (the throughput check); --no-fault-free with --seconds 1800 is a 30-minute soak."""
+    decompose: bool = False
+    """Also one row per fault kind (server kill, crashes, hangs alone): what each costs."""
+    max_staleness: int | None = None
+    """runtime.max_staleness of every row (default: the workload's, 1)."""
     out: Path = Path("bench-results/faults")
     torch_threads: int = 1
     json: bool = False
@@ -479,7 +483,7 @@ class BenchFaults:
         set_torch_threads(self.torch_threads)
         res = faults_cmd(self.workload, self.seconds, self.out, echo=self.json, crash_prob=self.crash_prob,
                          hang_prob=self.hang_prob, step_timeout_s=self.step_timeout_s, kill_after_s=self.kill_after_s,
-                         fault_free=self.fault_free)
+                         fault_free=self.fault_free, decompose=self.decompose, max_staleness=self.max_staleness)
         _bench_done(res, self.out, self.json)
 
 

@@ -89,11 +89,14 @@ def _row(name: str, cfg: TrainConfig, seconds: float, kill_after_s: float | None
 
 def faults_bench(workload: str = "emulated-balanced", seconds: float = 60.0, crash_prob: float = 0.01,
                  hang_prob: float = 0.0025, step_timeout_s: float = 0.5, kill_after_s: float | None = None,
-                 fault_free: bool = True) -> dict:
+                 fault_free: bool = True, decompose: bool = False, max_staleness: int | None = None) -> dict:
     """The fault-free and the faulty row, their ratio and the checks (see the module docstring).
 
     fault_free=False runs the faulty row alone (a soak: `--seconds 1800 --no-fault-free`); the
     faulty row always records every process's RSS (`rss`: flat within 5% after warm-up?).
+    decompose adds one row per fault kind (the server kill alone, the crashes alone, the hangs
+    alone), each against the same fault-free row: where the throughput goes.
+    max_staleness: the async runtime's bound for every row (None: the workload's).
     """
     from asyncvla.bench.report import finalize_runs
     from asyncvla.bench.throughput import mode_config, ray_session
@@ -107,10 +110,16 @@ def faults_bench(workload: str = "emulated-balanced", seconds: float = 60.0, cra
     w = build_workload(workload)
     base = mode_config(w, "async")
     # Ray: the rollout server is a process that can die; env managers get a share of a CPU each.
-    base = dataclasses.replace(base, runtime=dataclasses.replace(base.runtime, local=False, env_cpus=0.25, rollout_cpus=0.25))
+    stale = {} if max_staleness is None else {"max_staleness": max_staleness}
+    base = dataclasses.replace(base, runtime=dataclasses.replace(base.runtime, local=False, env_cpus=0.25, rollout_cpus=0.25,
+                                                                 **stale))
     faulty = faults_config(base, crash_prob, hang_prob, step_timeout_s)
     with ray_session(base):
         runs = [_row("fault-free", base, seconds, None)] if fault_free else []
+        if decompose:
+            runs += [_row("server kill only", base, seconds, kill_after_s),
+                     _row("crashes only", faults_config(base, crash_prob, 0.0, step_timeout_s), seconds, None),
+                     _row("hangs only", faults_config(base, 0.0, hang_prob, step_timeout_s), seconds, None)]
         runs.append(_row("faults", faulty, seconds, kill_after_s, rss=True))
     finalize_runs(runs, baseline="fault-free")
     hurt = runs[-1]
@@ -124,6 +133,7 @@ def faults_bench(workload: str = "emulated-balanced", seconds: float = 60.0, cra
     if hurt["rss"]:
         checks["RSS of every process flat within 5% after warm-up"] = all(r["flat"] for r in hurt["rss"])
     return {"bench": "faults", "workload": workload, "label": w.label, "seconds": seconds,
+            "max_staleness": faulty.runtime.max_staleness,
             "faults": {"crash_prob_per_step": crash_prob, "hang_prob_per_step": hang_prob, "hang_s": "never ends (3600)",
                        "step_timeout_s": step_timeout_s, "server_killed_after_s": kill_after_s},
             "runs": runs, "checks": checks, "ok": all(checks.values()),
