@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Union
+from typing import Annotated, Literal, Union
 
 import tyro
 
@@ -462,8 +462,8 @@ class BenchFaults:
     """Env crash probability per step (every ~100 steps)."""
     hang_prob: float = 0.0025
     """Probability per step of a hang that never ends (about 1% of 4-step decisions)."""
-    step_timeout_s: float = 0.5
-    """The watchdog's deadline per decision (env.step_timeout_s)."""
+    step_timeout_s: float | Literal["auto"] = 0.5
+    """The watchdog's deadline per decision (env.step_timeout_s; auto: from the measured chunk times)."""
     kill_after_s: float | None = None
     """SIGKILL the rollout server's process this long into the faulty row (default: a third of it)."""
     fault_free: bool = True

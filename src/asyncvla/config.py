@@ -98,10 +98,11 @@ class EnvConfig:
     """End an episode (terminated) as soon as the task succeeds."""
     executor: Literal["inline", "thread"] = "inline"
     """inline: `send` steps the envs in the caller's thread; thread: one thread per env, so envs that hold wall time (emulated, remote renderers) overlap."""
-    step_timeout_s: float | None = None
+    step_timeout_s: float | Literal["auto"] | None = None
     """Deadline of one action chunk (needs executor thread): an env that has not returned by then is
-    taken as hung, replaced by a new one and its episode cut (counted as an env error). null: no
-    deadline (and none on resets)."""
+    taken as hung, replaced by a new one and its episode cut (counted as an env error). auto: from
+    the measured chunk times, 5x the slowest of the last 512 (env.reset_timeout_s until 32 chunks
+    are measured). null: no deadline (and none on resets)."""
     reset_timeout_s: float = 60.0
     """With step_timeout_s set: the deadline of a reset, and of a replacement's build and first reset
     (a simulator can take seconds to load; a deadline of one chunk would replace it again and again)."""
@@ -125,8 +126,8 @@ class EnvConfig:
         _check(8 <= self.image_size <= 1024, "env.image_size", self.image_size, "must be in [8, 1024]")
         _check(self.max_episode_steps is None or self.max_episode_steps >= 1, "env.max_episode_steps", self.max_episode_steps, "must be >= 1 or null")
         _check(self.executor in ("inline", "thread"), "env.executor", self.executor, "allowed: inline, thread")
-        _check(self.step_timeout_s is None or 0 < self.step_timeout_s < math.inf, "env.step_timeout_s", self.step_timeout_s,
-               "must be > 0 and finite, or null")
+        _check(self.step_timeout_s in (None, "auto") or (not isinstance(self.step_timeout_s, str) and 0 < self.step_timeout_s < math.inf),
+               "env.step_timeout_s", self.step_timeout_s, "must be > 0 and finite, auto, or null")
         _check(0 < self.reset_timeout_s < math.inf, "env.reset_timeout_s", self.reset_timeout_s, "must be > 0 and finite")
         _check(self.step_timeout_s is None or self.executor == "thread", "env.step_timeout_s", self.step_timeout_s,
                "needs env.executor=thread (an inline chunk cannot be abandoned)")

@@ -228,3 +228,42 @@ def test_resets_have_their_own_deadline(reset_timeout_s, replaced):
     assert bool(r.error) == replaced
     if replaced:
         assert "env.reset_timeout_s=0.2 s" in r.error
+
+
+def test_step_timeout_auto_follows_the_measured_chunk_times():
+    """step_timeout_s auto: the generous reset deadline until 32 chunks are measured, then 5x the
+    slowest recent chunk, so an unending hang is cut in a fraction of a second, not a minute."""
+    import threading
+
+    from asyncvla.envs.emulated import EmulatedEnv
+    from asyncvla.envs.vector import AUTO_FACTOR, AUTO_MIN_CHUNKS, VectorEnv
+
+    release = threading.Event()
+    steps = []
+
+    def make():
+        env = EmulatedEnv(EmulatedConfig(step_mean_s=0.01, step_jitter=0.0, reset_s=0.0), 16, 0)
+        step = env.step
+
+        def maybe_hang(a):
+            steps.append(1)
+            if len(steps) == AUTO_MIN_CHUNKS + 5:
+                release.wait(60)
+            return step(a)
+        env.step = maybe_hang
+        return env
+
+    with VectorEnv([make], executor="thread", step_timeout_s="auto", reset_timeout_s=30.0) as venv:
+        venv.reset()
+        assert venv.chunk_deadline_s() == 30.0
+        for _ in range(AUTO_MIN_CHUNKS + 4):
+            (r,) = venv.step(np.zeros((1, 1, 4), np.float32))
+            assert not r.error
+        deadline = venv.chunk_deadline_s()
+        assert AUTO_FACTOR * 0.01 <= deadline < 1.0, deadline
+        t0 = time.perf_counter()
+        (r,) = venv.step(np.zeros((1, 1, 4), np.float32))
+        waited = time.perf_counter() - t0
+        release.set()
+    assert "hung (no result within env.step_timeout_s=auto: " in r.error and r.truncated
+    assert deadline <= waited < deadline + 1.0, (waited, deadline)

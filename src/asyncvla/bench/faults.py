@@ -39,7 +39,7 @@ MIN_RATIO = 0.8
 """Throughput under faults, as a fraction of the fault-free row's, that the bench requires."""
 
 
-def faults_config(cfg: TrainConfig, crash_prob: float, hang_prob: float, step_timeout_s: float) -> TrainConfig:
+def faults_config(cfg: TrainConfig, crash_prob: float, hang_prob: float, step_timeout_s: float | str) -> TrainConfig:
     """`cfg` with injected crashes and unending hangs, and the watchdog that replaces hung envs."""
     wrappers = dataclasses.replace(cfg.env.wrappers, fault_prob=crash_prob, fault_kind="crash", hang_prob=hang_prob,
                                    fault_hang_s=3600.0)
@@ -88,7 +88,7 @@ def _row(name: str, cfg: TrainConfig, seconds: float, kill_after_s: float | None
 
 
 def faults_bench(workload: str = "emulated-balanced", seconds: float = 60.0, crash_prob: float = 0.01,
-                 hang_prob: float = 0.0025, step_timeout_s: float = 0.5, kill_after_s: float | None = None,
+                 hang_prob: float = 0.0025, step_timeout_s: float | str = 0.5, kill_after_s: float | None = None,
                  fault_free: bool = True, decompose: bool = False, max_staleness: int | None = None) -> dict:
     """The fault-free and the faulty row, their ratio and the checks (see the module docstring).
 

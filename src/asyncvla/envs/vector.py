@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -63,6 +64,14 @@ def _close_quietly(env: Env) -> None:
         pass
 
 
+AUTO_FACTOR = 5.0
+"""step_timeout_s auto: the deadline is this many times the slowest recent chunk."""
+AUTO_WINDOW = 512
+"""step_timeout_s auto: chunks the deadline is measured over."""
+AUTO_MIN_CHUNKS = 32
+"""step_timeout_s auto: chunks measured before the deadline leaves env.reset_timeout_s."""
+
+
 class _EnvThread:
     """One env's own daemon thread running its jobs in order. Daemon: a hung env's thread, abandoned
     by the watchdog, must not keep the process from exiting (a pool's threads are joined at exit)."""
@@ -94,7 +103,9 @@ class _Slot:
         self.started = 0.0
         """When its running chunk or reset was submitted (monotonic clock)."""
         self.limit_s = 0.0
-        """The watchdog's deadline for what runs (a chunk's, or a reset's and rebuild's)."""
+        """The watchdog's deadline for what runs (a chunk's, or a reset's and rebuild's)..."""
+        self.limit_field = ""
+        """... and the setting it comes from, for the error message."""
         self.resetting = False
         """What runs is a first reset (reset_all / reset_some), not a chunk."""
         self.chunk_steps = 0
@@ -136,7 +147,7 @@ class VectorEnv:
         max_episode_steps: int | None = None,
         end_on_success: bool = True,
         executor: str = "inline",
-        step_timeout_s: float | None = None,
+        step_timeout_s: float | str | None = None,
         reset_timeout_s: float = 60.0,
     ):
         # One seed per env (e.g. from its global id) keeps an env's episodes the same however
@@ -160,9 +171,13 @@ class VectorEnv:
                 slot.thread = _EnvThread(f"env{i}")
         elif step_timeout_s is not None:
             raise ValueError("step_timeout_s needs executor='thread': an inline chunk cannot be abandoned")
+        if isinstance(step_timeout_s, str) and step_timeout_s != "auto":
+            raise ValueError(f"step_timeout_s={step_timeout_s!r}: a number of seconds, 'auto' or None")
         self.step_timeout_s = step_timeout_s
         self.reset_timeout_s = reset_timeout_s
         """Deadline of resets and of the watchdog's rebuilds (only with step_timeout_s)."""
+        self._chunk_s: deque[float] = deque(maxlen=AUTO_WINDOW)
+        """Wall times of the last chunks that completed (step_timeout_s auto)."""
         self._started = False
 
     # -- protocol -------------------------------------------------------------------------
@@ -275,7 +290,11 @@ class VectorEnv:
         (default: fn is `_first_reset`), so its failure reports a first observation, not a cut."""
         slot = self._slots[i]
         slot.started, slot.resetting = time.monotonic(), fn == self._first_reset if first is None else first
-        slot.limit_s = (self.step_timeout_s if fn == self._run_chunk else self.reset_timeout_s) or 0.0
+        if fn == self._run_chunk:
+            slot.limit_s = self.chunk_deadline_s()
+            slot.limit_field = "env.step_timeout_s=auto: " if self.step_timeout_s == "auto" else "env.step_timeout_s="
+        else:
+            slot.limit_s, slot.limit_field = self.reset_timeout_s, "env.reset_timeout_s="
         if slot.thread is None:
             self._ready.put((slot, self._guarded(fn, i, *args)))
             return
@@ -297,7 +316,17 @@ class VectorEnv:
         if slot is not self._slots[res.env_id]:
             return []
         slot.busy = False  # collected: the watchdog must not also cut it
+        if res.error is None and not res.is_first and res.step_s:
+            self._chunk_s.append(res.step_s)
         return [res]
+
+    def chunk_deadline_s(self) -> float:
+        """The watchdog's deadline for a chunk submitted now (0 without a watchdog)."""
+        if self.step_timeout_s != "auto":
+            return self.step_timeout_s or 0.0
+        if len(self._chunk_s) < AUTO_MIN_CHUNKS:
+            return self.reset_timeout_s
+        return AUTO_FACTOR * max(self._chunk_s)
 
     def _next_hang_deadline(self) -> float | None:
         if self.step_timeout_s is None:
@@ -323,8 +352,7 @@ class VectorEnv:
                     new.ep_index = old.ep_index
                 self._slots[i] = new
                 new.busy = True
-                field = "env.reset_timeout_s" if old.limit_s != self.step_timeout_s else "env.step_timeout_s"
-                msg = f"env {i}: hung (no result within {field}={old.limit_s:g} s); replaced"
+                msg = f"env {i}: hung (no result within {old.limit_field}{old.limit_s:.3g} s); replaced"
                 self._submit(self._replacement, i, msg, first=old.resetting)
 
     def _replacement(self, i: int, msg: str) -> EnvResult:
