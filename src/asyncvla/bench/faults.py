@@ -110,9 +110,9 @@ def faults_bench(workload: str = "emulated-balanced", seconds: float = 60.0, cra
     w = build_workload(workload)
     base = mode_config(w, "async")
     # Ray: the rollout server is a process that can die; env managers get a share of a CPU each.
-    stale = {} if max_staleness is None else {"max_staleness": max_staleness}
+    stale = base.runtime.max_staleness if max_staleness is None else max_staleness
     base = dataclasses.replace(base, runtime=dataclasses.replace(base.runtime, local=False, env_cpus=0.25, rollout_cpus=0.25,
-                                                                 **stale))
+                                                                 max_staleness=stale))
     faulty = faults_config(base, crash_prob, hang_prob, step_timeout_s)
     with ray_session(base):
         runs = [_row("fault-free", base, seconds, None)] if fault_free else []

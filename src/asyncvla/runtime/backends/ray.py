@@ -213,8 +213,8 @@ def build(cfg: TrainConfig, plan: Plan) -> Runtime:
     trainer = make_trainer(cfg, spec, DeviceGate(rt.emulated_accelerator))
     # The Hub beside the driver, whose trainer drains it (segments cross the network once, to it).
     beside_driver = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    hub = ray.remote(Hub).options(num_cpus=0, max_concurrency=64, scheduling_strategy=beside_driver).remote(plan.max_staleness, plan.samples_per_version,
-                                                                        rt.queue_size)
+    hub = ray.remote(Hub).options(num_cpus=0, max_concurrency=64, scheduling_strategy=beside_driver).remote(
+        plan.max_staleness, plan.samples_per_version, rt.queue_size)
     # A restarted server's pending requests run again on it (max_task_retries): an env that asked
     # gets its answer late, never twice. NCCL: a new process cannot rejoin the broadcast group.
     restarts = rt.max_restarts if rt.weight_sync == "object_store" else 0
