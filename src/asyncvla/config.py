@@ -473,6 +473,16 @@ class RuntimeConfig:
     rollout_resources: dict[str, float] = field(default_factory=dict)
     """Ray custom resources each rollout-server actor requests (e.g. {node_b: 0.01}); the trainer runs
     in the driver, on the node where `asyncvla train` starts."""
+    num_trainers: int = 1
+    """Data-parallel trainers: N ranks each take a share of every minibatch, gradients all-reduced (gloo on
+    CPU, NCCL on CUDA); rank 0 runs in the driver and publishes weights, ranks 1..N-1 run as threads
+    (local backend) or Ray actors (runtime.trainer_cpus/gpus/resources each)."""
+    trainer_cpus: float = 1.0
+    """CPUs reserved per extra trainer actor (num_trainers > 1, Ray backend)."""
+    trainer_gpus: float = 0.0
+    """GPUs reserved per extra trainer actor (num_trainers > 1, Ray backend)."""
+    trainer_resources: dict[str, float] = field(default_factory=dict)
+    """Ray custom resources each extra trainer actor requests (num_trainers > 1), as env_resources."""
     ray_address: str | None = None
     """Join this Ray cluster (e.g. 10.0.0.1:6379 or auto); null starts a local Ray sized to the machine."""
     local: bool = False
@@ -523,14 +533,16 @@ class RuntimeConfig:
         _check(self.pipeline_stages in (1, 2, 4), "runtime.pipeline_stages", self.pipeline_stages, "allowed: 1, 2, 4")
         _check(self.rollout_steps >= 1, "runtime.rollout_steps", self.rollout_steps, "must be >= 1")
         _check(self.placement in ("colocated", "disaggregated"), "runtime.placement", self.placement, "allowed: colocated, disaggregated")
-        for name in ("env_cpus", "env_gpus", "rollout_cpus", "rollout_gpus"):
+        _check(self.num_trainers >= 1, "runtime.num_trainers", self.num_trainers, "must be >= 1")
+        for name in ("env_cpus", "env_gpus", "rollout_cpus", "rollout_gpus", "trainer_cpus", "trainer_gpus"):
             _check(getattr(self, name) >= 0, f"runtime.{name}", getattr(self, name), "must be >= 0")
-        for name in ("env_resources", "rollout_resources"):
+        for name in ("env_resources", "rollout_resources", "trainer_resources"):
             res = getattr(self, name) or {}
             setattr(self, name, dict(res))
             for key, n in res.items():
                 _check(key not in ("CPU", "GPU", "memory") and 0 <= n < math.inf, f"runtime.{name}", dict(res),
-                       "every amount must be >= 0 and finite, and CPU/GPU set through runtime.env_cpus/gpus and rollout_cpus/gpus")
+                       "every amount must be >= 0 and finite, and CPU/GPU set through runtime.env_cpus/gpus, rollout_cpus/gpus "
+                       "and trainer_cpus/gpus")
         _check(self.weight_sync in ("object_store", "nccl"), "runtime.weight_sync", self.weight_sync, "allowed: object_store, nccl")
         _check(self.max_staleness is None or self.max_staleness >= 0, "runtime.max_staleness", self.max_staleness, "must be >= 0 or null")
         _check(self.max_batch is None or self.max_batch >= 1, "runtime.max_batch", self.max_batch, "must be >= 1 or null")

@@ -1,4 +1,4 @@
-"""Fakes for the runtime's pure-logic tests: a policy whose outputs reveal its weights."""
+"""Fakes for the runtime's pure-logic tests (a policy whose outputs reveal its weights), and a local Ray."""
 
 import numpy as np
 import pytest
@@ -43,3 +43,13 @@ def fake_policy():
 @pytest.fixture
 def obs_of():
     return make_obs
+
+
+@pytest.fixture
+def ray_local():
+    ray = pytest.importorskip("ray")
+    from asyncvla.runtime.backends.ray import init_ray
+
+    init_ray(None, min_cpus=2)
+    yield ray
+    ray.shutdown()

@@ -30,16 +30,6 @@ def test_ledger_increments_add_up_to_the_parts():
     assert dict(total.dropped_samples) == {"env_error": 2, "shutdown": 2}
 
 
-@pytest.fixture
-def ray_local(tmp_path):
-    ray = pytest.importorskip("ray")
-    from asyncvla.runtime.backends.ray import init_ray
-
-    init_ray(None, min_cpus=2)
-    yield ray
-    ray.shutdown()
-
-
 def test_local_ray_workers_are_not_niced(ray_local):
     # Ray's default niceness (15) lets every nice-0 process of the machine pre-empt the workers
     # that step the envs and run inference; they run at the driver's niceness instead.
@@ -164,10 +154,11 @@ def test_a_control_call_that_gets_no_answer_stops_with_a_line_naming_it(ray_loca
 
 
 @pytest.mark.slow
-def test_a_killed_rollout_server_comes_back_with_the_latest_weights(ray_local, tmp_path):
+def test_a_killed_rollout_server_comes_back_with_the_latest_weights(ray_local, tmp_path, capfd):
     """SIGKILL the server's process after the first update: Ray restarts it, its pending requests
     run again, it serves the trainer's latest weights (no sample beyond max_staleness), and every
-    env step is still trained or dropped with a reason."""
+    env step is still trained or dropped with a reason. Ray's warning about a restartable actor
+    whose constructor takes a ref or handle does not print: the server finds the Hub by name."""
     import os
     import signal
 
@@ -192,3 +183,4 @@ def test_a_killed_rollout_server_comes_back_with_the_latest_weights(ray_local, t
     led = rt.ledger
     assert led.balance == 0 and "stale" not in led.dropped_env_steps, dict(led.dropped_env_steps)
     assert max(rt.controller.metrics().get("lag/max", 0), 0) <= 1
+    assert "constructor arguments in the object store" not in capfd.readouterr().err

@@ -15,9 +15,13 @@ def _cfg(**runtime):  # emulated-e2e: 2 env managers (pipeline stages), 1 rollou
 
 
 @pytest.mark.parametrize("runtime, cluster, message", [
-    (dict(rollout_gpus=1.0), {"CPU": 8.0}, "needs 1 GPU (env managers x runtime.env_gpus + servers x runtime.rollout_gpus) but the Ray cluster has 0"),
+    (dict(rollout_gpus=1.0), {"CPU": 8.0}, "needs 1 GPU (env managers x runtime.env_gpus + servers x runtime.rollout_gpus"
+                                           " + extra trainers x runtime.trainer_gpus) but the Ray cluster has 0"),
+    (dict(num_trainers=3, trainer_gpus=1.0), {"CPU": 8.0, "GPU": 1.0}, "needs 2 GPU"),
+    (dict(num_trainers=2, trainer_resources={"node_b": 1.0}), {"CPU": 8.0}, "needs 1 node_b"),
     (dict(env_cpus=4.0), {"CPU": 2.0}, "needs 9 CPU"),
-    (dict(env_resources={"node_a": 1.0}), {"CPU": 8.0}, "needs 2 node_a (env managers x runtime.env_resources + servers x runtime.rollout_resources) but the Ray cluster has 0"),
+    (dict(env_resources={"node_a": 1.0}), {"CPU": 8.0}, "needs 2 node_a (env managers x runtime.env_resources + servers x runtime.rollout_resources"
+     " + extra trainers x runtime.trainer_resources) but the Ray cluster has 0"),
     (dict(env_resources={"node_a": 1.0}, rollout_resources={"node_a": 2.0}), {"CPU": 8.0, "node_a": 2.0}, "needs 4 node_a"),
 ])
 def test_layouts_the_cluster_cannot_place_are_refused(monkeypatch, runtime, cluster, message):

@@ -6,6 +6,7 @@ value loss when the algorithm trains a critic, and the KL penalty to a reference
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,12 @@ class Batch:
 
     def __len__(self) -> int:
         return self.actions.shape[0]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """The batch with its tensors on `device` (a data-parallel replica's)."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return dataclasses.replace(self, **moved)
 
     def evaluate(self, policy: Policy, rows: np.ndarray | slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`policy.evaluate` of samples `rows` (indices or a slice)."""

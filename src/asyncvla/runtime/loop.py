@@ -166,6 +166,7 @@ def shutdown(run: Runtime) -> None:
     run.learner.drop_buffered("shutdown")
     for seg in run.trajectories.drain():
         run.ledger.dropped("shutdown", len(seg), seg.env_steps)
+    run.learner.trainer.close_replicas()
     run.backend.close()
 
 

@@ -19,6 +19,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ from asyncvla.runtime.device import DeviceGate
 from asyncvla.runtime.env.manager import RolloutClient
 from asyncvla.runtime.env.worker import EnvWorker
 from asyncvla.runtime.inference.server import make_ray_rollout_server, make_router
+from asyncvla.runtime.learner import data_parallel
+from asyncvla.runtime.learner.data_parallel import RayReplica, TrainerReplica
 from asyncvla.runtime.inference.weight_store import WeightStore
 from asyncvla.runtime.learner.staleness import Ledger
 from asyncvla.runtime.loop import Runtime, make_learner
@@ -183,19 +186,25 @@ class RayBackend:
 
 
 def required_cpus(plan: Plan, cfg: TrainConfig) -> float:
-    """CPUs the actors reserve: one manager actor each (env_cpus) and each server (rollout_cpus)."""
-    return len(plan.managers) * cfg.runtime.env_cpus + plan.num_servers * cfg.runtime.rollout_cpus
+    """CPUs the actors reserve: one manager actor each (env_cpus), each server (rollout_cpus) and each
+    trainer beyond the driver's (trainer_cpus)."""
+    rt = cfg.runtime
+    return len(plan.managers) * rt.env_cpus + plan.num_servers * rt.rollout_cpus + (rt.num_trainers - 1) * rt.trainer_cpus
 
 
 def check_resources(plan: Plan, cfg: TrainConfig) -> None:
     """Fails with one line when the cluster cannot place every actor (Ray would wait forever)."""
     rt, total = cfg.runtime, ray.cluster_resources()
-    mgrs, srvs = len(plan.managers), plan.num_servers
-    need = {"CPU": (required_cpus(plan, cfg), "env managers x runtime.env_cpus + servers x runtime.rollout_cpus"),
-            "GPU": (mgrs * rt.env_gpus + srvs * rt.rollout_gpus, "env managers x runtime.env_gpus + servers x runtime.rollout_gpus")}
-    for res in {*rt.env_resources, *rt.rollout_resources}:
-        need[res] = (mgrs * rt.env_resources.get(res, 0.0) + srvs * rt.rollout_resources.get(res, 0.0),
-                     "env managers x runtime.env_resources + servers x runtime.rollout_resources")
+    mgrs, srvs, trs = len(plan.managers), plan.num_servers, rt.num_trainers - 1
+    need = {"CPU": (required_cpus(plan, cfg), "env managers x runtime.env_cpus + servers x runtime.rollout_cpus"
+                                              " + extra trainers x runtime.trainer_cpus"),
+            "GPU": (mgrs * rt.env_gpus + srvs * rt.rollout_gpus + trs * rt.trainer_gpus,
+                    "env managers x runtime.env_gpus + servers x runtime.rollout_gpus + extra trainers x runtime.trainer_gpus")}
+    for res in {*rt.env_resources, *rt.rollout_resources, *rt.trainer_resources}:
+        need[res] = (mgrs * rt.env_resources.get(res, 0.0) + srvs * rt.rollout_resources.get(res, 0.0)
+                     + trs * rt.trainer_resources.get(res, 0.0),
+                     "env managers x runtime.env_resources + servers x runtime.rollout_resources"
+                     " + extra trainers x runtime.trainer_resources")
     for res, (n, how) in need.items():
         if n > total.get(res, 0.0) + 1e-9:
             raise ConfigError(f"the ray backend needs {n:g} {res} ({how}) but the Ray cluster has {total.get(res, 0.0):g}: "
@@ -211,9 +220,15 @@ def build(cfg: TrainConfig, plan: Plan) -> Runtime:
     probe.close()
     check_episodes(plan, cfg, spec["max_episode_steps"])
     trainer = make_trainer(cfg, spec, DeviceGate(rt.emulated_accelerator))
+    replica_cls = ray.remote(TrainerReplica).options(num_cpus=rt.trainer_cpus, num_gpus=rt.trainer_gpus,
+                                                     resources=rt.trainer_resources)
+    addr = ray.util.get_node_ip_address()  # the driver's: rank 0's store listens here
+    data_parallel.start_group(trainer, rt.num_trainers, addr, lambda rank, port, backend: RayReplica(replica_cls.remote(
+        functools.partial(make_trainer, cfg, spec), addr, port, rank, rt.num_trainers, backend)))
     # The Hub beside the driver, whose trainer drains it (segments cross the network once, to it).
     beside_driver = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    hub = ray.remote(Hub).options(num_cpus=0, max_concurrency=64, scheduling_strategy=beside_driver).remote(
+    hub_name = f"asyncvla-hub-{uuid.uuid4().hex[:12]}"  # servers look it up (one name per run: a shared cluster may run several)
+    hub = ray.remote(Hub).options(num_cpus=0, max_concurrency=64, scheduling_strategy=beside_driver, name=hub_name).remote(
         plan.max_staleness, plan.samples_per_version, rt.queue_size)
     # A restarted server's pending requests run again on it (max_task_retries): an env that asked
     # gets its answer late, never twice. NCCL: a new process cannot rejoin the broadcast group.
@@ -222,12 +237,12 @@ def build(cfg: TrainConfig, plan: Plan) -> Runtime:
                                          max_restarts=restarts,
                                          max_task_retries=-1 if restarts else 0)
     state = WeightStore(trainer.policy.state_dict(), trainer.version).latest()[1]  # one CPU copy for every server
-    # In the object store, held by the driver for the run, and passed as a nested ref: a restart
-    # re-runs the constructor with these arguments, and Ray frees a large argument passed by value
-    # once the first one ran (a top-level ref works too, but Ray warns about it on every run).
+    # In the object store, held by the Hub for the run: a restart re-runs the constructor, which
+    # fetches it again (Ray frees a large argument passed by value once the first one ran).
     make = ray.put(functools.partial(make_server_policy, cfg, spec, state, trainer.version))
-    actors = [server_cls.remote([make], plan.max_batch, plan.max_wait_s, i, rt.trace, DeviceGate(rt.emulated_accelerator),
-                                hub if restarts else None)
+    ray_get(hub.hold_builder.remote([make]), "trajectory hub: start")
+    actors = [server_cls.remote(hub_name, plan.max_batch, plan.max_wait_s, i, rt.trace, DeviceGate(rt.emulated_accelerator),
+                                bool(restarts))
               for i in range(plan.num_servers)]
     if rt.weight_sync == "nccl":
         store: WeightStore = NcclWeightStore(actors, trainer.policy, trainer.version)
@@ -244,7 +259,7 @@ def build(cfg: TrainConfig, plan: Plan) -> Runtime:
     servers = [RemoteServer(s, i) for i, s in enumerate(actors)]
     queue = RemoteQueue(hub)
     backend = RayBackend(hub, managers, servers, queue)
-    backend.held = [make]
+    backend.held = [make]  # the driver owns it: it lives while the run does
     return Runtime(plan, managers, servers, queue, controller, ledger, store, learner, backend, spec)
 
 

@@ -60,6 +60,16 @@ class Hub:
         self.controller = StalenessController(max_staleness, samples_per_version)
         self.queue = TrajectoryQueue(capacity)
         self._weights: tuple[list, int] = ([], -1)
+        self._builder: list = []
+
+    def hold_builder(self, ref: list) -> None:
+        """Keeps the rollout servers' policy builder ([its ref], unresolved) for the run: a server
+        fetches it here, not as a constructor argument, since Ray warns on every run about an actor
+        with restarts whose constructor takes a ref or an actor handle."""
+        self._builder = ref
+
+    def builder(self) -> list:
+        return self._builder
 
     def publish_weights(self, ref: list, version: int) -> None:
         """Keeps the latest published weights (the ref, in a list so Ray does not resolve it) for a

@@ -9,6 +9,7 @@ which is what the ray backend is for. Fastest to start, and what the unit tests 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 
@@ -23,10 +24,15 @@ from asyncvla.runtime.inference.batcher import LocalTransport
 from asyncvla.runtime.inference.server import RolloutServer, make_router
 from asyncvla.runtime.inference.weight_store import WeightStore
 from asyncvla.runtime.queues import TrajectoryQueue
+from asyncvla.runtime.learner import data_parallel
+from asyncvla.runtime.learner.data_parallel import ThreadReplica, TrainerReplica
 from asyncvla.runtime.learner.staleness import Ledger, StalenessController
 from asyncvla.runtime.learner.trainer import Trainer
 from asyncvla.runtime.loop import Runtime, make_learner
 from asyncvla.runtime.plan import ManagerSpec, Plan, check_episodes
+
+LOOPBACK = "127.0.0.1"
+"""Where the trainer ranks of one process meet (num_trainers > 1, threads backend)."""
 
 
 def _join(threads: list[threading.Thread], timeout_s: float) -> None:
@@ -110,6 +116,9 @@ def build(cfg: TrainConfig, plan: Plan) -> Runtime:
     # One gate for both roles: colocated on a shared (or emulated) device, their calls never overlap.
     gate = DeviceGate(rt.emulated_accelerator, shared=plan.shared_device)
     trainer = make_trainer(cfg, spec, gate)
+    make = functools.partial(make_trainer, cfg, spec)
+    data_parallel.start_group(trainer, rt.num_trainers, LOOPBACK, lambda rank, port, backend: ThreadReplica(
+        functools.partial(TrainerReplica, make, LOOPBACK, port, rank, rt.num_trainers, backend)))
     ledger = Ledger()
     controller = StalenessController(plan.max_staleness, plan.samples_per_version)
     store = WeightStore(trainer.policy.state_dict(), trainer.version)

@@ -207,19 +207,21 @@ def make_ray_rollout_server(**ray_options):
     import ray
 
     class RolloutServerActor:
-        def __init__(self, policy_fn: Callable[[], Policy] | list, max_batch: int, max_wait_s: float, index: int = 0,
-                     trace: bool = True, device: DeviceGate | None = None, weights_from=None):
-            """policy_fn: the policy's builder, or [its ObjectRef] (held by the driver; nested in a list
-            so Ray neither resolves it nor counts it among the arguments a restart must find).
-            weights_from: the actor that keeps the latest published weights (the Hub): a restarted
-            server (Ray re-runs this constructor) starts from them, not from the run's first ones."""
+        def __init__(self, policy_fn: Callable[[], Policy] | str, max_batch: int, max_wait_s: float, index: int = 0,
+                     trace: bool = True, device: DeviceGate | None = None, restarts: bool = False):
+            """policy_fn: the policy's builder, or the name of the Hub actor that holds it (a name, since
+            Ray warns about a restartable actor whose constructor takes a ref or a handle).
+            restarts: a reconstructed server (Ray re-runs this constructor) starts from the latest
+            weights published to the Hub, not from the run's first ones."""
             worker_logs.name(f"rollout-server-{index}")
-            if isinstance(policy_fn, list):
-                policy_fn = ray.get(policy_fn[0])
+            hub = None
+            if isinstance(policy_fn, str):
+                hub = ray.get_actor(policy_fn)
+                policy_fn = ray.get(ray.get(hub.builder.remote())[0])
             self.transport = LocalTransport()
             self.server = RolloutServer(policy_fn(), max_batch, max_wait_s, index=index, trace=trace, device=device)
-            if weights_from is not None and ray.get_runtime_context().was_current_actor_reconstructed:
-                refs, version = ray.get(weights_from.latest_weights.remote())
+            if restarts and hub is not None and ray.get_runtime_context().was_current_actor_reconstructed:
+                refs, version = ray.get(hub.latest_weights.remote())
                 if refs:
                     self.server.set_weights(ray.get(refs[0]), version)  # applied before the first batch
             self._stop = False

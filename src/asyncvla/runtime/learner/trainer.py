@@ -9,6 +9,7 @@ entropy, KL to the initial policy if asked) with gradient clipping → loss stat
 from __future__ import annotations
 
 import copy
+import math
 import random
 from collections import deque
 from pathlib import Path
@@ -27,6 +28,7 @@ from asyncvla.policies.base import ObsBatch, Policy
 from asyncvla.policies.registry import build_policy
 from asyncvla.runtime.data import Rollout
 from asyncvla.runtime.device import DeviceGate
+from asyncvla.runtime.learner.data_parallel import GROUP_TIMEOUT_S, Collective, replica_state, weights_checksum
 
 
 @torch.no_grad()
@@ -109,6 +111,12 @@ class Trainer:
         self.minibatch_log: deque[dict] = deque(maxlen=100_000)
         self.skipped_in_a_row = 0
         """Updates in a row of which every step was skipped."""
+        self.dp: Collective | None = None
+        """runtime.num_trainers > 1: this rank's side of the trainers' group (data_parallel.py)."""
+        self.replicas: list = []
+        """Rank 0: the other ranks (ThreadReplica / RayReplica), which run every update beside it."""
+        self.replica_drift = 0.0
+        """Rank 0: the largest difference of a replica's weight checksum from this rank's, last update."""
 
     def _param_groups(self) -> list[dict]:
         value_lr = self.algo.value_lr
@@ -169,9 +177,37 @@ class Trainer:
         return torch.cat(out)
 
     def update(self, batch: Batch, epochs: int) -> dict[str, float]:
-        """`epochs` passes of shuffled minibatches; one optimizer step per minibatch."""
+        """`epochs` passes of shuffled minibatches; one optimizer step per minibatch (data-parallel:
+        the replicas run the same update beside this one, on their shards)."""
         with self.gate.train(len(batch) * epochs):
-            return self._update(batch, epochs)
+            if not self.replicas:
+                return self._update(batch, epochs)
+            cpu, state = batch.to("cpu"), replica_state(self)
+            futures = [r.update(cpu, epochs, state) for r in self.replicas]
+            out = self._update(batch, epochs)
+            sums = [f.result(timeout=GROUP_TIMEOUT_S) for f in futures]  # a replica's error surfaces here
+            mine = weights_checksum(self)
+            self.replica_drift = max(abs(s - mine) for s in sums)
+            out["train/replica_drift"] = self.replica_drift
+            return out
+
+    def attach_replicas(self, replicas: list) -> None:
+        """Rank 0 of `runtime.num_trainers`: the other ranks start from this one's weights and optimizer."""
+        self.replicas = replicas
+        self.sync_replicas()
+
+    def sync_replicas(self) -> None:
+        if not self.replicas:
+            return
+        state = {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        for f in [r.load_state(state, opt) for r in self.replicas]:
+            f.result(timeout=GROUP_TIMEOUT_S)
+
+    def close_replicas(self) -> None:
+        for r in self.replicas:
+            r.close()
+        self.replicas = []
 
     def _update(self, batch: Batch, epochs: int) -> dict[str, float]:
         self.policy.train()
@@ -217,7 +253,14 @@ class Trainer:
         """The minibatch's loss (with grad) and its stats, at the current weights."""
         # Critic warm-up: value loss only (an algorithm without a critic has nothing to warm up).
         actor_on = not self.algorithm.uses_critic or self.num_updates >= self.algo.critic_warmup
-        return minibatch_loss(self.policy, self.algo, self.algorithm.uses_critic, b, chunk, idx, ref_logprob, actor_on)
+        if self.dp is None:
+            return minibatch_loss(self.policy, self.algo, self.algorithm.uses_critic, b, chunk, idx, ref_logprob, actor_on)
+        # Data-parallel: this rank's shard, its loss weighted by its share of the minibatch (the
+        # ranks' losses sum to the minibatch's), its stats those of the whole minibatch.
+        rows, weight = self.dp.shard(chunk)
+        loss, stats = minibatch_loss(self.policy, self.algo, self.algorithm.uses_critic, b, rows,
+                                     torch.as_tensor(rows, device=self.device), ref_logprob, actor_on)
+        return loss * weight, {**self.dp.reduce_stats(stats, weight), "_weight": weight, "_rows": rows}
 
     def _step(self, loss: torch.Tensor, stats: dict) -> torch.Tensor | None:
         """One optimizer step; returns the minibatch's logprob before it (for the first step's change),
@@ -225,9 +268,13 @@ class Trainer:
         before = stats.pop("_logprob")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        total = float(loss.detach())
+        if self.dp is not None:  # every rank now holds the whole minibatch's gradient
+            self.dp.all_reduce_grads([p for p in self.policy.parameters() if p.requires_grad])
+            total = self.dp.mean(total, 1.0)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.algo.max_grad_norm)
-        stats.update(total=float(loss.detach()), grad_norm=float(grad_norm))
-        if not (torch.isfinite(loss.detach()) and torch.isfinite(grad_norm)):
+        stats.update(total=total, grad_norm=float(grad_norm))
+        if not (math.isfinite(total) and torch.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
@@ -245,14 +292,15 @@ class Trainer:
             snapshot = (copy.deepcopy(self.policy.state_dict()), copy.deepcopy(self.optimizer.state_dict()), self.policy.version)
         tokens = chunk_tokens(b.actions)
         for attempt in range(MAX_RETAKES + 1):
+            rows, weight = stats.pop("_rows", chunk), stats.pop("_weight", 1.0)  # data-parallel: this rank's shard
             before = self._step(loss, stats)
             if before is None:
                 return {**stats, "skipped": 1.0}
             if target is None and not first:
                 return stats
             with torch.no_grad():
-                after = b.evaluate(self.policy, chunk)[0]
-            kl = step_kl(before, after, tokens)
+                after = b.evaluate(self.policy, rows)[0]
+            kl = self._mean(step_kl(before, after, tokens), weight)
             if target is not None and kl > 0:  # 0: the policy did not move (critic warm-up), nothing to learn from
                 lr = next_lr(self.policy_lr, kl, target, self.algo.lr, self.algo.lr * LR_MIN_FRACTION)
                 if snapshot is not None and kl > 4 * target and attempt < MAX_RETAKES:
@@ -268,10 +316,14 @@ class Trainer:
             if first:
                 stats.update(first_step_kl=kl, retakes=float(attempt))
                 d = after - before
-                stats.update(first_step_dlogp=float(d.mean()), first_step_dlogp_abs=float(d.abs().mean()),
-                             first_step_dlogp_token_abs=float(d.abs().mean()) / tokens)
+                dlogp, dlogp_abs = self._mean(float(d.mean()), weight), self._mean(float(d.abs().mean()), weight)
+                stats.update(first_step_dlogp=dlogp, first_step_dlogp_abs=dlogp_abs, first_step_dlogp_token_abs=dlogp_abs / tokens)
             return stats
         raise AssertionError("unreachable")
+
+    def _mean(self, value: float, weight: float) -> float:
+        """A mean over this rank's shard -> the minibatch's (data-parallel); as is otherwise."""
+        return value if self.dp is None else self.dp.mean(value, weight)
 
     @property
     def policy_lr(self) -> float:
@@ -318,6 +370,7 @@ class Trainer:
         random.setstate(st["python_rng"])
         if self.ref_policy is not None and st.get("ref_policy") is not None:
             self.ref_policy.load_state_dict(st["ref_policy"])
+        self.sync_replicas()
         return self.policy.version
 
     def drain_spans(self) -> list[Span]:
