@@ -250,6 +250,31 @@ def test_critic_warmup_moves_only_the_value_head():
     assert any(not torch.equal(v, grpo.policy.state_dict()[k]) for k, v in start.items())
 
 
+def test_the_critics_gradient_does_not_scale_the_actors_step():
+    """Actor and critic are clipped apart: a value loss a million times larger leaves the actor's update as it was."""
+    heads = []
+    for value_coef in (0.5, 5e5):
+        torch.manual_seed(0)
+        trainer = Trainer(TINY, AlgoConfig(lr=1e-3, minibatch_size=16, value_coef=value_coef), A, P, seed=0, trace=False)
+        stats = trainer.update(trainer.prepare([_fixed_rollout(trainer.policy)]), epochs=1)
+        assert stats["loss/grad_norm_critic"] > 0
+        heads.append({k: v.clone() for k, v in trainer.policy.state_dict().items() if not k.startswith("value_")})
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+
+
+def test_a_critic_warmup_leaves_the_actor_without_optimizer_state():
+    """Warm-up steps give the actor no gradient (not a zero one), so Adam's bias correction starts at its first real step."""
+    torch.manual_seed(0)
+    trainer = Trainer(TINY, AlgoConfig(lr=1e-3, minibatch_size=16, critic_warmup=1), A, P, seed=0, trace=False)
+    batch = trainer.prepare([_fixed_rollout(trainer.policy)])
+    trainer.update(batch, epochs=2)
+    state = trainer.optimizer.state
+    assert all(p not in state for p in trainer.actor_params) and all(p in state for p in trainer.critic_params)
+    trainer.update(batch, epochs=1)
+    assert all(int(state[p]["step"]) == int(state[trainer.actor_params[0]]["step"]) for p in trainer.actor_params if p in state)
+    assert int(state[trainer.critic_params[0]]["step"]) > int(state[trainer.actor_params[0]]["step"])
+
+
 def test_value_gradient_reaches_the_trunk_only_without_detach():
     for detach in (True, False):
         torch.manual_seed(0)

@@ -75,7 +75,10 @@ def minibatch_loss(policy: Policy, cfg: AlgoConfig, uses_critic: bool, b: Batch,
     else:
         pg, stats = ppo_policy_loss(logprob / per, behav, adv, mask, cfg.clip_eps, cfg.dual_clip, cfg.clip_high)
     ent_loss, ent_stats = entropy_bonus(entropy, mask)
-    loss = float(actor_on) * (pg + cfg.entropy_coef * ent_loss)
+    # Critic warm-up leaves the actor's terms out of the graph (not multiplied by 0): actor parameters
+    # then get no gradient, so Adam keeps no state for them and its bias correction starts with the
+    # actor's first real step instead of inflating it (up to ~2x after 80 zero-gradient steps).
+    loss = pg + cfg.entropy_coef * ent_loss if actor_on else logprob.new_zeros(())
     stats = {**stats, **ent_stats, "policy": float(pg.detach())}
     if uses_critic:
         vl, v_stats = value_loss(values, b.old_values[idx], b.returns[idx], mask, cfg.value_clip, cfg.value_huber_delta)

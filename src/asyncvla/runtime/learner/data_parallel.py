@@ -97,6 +97,7 @@ class Collective:
 
     def all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sums the (weighted) gradients of every rank into each rank's, in one flat all-reduce."""
+        unreached = {id(p) for p in params if p.grad is None}
         for p in params:
             if p.grad is None:  # a parameter this shard's loss did not reach: it contributes 0
                 p.grad = torch.zeros_like(p)
@@ -107,6 +108,10 @@ class Collective:
             n = p.numel()
             p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
             offset += n
+            # No rank reached it (the actor in a critic warm-up): no gradient, as on a single rank,
+            # so the optimizer keeps no state for it.
+            if id(p) in unreached and not p.grad.any():
+                p.grad = None
 
 
 def replica_state(trainer: Trainer) -> dict:
