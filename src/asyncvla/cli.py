@@ -320,7 +320,7 @@ class BenchThroughput:
     """Env steps/s of sync and async (and the ladder between them) on one workload, beside the async bound."""
 
     workload: str = "emulated-balanced"
-    """Workload: emulated-balanced (emulated envs + emulated accelerator)."""
+    """emulated-{balanced,env-bound,infer-bound,train-bound,long-tail} or real-{metaworld,libero,maniskill}."""
     modes: tuple[str, ...] = ("sync", "async")
     """Any of sync, async_env, streaming_rollout, async (the ladder of asynchrony levels)."""
     seconds: float = 60.0
@@ -331,19 +331,42 @@ class BenchThroughput:
     """Writes results.json, report.md and the throughput/utilization PNGs here."""
     torch_threads: int = 1
     """torch intra-op threads (all roles share this process's cores)."""
+    check: bool = False
+    """Compare async/sync and async's fraction of the bound with the workload's stored ratios
+    (bench/baselines.json, or --baseline-file); exit 1 when one fell more than --tolerance below."""
+    write_baseline: bool = False
+    """Store this run's ratios as the workload's baseline (in --baseline-file, default the packaged one)."""
+    baseline_file: Path | None = None
+    """Baseline file of --check / --write-baseline (default: asyncvla/bench/baselines.json)."""
+    tolerance: float = 0.15
+    """--check: relative drop allowed below a stored ratio."""
 
     def run(self) -> None:
+        from asyncvla.bench import baselines
         from asyncvla.bench.suite import set_torch_threads, throughput_cmd
 
+        if not 0 <= self.tolerance < 1:
+            raise ConfigError(f"tolerance={self.tolerance!r} is invalid: must be in [0, 1)")
+        path = self.baseline_file or baselines.BASELINES_FILE
         set_torch_threads(self.torch_threads)
         modes = [m for item in self.modes for m in item.split(",") if m]  # accepts sync,async too
         result = throughput_cmd(self.workload, modes, self.seconds, self.out, echo=self.json)  # one line per run, then the whole result
+        if self.write_baseline:
+            baselines.write(result, path)
+        verdict = baselines.check(result, path, self.tolerance) if self.check else None
+        if verdict is not None:
+            result["baseline_check"] = verdict
+            (self.out / "baseline-check.json").write_text(json.dumps(verdict, indent=2) + "\n")
         if self.json:
             _print_json(result)
-            return
-        for r in result["runs"]:
-            print(f"{r['mode']:>18}: {r['env_steps_per_s']:>8.1f} env steps/s (bound {r['bound_env_steps_per_s']:.1f})  "
-                  f"util {r['utilization']}")
+        else:
+            for r in result["runs"]:
+                print(f"{r['mode']:>18}: {r['env_steps_per_s']:>8.1f} env steps/s (bound {r['bound_env_steps_per_s']:.1f})  "
+                      f"util {r['utilization']}")
+        if verdict is not None:
+            print("\n".join(baselines.summary_lines(verdict)), file=sys.stderr)
+            if not verdict["ok"]:
+                raise SystemExit(1)
 
 
 @dataclass

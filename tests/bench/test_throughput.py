@@ -135,6 +135,12 @@ def test_short_run_reports_every_field_and_balances_the_books():
     assert 0 < r["env_steps_per_s"] <= r["bound_env_steps_per_s"] * 1.05
 
 
+def _bound(w) -> dict:
+    from asyncvla.bench.ablation import bound_terms, with_bound
+
+    return with_bound({}, bound_terms(w))
+
+
 def test_cli_writes_results_report_and_plots_to_out(tmp_path, monkeypatch, capsys):
     import json
 
@@ -142,7 +148,7 @@ def test_cli_writes_results_report_and_plots_to_out(tmp_path, monkeypatch, capsy
     from asyncvla.cli import BenchThroughput
 
     w = emulated_balanced()
-    rows = [dict(tp.bound_columns(w), mode=m, mean_batch=b, env_steps_per_s=v, trained_samples_per_s=v / 4,
+    rows = [dict(_bound(w), mode=m, mean_batch=b, env_steps_per_s=v, trained_samples_per_s=v / 4,
                  utilization={"env": 0.5, "rollout": 0.5, "trainer": 0.5}) for m, b, v in (("sync", 8.0, 120.0), ("async", 1.4, 290.0))]
     canned = {"bench": "throughput", "workload": "emulated-balanced", "bound": tp.BOUND_FORMULA, "runs": rows,
               "async_over_sync": 290.0 / 120.0}

@@ -13,7 +13,10 @@ Workloads (labelled in every result; parameters in bench/workloads.py):
 - `real-metaworld`: MetaWorld reach-v3 rendered 64x64 on this CPU and the tiny VLA
   (inference and training on this CPU, nothing emulated). Async runs env managers and the
   rollout server as Ray actors (own processes: rendering holds the GIL); the bound's stage
-  costs are measured (`calibrate`).
+  costs are measured (`calibrate`), and the bound includes the CPU term (cores / CPU-seconds
+  per env step).
+- every other workload of bench/workloads.py (emulated env-, inference-, trainer-bound and
+  long-tail; real LIBERO and ManiSkill), built and bounded the same way.
 
 Modes are rungs of the one runtime on the same workload, only switches change: `sync` is
 the RLinf-style baseline (every switch off: lockstep rollout, fixed batches, collect → train
@@ -33,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
 
 from asyncvla.bench.cpu import CpuMeter
 from asyncvla.config import ConfigError, EmulatedAcceleratorConfig, TrainConfig
@@ -83,18 +85,6 @@ def emulated_balanced() -> Workload:
 
     return build_workload("emulated-balanced")
 
-
-def real_metaworld() -> Workload:
-    """MetaWorld reach-v3 + tiny VLA on this CPU; stage costs measured here (for the bound)."""
-    from asyncvla.bench.workloads import build_workload, calibrate
-
-    costs, env_decision_s = calibrate("real-metaworld")
-    return build_workload("real-metaworld", costs, env_decision_s)
-
-
-WORKLOADS: dict[str, Callable[[], Workload]] = {"emulated-balanced": emulated_balanced, "real-metaworld": real_metaworld}
-REAL = {"real-metaworld"}
-"""Workloads with nothing emulated: their envs and servers run as Ray actors (own processes)."""
 
 # The ladder: each rung adds one level of asynchrony.
 OFF = dict(async_env=False, streaming_rollout=False, decoupled_actor=False)
@@ -184,15 +174,6 @@ def bound_env_steps_per_s(w: Workload) -> tuple[float, dict]:
     return op.bound, op.terms
 
 
-def bound_columns(w: Workload) -> dict:
-    """The bound columns, the same for every mode (what full async can reach on this workload)."""
-    op = operating_point(w)
-    if w.env_decision_s <= 0:  # a real workload without calibration: no bound
-        return {"bound_env_steps_per_s": None}
-    return {"bound_env_steps_per_s": round(op.bound, 2), "bound_stage": op.stage,
-            "bound_terms": {k: round(v, 2) for k, v in op.terms.items()}, "bound_batch": round(op.batch, 2)}
-
-
 def run_config(cfg: TrainConfig, seconds: float, meter: CpuMeter | None = None):
     """Runs `cfg` through the one runtime for `seconds`; returns (summary, runtime).
 
@@ -235,14 +216,13 @@ def mode_config(w: Workload, mode: str) -> TrainConfig:
 
 
 def run_mode(w: Workload, mode: str, seconds: float) -> dict:
-    """One result row: the workload under the switches of `mode`, through the one runtime."""
+    """One result row (without the bound): the workload under the switches of `mode`, through the one runtime."""
     if mode not in MODES:
         raise ConfigError(f"modes={mode!r} is invalid: allowed: {', '.join(MODES)}")
     cfg = mode_config(w, mode)
     meter = CpuMeter()
     summary, rt = run_config(cfg, seconds, meter)
     row = result_row(mode, cfg, summary, rt)
-    row.update(bound_columns(w))
     row.update({"cpu_utilization": _round(meter.utilization()), "cpu_cores_by_process": meter.by_group()})
     return row
 
@@ -252,14 +232,24 @@ def _round(x: float | None, nd: int = 3) -> float | None:
 
 
 def throughput_bench(workload: str, modes: list[str], seconds: float) -> dict:
-    if workload not in WORKLOADS:
-        raise ConfigError(f"workload={workload!r} is invalid: allowed: {', '.join(WORKLOADS)}")
+    """Every workload of bench/workloads.py; real ones are calibrated first, and their bound has the
+    CPU term (cores / CPU-seconds per env step), as in `bench ablation`."""
+    from asyncvla.bench.ablation import bound_terms, prepare, with_bound
+    from asyncvla.bench.workloads import get_spec
+
+    get_spec(workload)
     for m in modes:
         if m not in MODES:
             raise ConfigError(f"modes={m!r} is invalid: allowed: {', '.join(MODES)}")
-    w = WORKLOADS[workload]()
+    w, extra = prepare(workload)
+    terms = bound_terms(w, extra)
+    op = operating_point(w) if terms else None
     with ray_session(w.cfg):
         runs = [run_mode(w, m, seconds) for m in modes]
+    for row in runs:
+        with_bound(row, terms, op.stage if op else None)
+        if op:
+            row["bound_batch"] = round(op.batch, 2)
     out = {"bench": "throughput", "workload": workload, "label": w.label,
            "window": "from the end of the first update to the end of the run (start-up and first update excluded)",
            "costs": dataclasses.asdict(w.costs), "env_decision_s": w.env_decision_s, "bound": BOUND_FORMULA,

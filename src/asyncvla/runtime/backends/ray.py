@@ -270,6 +270,16 @@ trains, so at 15 the driver (nice 0) and every other process of the machine pre-
 (a nice-15 process gets ~1/28 of a nice-0 one's share of a contended core)."""
 
 
+LOCAL_SYSTEM_CONFIG = {
+    "worker_niceness": WORKER_NICENESS,
+    # No task events: they feed only the dashboard and state API (off here), and with one actor task
+    # per decision Ray's own processes grew without end (+16% RSS in 5 min of `bench faults`; flat,
+    # +0.4%, without them, at the same env steps/s).
+    "task_events_report_interval_ms": 0,
+}
+"""Ray settings of the local instance a run starts (a cluster's are set by its `ray start`: docs/cluster.md)."""
+
+
 def init_ray(address: str | None, min_cpus: float = 0, log_dir: Path | None = None) -> None:
     """Joins `address`, or starts a local Ray sized to this machine with a per-run temp dir.
     With `log_dir`, every worker's Python output is copied there too (`worker_logs`).
@@ -295,4 +305,4 @@ def init_ray(address: str | None, min_cpus: float = 0, log_dir: Path | None = No
     # Ray's socket paths must stay short (107 bytes): a short temp dir, not the run dir.
     tmp = tempfile.mkdtemp(prefix="ray_", dir="/tmp")
     ray.init(num_cpus=max(os.cpu_count() or 1, int(-(-min_cpus // 1))), include_dashboard=False, _temp_dir=tmp,
-             runtime_env=runtime_env, log_to_driver=False, _system_config={"worker_niceness": WORKER_NICENESS})
+             runtime_env=runtime_env, log_to_driver=False, _system_config=LOCAL_SYSTEM_CONFIG)
