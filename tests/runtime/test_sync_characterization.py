@@ -8,6 +8,8 @@ returns, versions, in batch order), its loss stats and the final weights must ma
 recording to 1e-6. The recording came from commit 9599962 (runtime/pipeline.py's loop);
 regenerate only when a change is *meant* to alter sync training, with
 ASYNCVLA_RECORD=1 python -m pytest tests/runtime/test_sync_characterization.py.
+PPO was re-recorded on 2026-12-08, when actor and critic gradients began to be clipped apart
+(GRPO, which has no critic gradient, still matches the recording from 9599962).
 """
 
 import json
@@ -79,25 +81,34 @@ def run_and_record(tmp_path: Path, algo: str, monkeypatch) -> dict:
 
 # Diagnostics whose definition changed after the recording (now extremes over the update's
 # minibatches, then a mean, or new): what the run trains on and learns is compared, these are not.
-REDEFINED = frozenset({"loss/ratio_max", "loss/ratio_min", "loss/approx_kl_max", "loss/clip_frac_max"})
+REDEFINED = frozenset({"loss/ratio_max", "loss/ratio_min", "loss/approx_kl_max", "loss/clip_frac_max",
+                       "loss/grad_norm_actor", "loss/grad_norm_critic"})
+
+
+VALUES_TOL = 1e-4
+"""The acting-time values: on another CPU (AMD EPYC against the recording's machine) the value head's
+outputs differ by up to 3e-5 of their scale while every action, logprob, advantage and weight
+still matches to 1e-6 (GRPO, which never reads them, showed it), and the loss stats by 2e-6."""
 
 
 def _close(got, want, path: str) -> None:
-    """Equal to 1e-6 of each quantity's scale: a zero-mean sum (normalised advantages) carries
-    float noise of 1e-7 relative to its terms, which memory alignment alone can change."""
+    """Equal to 1e-6 of each quantity's scale (VALUES_TOL for the acting-time values): a zero-mean
+    sum (normalised advantages) carries float noise of 1e-7 relative to its terms, which memory
+    alignment alone can change."""
     if isinstance(want, dict):
         assert got.keys() == want.keys(), path
         for k in want:
             _close(got[k], want[k], f"{path}.{k}")
     elif isinstance(want, list) and len(want) == 4 and all(isinstance(v, float) for v in want):
+        tol = VALUES_TOL if path.endswith(".old_values") else 1e-6
         for k in range(4):
-            assert got[k] == pytest.approx(want[k], abs=1e-6 * (1 + want[2 + k % 2])), f"{path}[{k}]"
+            assert got[k] == pytest.approx(want[k], abs=tol * (1 + want[2 + k % 2])), f"{path}[{k}]"
     elif isinstance(want, list):
         assert len(got) == len(want), path
         for i, (g, w) in enumerate(zip(got, want)):
             _close(g, w, f"{path}[{i}]")
-    else:
-        assert got == pytest.approx(want, rel=1e-6, abs=1e-6), path
+    else:  # loss stats: means over minibatches of per-sample quantities, 2e-6 apart across CPUs
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-5), path
 
 
 @pytest.fixture

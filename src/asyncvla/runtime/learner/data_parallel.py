@@ -97,20 +97,20 @@ class Collective:
 
     def all_reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sums the (weighted) gradients of every rank into each rank's, in one flat all-reduce."""
-        unreached = {id(p) for p in params if p.grad is None}
+        # How many ranks reached each parameter travels with the gradients: one no rank reached
+        # (the actor in a critic warm-up) keeps no gradient, as on a single rank, so the optimizer
+        # keeps no state for it, while a reached one whose gradient is exactly 0 still steps.
+        reached = torch.tensor([float(p.grad is not None) for p in params])
         for p in params:
             if p.grad is None:  # a parameter this shard's loss did not reach: it contributes 0
                 p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        flat = self._all_reduce(flat)
+        flat = self._all_reduce(torch.cat([p.grad.reshape(-1) for p in params] + [reached.to(params[0].grad)]))
         offset = 0
-        for p in params:
+        for p, ranks in zip(params, flat[-len(params):].tolist()):
             n = p.numel()
             p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
             offset += n
-            # No rank reached it (the actor in a critic warm-up): no gradient, as on a single rank,
-            # so the optimizer keeps no state for it.
-            if id(p) in unreached and not p.grad.any():
+            if ranks == 0:
                 p.grad = None
 
 
