@@ -16,6 +16,7 @@ from typing import Annotated, Literal, Union
 
 import tyro
 
+from asyncvla.bench.baselines import DEFAULT_TOLERANCE
 from asyncvla.config import ConfigError, EnvConfig, PolicyConfig, TrainConfig, env_config, from_dict, load_preset, policy_config
 from asyncvla.runtime.signals import EXIT_SIGINT, EXIT_SIGTERM, Terminated, install_sigterm
 from asyncvla.sim.model import SimConfig
@@ -338,7 +339,7 @@ class BenchThroughput:
     """Store this run's ratios as the workload's baseline (in --baseline-file, default the packaged one)."""
     baseline_file: Path | None = None
     """Baseline file of --check / --write-baseline (default: asyncvla/bench/baselines.json)."""
-    tolerance: float = 0.15
+    tolerance: float = DEFAULT_TOLERANCE
     """--check: relative drop allowed below a stored ratio."""
 
     def run(self) -> None:
